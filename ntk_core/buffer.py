@@ -1,0 +1,266 @@
+"""The run log: a growing, thread-safe record of every step, exported as an xarray Dataset.
+
+One writer (the trainer) appends; any number of readers (dashboard sessions, the CLI) pull new
+rows with ``rows(start)`` or take a consistent ``snapshot()``. Storage is preallocated numpy,
+grown by doubling, so appends are O(1) and never allocate per step.
+
+Schema (dims ``step``, ``eig``, ``sample``, ``snapshot``):
+
+* per step: the scalars in ``SCALARS`` (NaN on steps without a measurement);
+* per step and eigen-index: the arrays in ``SPECTRUM``;
+* ``eigenvectors`` (snapshot, eig, sample): the top-k eigenvectors, sign-fixed so u_iᵀy ≥ 0.
+  Memory is bounded by *thinning*: at most ``eigvec_max_snapshots`` are kept; when full, every
+  other snapshot is dropped and the cadence doubles, so snapshots always span the whole run;
+* ``kernel`` (sample, sample_col): the NTK at the last snapshot, when the kernel is explicit;
+* per kernel row (dim ``sample``): ``label``, ``target``, ``sample_index``, ``output_index`` —
+  rows are samples (or sample × output for the full multi-output kernel), sorted by class.
+
+Attributes: ``config`` (JSON), ``status``, ``status_reason``, ``lr``, ``versions`` (JSON) etc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+SCALARS: dict[str, tuple[str, str]] = {
+    "loss": ("training loss", "1"),
+    "accuracy": ("training accuracy", "1"),
+    "lr": ("learning rate η", "1"),
+    "two_over_lr": ("stability threshold 2/η", "1"),
+    "grad_norm": ("gradient norm ‖∇L‖", "1"),
+    "sharpness": ("Hessian sharpness λ_max(∇²L)", "1"),
+    "gn_sharpness": ("Gauss–Newton sharpness λ₁(K)/n", "1"),
+    "kta": ("kernel–target alignment", "1"),
+    "kta_centered": ("centred kernel–target alignment", "1"),
+    "kta_stderr": ("standard error of the KTA estimate", "1"),
+    "topk_mass": ("top-k target mass A_k", "1"),
+    "kernel_fro": ("NTK Frobenius norm ‖K‖_F", "1"),
+    "kernel_trace": ("NTK trace tr K", "1"),
+    "kernel_distance": ("kernel distance to the initial NTK", "1"),
+    "u1_residual": ("residual along the top NTK eigenvector u₁ᵀr", "1"),
+    "ntk_products": ("NTK operator products used", "count"),
+    "ntk_max_residual": ("largest relative eigen-residual", "1"),
+    "hvp_products": ("Hessian-vector products used", "count"),
+    "hessian_residual": ("relative residual of the Hessian eigenpair", "1"),
+    "time_step": ("wall time of the step including measurement", "s"),
+    "time_measure": ("wall time of the measurement", "s"),
+    "measured": ("1 where this step was measured", "1"),
+}
+SPECTRUM: dict[str, tuple[str, str]] = {
+    "eigenvalues": ("NTK eigenvalue λ_i", "1"),
+    "eigval_normalized": ("normalised eigenvalue λ_i/‖K‖_F", "1"),
+    "alignment": ("target alignment a_i = (u_iᵀy)²/‖y‖²", "1"),
+    "residual_proj": ("residual along eigenvector u_iᵀr", "1"),
+}
+STATUSES = ("ready", "running", "paused", "completed", "reached_target", "diverged", "stopped",
+            "failed")
+
+
+@dataclass
+class StepRecord:
+    """What one step produced: scalars, the top-k spectrum, and optionally eigenvectors / K."""
+
+    step: int
+    scalars: dict[str, float]
+    spectrum: dict[str, np.ndarray] | None = None
+    eigenvectors: np.ndarray | None = None  # (k, m) float32
+    kernel: np.ndarray | None = None  # (m, m) float32
+
+
+class RunBuffer:
+    def __init__(self, k: int, rows: dict[str, np.ndarray], attrs: dict[str, Any],
+                 eigvec_every: int = 1, max_snapshots: int = 256, capacity: int = 256) -> None:
+        self.k = k
+        self.row_data = rows  # per kernel-row arrays: label, target, sample_index, output_index
+        self.m = len(next(iter(rows.values())))
+        self.attrs = dict(attrs)
+        self.attrs.setdefault("status", "ready")
+        self.attrs.setdefault("status_reason", "")
+        self.eigvec_every = eigvec_every
+        self.max_snapshots = max_snapshots
+        self._lock = threading.Lock()
+        self._len = 0
+        self._steps = np.zeros(capacity, np.int64)
+        self._scalars = {name: np.full(capacity, np.nan) for name in SCALARS}
+        self._spectrum = {name: np.full((capacity, k), np.nan) for name in SPECTRUM}
+        self._snap_steps: list[int] = []
+        self._snaps: list[np.ndarray] = []
+        self._kernel: tuple[int, np.ndarray] | None = None
+        self.version = 0  # bumps on every change; readers compare it to skip redraws
+
+    # ---- writer --------------------------------------------------------------------------
+    def wants_eigenvectors(self, step: int) -> bool:
+        return step % self.eigvec_every == 0
+
+    def append(self, record: StepRecord) -> None:
+        with self._lock:
+            if self._len == len(self._steps):
+                self._grow()
+            i = self._len
+            self._steps[i] = record.step
+            for name, value in record.scalars.items():
+                if name in self._scalars:
+                    self._scalars[name][i] = value
+            if record.spectrum is not None:
+                for name, values in record.spectrum.items():
+                    self._spectrum[name][i, : len(values)] = values
+            if record.eigenvectors is not None:
+                self._snap_steps.append(record.step)
+                self._snaps.append(record.eigenvectors.astype(np.float32, copy=False))
+                if len(self._snaps) > self.max_snapshots:
+                    self._snap_steps = self._snap_steps[::2]
+                    self._snaps = self._snaps[::2]
+                    self.eigvec_every *= 2
+            if record.kernel is not None:
+                self._kernel = (record.step, record.kernel)
+            self._len += 1
+            self.version += 1
+
+    def _grow(self) -> None:
+        cap = 2 * len(self._steps)
+        self._steps = np.resize(self._steps, cap)
+        for name, arr in self._scalars.items():
+            new = np.full(cap, np.nan)
+            new[: len(arr)] = arr
+            self._scalars[name] = new
+        for name, arr in self._spectrum.items():
+            new = np.full((cap, self.k), np.nan)
+            new[: len(arr)] = arr
+            self._spectrum[name] = new
+
+    def set_status(self, status: str, reason: str = "") -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        with self._lock:
+            self.attrs["status"] = status
+            self.attrs["status_reason"] = reason
+            self.version += 1
+
+    def set_attr(self, name: str, value: Any) -> None:
+        with self._lock:
+            self.attrs[name] = value
+            self.version += 1
+
+    # ---- readers -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def status(self) -> str:
+        return self.attrs["status"]
+
+    def rows(self, start: int = 0) -> dict[str, np.ndarray]:
+        """Copies of the rows ``start:`` — scalars (r,), spectrum arrays (r, k), and ``step``."""
+        with self._lock:
+            end = self._len
+            out = {"step": self._steps[start:end].copy()}
+            out.update({n: a[start:end].copy() for n, a in self._scalars.items()})
+            out.update({n: a[start:end].copy() for n, a in self._spectrum.items()})
+        return out
+
+    def latest_eigenvectors(self) -> tuple[int, np.ndarray] | None:
+        with self._lock:
+            return (self._snap_steps[-1], self._snaps[-1]) if self._snaps else None
+
+    def eigenvector_history(self, eig: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(snapshot steps, (snapshots, m) array of eigenvector ``eig``) — e.g. u₁ over time."""
+        with self._lock:
+            steps = np.array(self._snap_steps, np.int64)
+            if not self._snaps:
+                return steps, np.zeros((0, self.m), np.float32)
+            return steps, np.stack([s[eig] for s in self._snaps])
+
+    def latest_kernel(self) -> tuple[int, np.ndarray] | None:
+        with self._lock:
+            return self._kernel
+
+    def snapshot(self) -> xr.Dataset:
+        """A consistent copy of everything so far as an xarray Dataset (CF attributes)."""
+        with self._lock:
+            n = self._len
+            steps = self._steps[:n].copy()
+            scalars = {k: v[:n].copy() for k, v in self._scalars.items()}
+            spectrum = {k: v[:n].copy() for k, v in self._spectrum.items()}
+            snap_steps = np.array(self._snap_steps, np.int64)
+            snaps = np.stack(self._snaps) if self._snaps else np.zeros((0, self.k, self.m),
+                                                                      np.float32)
+            kernel = self._kernel
+            attrs = dict(self.attrs)
+        data_vars: dict[str, Any] = {}
+        for name, (long_name, units) in SCALARS.items():
+            data_vars[name] = ("step", scalars[name], {"long_name": long_name, "units": units})
+        for name, (long_name, units) in SPECTRUM.items():
+            data_vars[name] = (("step", "eig"), spectrum[name],
+                               {"long_name": long_name, "units": units})
+        data_vars["eigenvectors"] = (("snapshot", "eig", "sample"), snaps[:, : self.k],
+                                     {"long_name": "top-k NTK eigenvectors (u_iᵀy ≥ 0)",
+                                      "units": "1"})
+        if kernel is not None:
+            data_vars["kernel"] = (("sample", "sample_col"), kernel[1],
+                                   {"long_name": f"empirical NTK at step {kernel[0]}",
+                                    "units": "1", "step": int(kernel[0])})
+        row_attrs = {
+            "label": ("class index of the sample", "1"),
+            "target": ("training target of the kernel row", "1"),
+            "sample_index": ("sample of the kernel row", "1"),
+            "output_index": ("output of the kernel row", "1"),
+        }
+        for name, values in self.row_data.items():
+            long_name, units = row_attrs.get(name, (name, "1"))
+            data_vars[name] = ("sample", values, {"long_name": long_name, "units": units})
+        coords = {
+            "step": ("step", steps, {"long_name": "gradient-descent step", "units": "1"}),
+            "eig": ("eig", np.arange(self.k), {"long_name": "eigen-index (0 = top)", "units": "1"}),
+            "sample": ("sample", np.arange(self.m), {"long_name": "kernel row", "units": "1"}),
+            "snapshot_step": ("snapshot", snap_steps,
+                              {"long_name": "step of the eigenvector snapshot", "units": "1"}),
+        }
+        attrs["steps_done"] = int(n)
+        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_run(self.snapshot(), path)
+
+
+def save_run(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write NetCDF (h5netcdf) atomically: a temporary file in the same folder, then rename, so a
+    crash or a full disk never leaves a half-written run where a good one was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nc", dir=path.parent)
+    os.close(fd)
+    try:
+        _netcdf_ready(ds).to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_run(path: str | os.PathLike) -> xr.Dataset:
+    """Open a saved run fully into memory (the file is closed on return)."""
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
+def _netcdf_ready(ds: xr.Dataset) -> xr.Dataset:
+    """NetCDF attributes must be strings or numbers."""
+    out = ds.copy()
+    for key, value in list(out.attrs.items()):
+        if isinstance(value, bool):
+            out.attrs[key] = int(value)
+        elif isinstance(value, (dict, list, tuple)):
+            out.attrs[key] = json.dumps(value)
+        elif value is None:
+            out.attrs[key] = ""
+    return out

@@ -1,0 +1,187 @@
+"""One full measurement at the current weights: NTK spectrum, alignment, sharpness, dynamics.
+
+The measurer keeps the warm-start state between steps: the previous NTK eigenvectors seed the
+next block solve (plus guard vectors), and the previous Hessian eigenvector plus Jᵀu₁ seed the
+sharpness solve. At EoS u₁ flips sign every step, so seeds are subspaces, never signed vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .alignment import (
+    centered_alignment_from_products,
+    deflated_fro_norm,
+    fro_norm,
+    eigen_alignment,
+    kernel_distance,
+    target_fro,
+)
+from .config import RunConfig
+from .hessian import HessianOperator, top_hessian_eigenpair
+from .ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture
+from .spectral import explicit_matmat, top_eigenpairs
+
+# Above this kernel size an explicit K (three m×m buffers) is not worth its memory by default.
+EXACT_MAX_ROWS = 6000
+FRO_PROBES = 8
+
+
+def kernel_rows(n: int, num_outputs: int, kernel: str) -> int:
+    return n if kernel == "traced" or num_outputs == 1 else n * num_outputs
+
+
+def resolve_ntk_mode(config: RunConfig, model: nn.Module, n: int, num_outputs: int) -> str:
+    """``auto``: the exact kernel when it fits and the per-layer rules cover the model; otherwise
+    matrix-free. A model with many parameters outside the rules (attention, LayerNorm) pays a
+    per-sample Jacobian for them in exact mode, so it goes matrix-free unless the kernel is tiny."""
+    if config.ntk_mode != "auto":
+        return config.ntk_mode
+    m = kernel_rows(n, num_outputs, config.kernel)
+    if m > EXACT_MAX_ROWS:
+        return "matrix_free"
+    ruled = {id(p) for mod in model.modules() if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))
+             for p in mod.parameters(recurse=False)}
+    if config.arch == "vit":
+        return "exact" if m <= 256 else "matrix_free"
+    uncovered = sum(p.numel() for p in model.parameters() if id(p) not in ruled)
+    return "exact" if uncovered == 0 or m <= 256 else "matrix_free"
+
+
+@dataclass
+class Measurement:
+    scalars: dict[str, float]
+    spectrum: dict[str, np.ndarray]
+    vectors: torch.Tensor  # (m, k) float64 eigenvectors, sign-fixed
+    kernel: torch.Tensor | None  # the explicit K (workspace memory: copy before keeping)
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class Measurer:
+    def __init__(self, config: RunConfig, Y: torch.Tensor, mode: str) -> None:
+        self.config = config
+        self.mode = mode
+        n, C = Y.shape
+        self.full = config.kernel == "full" or C == 1
+        # Targets in kernel coordinates: vec(Y) sample-major for the full kernel, Y for traced.
+        self.targets = (Y.reshape(-1, 1) if self.full else Y).to(torch.float64)
+        self.sign_ref = self.targets.sum(1)
+        self.m = self.targets.shape[0]
+        self.k = min(config.k, self.m)
+        self.workspace = NTKWorkspace()
+        self.generator = torch.Generator(device=Y.device).manual_seed(config.seed + 1)
+        self.prev_vectors: torch.Tensor | None = None
+        self.prev_hessian: torch.Tensor | None = None
+        self.K0: torch.Tensor | None = None
+
+    # ---- kernel spectrum -----------------------------------------------------------------
+    def capture(self, model: nn.Module) -> LayerCapture | None:
+        return LayerCapture(model) if self.mode == "exact" else None
+
+    def measure(self, model: nn.Module, X: torch.Tensor, f: torch.Tensor, r: torch.Tensor,
+                grads: tuple[torch.Tensor, ...], params: list[torch.Tensor],
+                capture: LayerCapture | None) -> Measurement:
+        cfg = self.config
+        s: dict[str, float] = {}
+        K = None
+        if self.mode == "exact":
+            assert capture is not None
+            K = kernel_from_capture(model, X, f, capture, cfg.kernel, self.workspace)
+            matmat = explicit_matmat(K)
+            op = None
+        else:
+            op = NTKOperator(model, X, cfg.kernel)
+            matmat = op.matmat
+        eig = top_eigenpairs(matmat, self.m, self.k, start=self.prev_vectors, tol=cfg.eig_tol,
+                             guard=2, generator=self.generator, device=X.device)
+        values, U = eig.values, self._fix_signs(eig.vectors)
+        self.prev_vectors = U
+        s["ntk_products"] = float(eig.products)
+        s["ntk_max_residual"] = float(eig.residuals.max())
+
+        Y = self.targets
+        ones = torch.ones(self.m, 1, dtype=torch.float64, device=X.device)
+        KY, K1 = matmat(torch.cat([Y, ones], 1)).split([Y.shape[1], 1], 1)
+        num = float((Y * KY).sum())
+        if K is not None:
+            fro = fro_norm(K)
+            trace = float(K.diagonal().sum(dtype=torch.float64))
+            s["kta_stderr"] = 0.0
+            if self.K0 is None:
+                self.K0 = K.detach().clone()
+            s["kernel_distance"] = kernel_distance(K, self.K0)
+            extra_products = 0
+        else:
+            est = deflated_fro_norm(matmat, eig.basis, eig.basis_image, FRO_PROBES, self.generator)
+            fro = est.value
+            trace = math.nan
+            s["kta_stderr"] = (num / target_fro(Y)) * est.stderr / fro**2 if fro > 0 else math.nan
+            s["kernel_distance"] = math.nan
+            extra_products = est.products
+        s["ntk_products"] += extra_products + Y.shape[1] + 1
+        s["kta_centered"] = centered_alignment_from_products(Y, KY, K1, fro)
+        s["kernel_fro"], s["kernel_trace"] = fro, trace
+        s["kta"] = num / (fro * target_fro(Y)) if fro > 0 else math.nan
+        a = eigen_alignment(U, Y)
+        s["topk_mass"] = float(a.sum())
+        n = f.shape[0]
+        s["gn_sharpness"] = float(values[0]) / n if self.full else math.nan
+        R = (r.reshape(-1, 1) if self.full else r).to(torch.float64)
+        proj = self._residual_projection(U, R)
+        s["u1_residual"] = float(proj[0])
+        s["grad_norm"] = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
+
+        if cfg.sharpness:
+            s.update(self._sharpness(grads, params, U[:, :1], f, op))
+        else:
+            s.update(sharpness=math.nan, hvp_products=0.0, hessian_residual=math.nan)
+        spectrum = {
+            "eigenvalues": values.cpu().numpy(),
+            "eigval_normalized": (values / fro if fro > 0 else values * math.nan).cpu().numpy(),
+            "alignment": a.cpu().numpy(),
+            "residual_proj": proj.cpu().numpy(),
+        }
+        return Measurement(s, spectrum, U, K)
+
+    def _fix_signs(self, U: torch.Tensor) -> torch.Tensor:
+        """Eigenvectors are defined up to sign: orient each so that u_iᵀ y ≥ 0."""
+        dots = self.sign_ref @ U
+        signs = torch.where(dots < 0, -1.0, 1.0).to(U.dtype)
+        return U * signs
+
+    def _residual_projection(self, U: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        """u_iᵀ r for the full kernel; for the traced kernel the component of U_iᵀR along U_iᵀY."""
+        if R.shape[1] == 1:
+            return (U.T @ R)[:, 0]
+        ur, uy = U.T @ R, U.T @ self.targets
+        return (ur * uy).sum(1) / uy.norm(dim=1).clamp_min(1e-300)
+
+    # ---- Hessian sharpness ---------------------------------------------------------------
+    def _sharpness(self, grads: tuple[torch.Tensor, ...], params: list[torch.Tensor],
+                   u1: torch.Tensor, f: torch.Tensor, op: NTKOperator | None) -> dict[str, float]:
+        hop = HessianOperator(grads, params)
+        seeds = []
+        if self.prev_hessian is not None:
+            seeds.append(self.prev_hessian)
+        if self.full:  # Jᵀu₁ is the Gauss–Newton top eigenvector mapped to parameter space
+            seeds.append(self._pullback(u1, f, params, op))
+        start = torch.cat(seeds, dim=1) if seeds else None
+        res = top_hessian_eigenpair(hop, start=start, tol=self.config.eig_tol,
+                                    guard=0 if len(seeds) >= 2 else 1, generator=self.generator)
+        self.prev_hessian = res.vectors[:, :1]
+        return {"sharpness": float(res.values[0]), "hvp_products": float(res.products),
+                "hessian_residual": float(res.residuals[0])}
+
+    def _pullback(self, u: torch.Tensor, f: torch.Tensor, params: list[torch.Tensor],
+                  op: NTKOperator | None) -> torch.Tensor:
+        if op is not None:
+            return op.pullback(u).to(torch.float64)
+        cot = u[:, 0].to(f.dtype).reshape(f.shape)
+        g = torch.autograd.grad(f, params, grad_outputs=cot, retain_graph=True, allow_unused=True)
+        return torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1)
+                          for x, p in zip(g, params, strict=True)]).to(torch.float64)[:, None]

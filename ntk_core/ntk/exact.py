@@ -1,0 +1,226 @@
+"""The exact empirical NTK K = J Jᵀ, assembled layer by layer without forming J.
+
+Rules, summed over layers (Novak et al. 2022, "Fast Finite Width NTK", structured derivatives):
+
+* Linear on a (n, d_in) input A, per-sample output gradients Δ (n, d_out):
+  K_layer = (A Aᵀ + 1) ⊙ (Δ Δᵀ); the "+1" is the bias. Two n×n Grams, no per-sample gradients.
+* Linear on token sequences (n, T, d) and Conv1d/Conv2d (through unfold): the per-sample weight
+  gradient G_i = Σ_t Δ_it ⊗ a_it is formed explicitly (n × p_layer) and K_layer = G Gᵀ.
+* Anything else (LayerNorm, embeddings, shared weights): a chunked per-sample Jacobian from
+  torch.func, contracted the same way.
+
+Output-gradients Δ come from one backward pass per output c through the same forward pass that
+computes the loss. ``kernel="traced"`` returns Σ_c K_cc (n × n); ``kernel="full"`` returns the
+sample-major (nC × nC) kernel, index i·C + c.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+RULE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@dataclass
+class _Record:
+    module: nn.Module
+    inputs: torch.Tensor
+    output: torch.Tensor
+    calls: int = 1
+
+
+@dataclass
+class LayerCapture:
+    """Forward hooks that keep each rule layer's input and output of one forward pass."""
+
+    model: nn.Module
+    records: dict[str, _Record] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._handles = []
+        for name, module in self.model.named_modules():
+            if isinstance(module, RULE_TYPES) and _has_rule(module):
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if name in self.records:  # reused weights: the per-layer rule no longer holds
+                self.records[name].calls += 1
+                return
+            self.records[name] = _Record(module, inputs[0].detach(), output)
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> LayerCapture:
+        self.records.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _has_rule(module: nn.Module) -> bool:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return (module.groups == 1 and not isinstance(module.padding, str)
+                and module.padding_mode == "zeros")
+    return True
+
+
+class NTKWorkspace:
+    """Preallocated buffers reused from step to step: fresh n×n allocations dominate at n ≈ 1000."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buf
+        return buf
+
+
+def kernel_from_capture(model: nn.Module, X: torch.Tensor, f: torch.Tensor,
+                        capture: LayerCapture, kernel: str = "traced",
+                        workspace: NTKWorkspace | None = None,
+                        chunk: int = 64) -> torch.Tensor:
+    """Assemble K from a forward pass ``f = model(X)`` recorded by ``capture``.
+
+    The autograd graph of ``f`` is kept (retain_graph), so the caller can still backpropagate
+    the loss through it. The returned tensor lives in ``workspace`` and is overwritten by the
+    next call with the same workspace.
+    """
+    ws = workspace or NTKWorkspace()
+    n, C = f.shape
+    m = n if kernel == "traced" or C == 1 else n * C
+    K = ws.get("K", (m, m), f)
+    K.zero_()
+    usable = {name: r for name, r in capture.records.items()
+              if r.calls == 1 and r.inputs.shape[0] == n}
+    outputs = [r.output for r in usable.values()]
+    # Δ per output c and per layer: grads of Σ_i f_ic w.r.t. each layer's output.
+    deltas: list[tuple[torch.Tensor, ...]] = []
+    for c in range(C):
+        deltas.append(torch.autograd.grad(f[:, c].sum(), outputs, retain_graph=True,
+                                          allow_unused=True))
+    covered: set[int] = set()
+    for li, rec in enumerate(usable.values()):
+        layer_deltas = [d[li] for d in deltas]
+        if any(d is None for d in layer_deltas):
+            continue
+        covered.update(id(p) for p in rec.module.parameters(recurse=False))
+        module = rec.module
+        if isinstance(module, nn.Linear) and rec.inputs.dim() == 2:
+            _add_dense_rule(K, rec.inputs, layer_deltas, module.bias is not None, kernel, ws)
+        else:
+            grads = _per_sample_grads(module, rec.inputs, layer_deltas)  # (n, C, p_layer)
+            _add_gram(K, grads, kernel)
+    rest = [(name, p) for name, p in model.named_parameters()
+            if p.requires_grad and id(p) not in covered]
+    if rest:
+        _add_fallback(K, model, X, dict(rest), kernel, chunk)
+    return K
+
+
+def _stack(parts: list[torch.Tensor], kernel: str) -> torch.Tensor:
+    """Per-output blocks (n, ...) → traced: (n, C·...) so one Gram sums over c;
+    full: sample-major (n·C, ...)."""
+    flat = [p.reshape(p.shape[0], -1) for p in parts]
+    if len(flat) == 1:
+        return flat[0]
+    if kernel == "traced":
+        return torch.cat(flat, dim=1)
+    return torch.stack(flat, dim=1).reshape(-1, flat[0].shape[1])
+
+
+def _add_dense_rule(K: torch.Tensor, A: torch.Tensor, deltas: list[torch.Tensor], bias: bool,
+                    kernel: str, ws: NTKWorkspace) -> None:
+    n = A.shape[0]
+    C = len(deltas)
+    gram_a = ws.get("gram_a", (n, n), K)
+    torch.mm(A, A.T, out=gram_a)
+    if bias:
+        gram_a.add_(1.0)
+    D = _stack(deltas, kernel)
+    gram_d = ws.get("gram_d", K.shape, K)
+    torch.mm(D, D.T, out=gram_d)
+    if K.shape[0] != n:  # full multi-output kernel: the input Gram repeats over each C×C block
+        K.view(n, C, n, C).addcmul_(gram_a.view(n, 1, n, 1), gram_d.view(n, C, n, C))
+    else:
+        K.addcmul_(gram_a, gram_d)
+
+
+def _add_gram(K: torch.Tensor, grads: torch.Tensor, kernel: str) -> None:
+    G = _stack(list(grads.unbind(1)), kernel)
+    K.addmm_(G, G.T)
+
+
+def _per_sample_grads(module: nn.Module, A: torch.Tensor,
+                      deltas: list[torch.Tensor]) -> torch.Tensor:
+    """(n, C, p_layer) per-sample gradients of a Linear-on-sequence or convolution layer."""
+    per_c = []
+    for delta in deltas:
+        if isinstance(module, nn.Linear):
+            a = A.reshape(A.shape[0], -1, A.shape[-1])  # (n, T, d_in)
+            d = delta.reshape(delta.shape[0], -1, delta.shape[-1])  # (n, T, d_out)
+            gw = torch.einsum("nto,nti->noi", d, a).flatten(1)
+            gb = d.sum(1) if module.bias is not None else None
+        else:
+            cols, d = _unfold(module, A), delta.flatten(2)  # (n, c_in·k, L), (n, c_out, L)
+            gw = torch.einsum("nol,nil->noi", d, cols).flatten(1)
+            gb = d.sum(-1) if module.bias is not None else None
+        per_c.append(gw if gb is None else torch.cat([gw, gb], dim=1))
+    return torch.stack(per_c, dim=1)
+
+
+def _unfold(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(conv, nn.Conv1d):
+        return F.unfold(x.unsqueeze(2), (1, conv.kernel_size[0]), dilation=(1, conv.dilation[0]),
+                        padding=(0, conv.padding[0]), stride=(1, conv.stride[0]))
+    return F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                    stride=conv.stride)
+
+
+def _add_fallback(K: torch.Tensor, model: nn.Module, X: torch.Tensor,
+                  params: dict[str, torch.Tensor], kernel: str, chunk: int) -> None:
+    """Per-sample Jacobians of the parameters no rule covers, in chunks to bound memory."""
+    grads = per_sample_jacobian(model, X, params, chunk)  # (n, C, p_rest)
+    _add_gram(K, grads, kernel)
+
+
+def per_sample_jacobian(model: nn.Module, X: torch.Tensor, params: dict[str, torch.Tensor],
+                        chunk: int = 64) -> torch.Tensor:
+    """(n, C, p) Jacobian of the outputs w.r.t. ``params`` (others frozen), via vmap(jacrev)."""
+    frozen = {k: v.detach() for k, v in model.named_parameters() if k not in params}
+    frozen.update(dict(model.named_buffers()))
+    detached = {k: v.detach() for k, v in params.items()}
+
+    def single(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, {**frozen, **p}, (x.unsqueeze(0),)).squeeze(0)
+
+    jac_fn = vmap(jacrev(single), in_dims=(None, 0))
+    blocks = []
+    for start in range(0, X.shape[0], chunk):
+        jac = jac_fn(detached, X[start:start + chunk])
+        blocks.append(torch.cat([j.flatten(2) for j in jac.values()], dim=2))
+    return torch.cat(blocks, dim=0)
+
+
+def empirical_ntk(model: nn.Module, X: torch.Tensor, kernel: str = "full") -> torch.Tensor:
+    """Exact empirical NTK of ``model`` on ``X``: (n·C) × (n·C) sample-major, or n × n when C = 1.
+
+    ``kernel="traced"`` gives the output-traced Σ_c K_cc instead. Returns a fresh tensor.
+    """
+    with LayerCapture(model) as capture:
+        f = model(X)
+        K = kernel_from_capture(model, X, f, capture, kernel=kernel)
+    return K.clone()

@@ -1,0 +1,31 @@
+"""``ntk_eigenpairs``: the top-k NTK eigenpairs of a model, exact or matrix-free."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .ntk import NTKOperator, empirical_ntk
+from .spectral import explicit_matmat, top_eigenpairs
+
+
+def ntk_eigenpairs(model: nn.Module, X: torch.Tensor, k: int, mode: str = "auto",
+                   tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenpairs of the (full, sample-major) empirical NTK of ``model`` on ``X``.
+
+    Returns (eigenvalues descending (k,), eigenvectors as columns (m, k)), float64.
+    ``mode``: ``exact`` forms K with the per-layer rules; ``matrix_free`` uses NTK-vector
+    products only; ``auto`` forms K when it has at most 4096 rows.
+    """
+    if mode not in ("auto", "exact", "matrix_free"):
+        raise ValueError(f"mode: expected auto, exact or matrix_free, got {mode!r}")
+    with torch.no_grad():
+        m = model(X[:1]).shape[1] * X.shape[0]
+    if mode == "exact" or (mode == "auto" and m <= 4096):
+        K = empirical_ntk(model, X)
+        matmat, dim = explicit_matmat(K), K.shape[0]
+    else:
+        op = NTKOperator(model, X, "full")
+        matmat, dim = op.matmat, op.dim
+    result = top_eigenpairs(matmat, dim, k, tol=tol, device=X.device)
+    return result.values, result.vectors
