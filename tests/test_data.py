@@ -14,7 +14,7 @@ import torch
 from ntk_core.config import RunConfig
 from ntk_core.data import DataError, Dataset, available_datasets, load_dataset
 from ntk_core.data import cifar10 as cifar_mod
-from ntk_core.data.common import per_class_counts, standardize, to_layout
+from ntk_core.data.common import balanced_subset, per_class_counts, standardize, to_layout
 from ntk_core.data.mnist1d import load_mnist1d_raw, templates
 from ntk_core.data.synthetic import gaussian, teacher
 
@@ -170,6 +170,32 @@ def test_seed_determinism(dataset: str) -> None:
     c = load_dataset(RunConfig(dataset=dataset, n=80, seed=2))
     assert torch.equal(a.X, b.X) and torch.equal(a.Y, b.Y)
     assert a.X.shape == c.X.shape and not torch.allclose(a.X, c.X)
+
+
+RAW = {
+    "synthetic": lambda seed: gaussian(20, 8, 4, seed=seed)[0],
+    "teacher": lambda seed: teacher(20, 8, 4, seed=seed)[0],
+    "mnist1d": lambda seed: load_mnist1d_raw(4000, seed=seed)[0],
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(RAW))
+def test_generator_seed_determinism(dataset: str) -> None:
+    # the generated data itself, not only the subset drawn from it, follows the seed
+    make = RAW[dataset]
+    np.testing.assert_array_equal(make(3), make(3))
+    assert not np.allclose(make(3), make(4))
+
+
+def test_balanced_subset_order() -> None:
+    labels = np.array([2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    index, new_labels = balanced_subset(labels, (2, 0), n=7, seed=0)
+    assert new_labels.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert np.all(labels[index[:4]] == 2) and np.all(labels[index[4:]] == 0)
+    # within a class, by original index
+    assert np.all(np.diff(index[:4]) > 0) and np.all(np.diff(index[4:]) > 0)
+    other, _ = balanced_subset(labels, (2, 0), n=7, seed=1)
+    assert not np.array_equal(index, other)
 
 
 def test_digits_seed_changes_subset() -> None:

@@ -1,0 +1,186 @@
+"""The dashboard's run settings: a param.Parameterized mirror of the RunConfig fields a lecturer
+changes, plus the preset they start from.
+
+The parameters are generated from ``RunConfig``'s type hints and defaults (one source of truth);
+the app only adds bounds that keep a shared server responsive. Options the dashboard does not show
+(``input_dim``, ``kernel``, ``momentum`` ...) come from the selected preset. ``to_config`` builds the
+``RunConfig`` and lets the engine validate it, so every message the user sees is the engine's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, get_args
+
+import param
+
+from ntk_core.config import MAX_DEPTH, MAX_K, ConfigError, RunConfig, option_type
+from ntk_core.presets import DEFAULT_PRESET, Preset, load_preset, preset_names
+
+# The RunConfig fields that get a control, in the order they appear in the sidebar.
+CONTROL_FIELDS: tuple[str, ...] = (
+    "dataset", "n", "classes", "target", "arch", "width", "depth", "activation",
+    "lr", "steps", "target_loss", "measure_every", "k", "seed",
+)
+# Changing one of these keeps the weights (the trainer continues); any other field resets the run.
+LIVE_FIELDS = frozenset({"lr"})
+
+# Bounds a served dashboard accepts (tighter than the engine's hard limits: one run per tab).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "n": (2, 4096),
+    "width": (1, 2048),
+    "depth": (1, min(16, MAX_DEPTH)),
+    "lr": (1e-3, 10.0),
+    "steps": (1, 100_000),
+    "target_loss": (0.0, 100.0),
+    "measure_every": (1, 10_000),
+    "k": (1, min(50, MAX_K)),
+    "seed": (0, 2**31 - 1),
+}
+# Slider ranges where a slider is used (the URL may still ask for anything inside BOUNDS).
+SLIDER_RANGES: dict[str, tuple[int, int]] = {"n": (16, 1024), "width": (4, 512),
+                                             "depth": (1, 6), "k": (1, 50)}
+LABELS: dict[str, str] = {
+    "dataset": "Dataset", "n": "Training examples n", "classes": "Classes (e.g. 0,1,2,3)",
+    "target": "Targets", "arch": "Architecture", "width": "Width", "depth": "Depth",
+    "activation": "Activation", "lr": "Learning rate η", "steps": "Steps",
+    "target_loss": "Stop at loss (empty: never)", "measure_every": "Measure every",
+    "k": "Top-k eigenpairs", "seed": "Seed",
+}
+
+
+def _choices(hint: Any) -> tuple[Any, ...]:
+    """The Literal choices of a (possibly optional) field type, or ()."""
+    for arg in (hint, *get_args(hint)):
+        values = get_args(arg)
+        if values and all(isinstance(v, str) for v in values):
+            return values
+    return ()
+
+
+def _base_type(hint: Any) -> type:
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if args and get_args(hint) and type(None) in get_args(hint) else hint
+
+
+def config_parameter(name: str) -> param.Parameter:
+    """A param.Parameter for the RunConfig field ``name``: type, default and choices from the
+    dataclass, bounds from ``BOUNDS``."""
+    hint = option_type(name)
+    default = getattr(RunConfig(), name)
+    optional = type(None) in get_args(hint)
+    label = LABELS.get(name, name)
+    doc = f"RunConfig.{name}"
+    choices = _choices(hint)
+    if choices:
+        return param.Selector(default=default, objects=list(choices), label=label, doc=doc)
+    base = _base_type(hint)
+    if getattr(base, "__origin__", None) is tuple:
+        text = "" if default is None else ",".join(map(str, default))
+        return param.String(default=text, label=label, doc=doc)
+    bounds = BOUNDS.get(name)
+    if base is int:
+        return param.Integer(default=default, bounds=bounds, allow_None=optional, label=label,
+                             softbounds=SLIDER_RANGES.get(name), doc=doc)
+    if base is float:
+        inclusive = (name != "target_loss", True)
+        return param.Number(default=default, bounds=bounds, allow_None=optional, label=label,
+                            inclusive_bounds=inclusive, doc=doc)
+    raise TypeError(f"no control for RunConfig.{name} of type {hint}")
+
+
+def _preset_values(preset: Preset) -> dict[str, Any]:
+    """The preset's config as values of the control parameters."""
+    values = {}
+    for name in CONTROL_FIELDS:
+        value = getattr(preset.config, name)
+        if name == "classes":
+            value = "" if value is None else ",".join(map(str, value))
+        values[name] = value
+    return values
+
+
+class RunSettings(param.Parameterized):
+    """What the next run trains: a preset plus the user's overrides of its control fields.
+
+    Choosing a preset applies its values, except for fields set in the same update (so that a URL
+    ``?preset=catapult&lr=0.3`` gives the catapult run at η = 0.3). After every coherent change the
+    ``changed`` event fires with ``last_changed`` holding the names that changed.
+    """
+
+    preset = param.Selector(default=DEFAULT_PRESET, objects=[], label="Preset")
+    changed = param.Event(doc="Fires once after each coherent change of the settings.")
+
+    def __init__(self, **params: Any) -> None:
+        names = preset_names()
+        self.param.preset.objects = names
+        preset = params.get("preset", DEFAULT_PRESET if DEFAULT_PRESET in names else names[0])
+        self.preset_info: Preset = load_preset(preset)
+        initial = {**_preset_values(self.preset_info), **params, "preset": preset}
+        super().__init__(**initial)
+        self.last_changed: frozenset[str] = frozenset()
+        self._applying = False
+        self.param.watch(self._on_change, ["preset", *CONTROL_FIELDS])
+
+    # ---- changes -------------------------------------------------------------------------
+    def _on_change(self, *events: param.parameterized.Event) -> None:
+        if self._applying:
+            return
+        names = {e.name for e in events}
+        if "preset" in names:
+            self.preset_info = load_preset(self.preset)
+            values = _preset_values(self.preset_info)
+            self._applying = True
+            try:
+                self.param.update(**{k: v for k, v in values.items() if k not in names})
+            finally:
+                self._applying = False
+            names |= set(CONTROL_FIELDS)
+        self.last_changed = frozenset(names)
+        self.param.trigger("changed")
+
+    # ---- derived -------------------------------------------------------------------------
+    def values(self) -> dict[str, Any]:
+        """The control fields as RunConfig.from_dict input (strings are coerced by the engine)."""
+        values = {name: getattr(self, name) for name in CONTROL_FIELDS}
+        values["classes"] = values["classes"].strip() or None
+        return values
+
+    def to_config(self) -> RunConfig:
+        """The run config: the preset's, overridden by the controls. Raises ConfigError."""
+        return RunConfig.from_dict({**self.preset_info.config.to_dict(), **self.values()})
+
+    def to_configs(self) -> list[RunConfig]:
+        """One config per point of the preset's sweep (the ladder), with the controls applied to
+        every field the sweep does not vary."""
+        config = self.to_config()
+        sweep = self.preset_info.sweep
+        if not sweep:
+            return [config]
+        out = [config]
+        for key, points in sweep.items():
+            out = [c.replace(**{key: v}) for c in out for v in points]
+        return out
+
+    def validate(self) -> str:
+        """'' when the settings make a valid run, else the engine's message."""
+        try:
+            self.to_config()
+        except ConfigError as exc:
+            return str(exc)
+        return ""
+
+    def url_parameters(self) -> dict[str, str]:
+        """Parameter name -> URL query name for pn.state.location.sync."""
+        return {name: name for name in ("preset", *CONTROL_FIELDS)}
+
+
+for _name in CONTROL_FIELDS:
+    RunSettings.param.add_parameter(_name, config_parameter(_name))
+
+
+def round_lr(lr: float, digits: int = 3) -> float:
+    """η rounded to ``digits`` significant digits (what a log slider should write)."""
+    if lr <= 0 or not math.isfinite(lr):
+        return lr
+    return round(lr, digits - 1 - math.floor(math.log10(lr)))
