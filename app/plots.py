@@ -10,7 +10,8 @@ arithmetic here is display scaling (λ/n, block means, row order).
 from __future__ import annotations
 
 import math
-from functools import partial
+import operator
+from functools import partial, reduce
 
 import holoviews as hv
 import numpy as np
@@ -28,6 +29,7 @@ MAX_HISTORY_ROWS = 128
 THRESHOLD_COLOR = "#d62728"
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
               "#bcbd22", "#7f7f7f")
+RUN_DIM = hv.Dimension("run", label=" ")  # no legend title above the kept runs
 STEP_COLUMNS = ["step", "loss", "accuracy", "two_over_lr"]
 MEASURE_COLUMNS = ["step", "two_over_lr", "sharpness", "gn_sharpness", "kta", "topk_mass", "a1",
                    "u1_residual"]
@@ -145,62 +147,68 @@ def _symmetric(values: np.ndarray) -> tuple[float, float]:
     return (-a, a) if a > 0 else (-1.0, 1.0)
 
 
-def _placeholder(text: str) -> hv.Overlay:
-    return hv.Image(np.zeros((2, 2))).opts(alpha=0) * hv.Text(0, 0, text)
+def _image(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, kdims: list[str], vdim: str,
+           title: str, data: dict, ticks: str = "x") -> hv.Overlay:
+    """A diverging heatmap (symmetric colour range) with the class / output boundaries."""
+    img = hv.Image((xs, ys, values), kdims=kdims, vdims=[vdim]).opts(
+        clim=_symmetric(values), invert_yaxis=True, title=title,
+        xticks=data.get("ticks") if "x" in ticks else None,
+        yticks=data.get("ticks") if "y" in ticks else None)
+    layers = img * _edges(data.get("class_edges", []), data.get("output_edges", []))
+    if "y" in ticks:
+        layers = layers * _edges(data.get("class_edges", []), data.get("output_edges", []),
+                                 horizontal=True)
+    return layers
+
+
+def _empty(kdims: list[str], vdim: str, title: str, ticks: str = "x") -> hv.Overlay:
+    return _image(np.array([0.5]), np.array([0.5]), np.full((1, 1), np.nan), kdims, vdim,
+                  title + " (waiting for a measurement)", {}, ticks)
 
 
 def eigenvector_image(data: dict) -> hv.Overlay:
+    kdims = ["kernel row", "eigenvector i"]
     if "vectors" not in data:
-        return _placeholder("no eigenvectors yet")
+        return _empty(kdims, "u_i entry", "Top NTK eigenvectors")
     step, vectors, f = data["vectors"]
     k = vectors.shape[0]
-    img = hv.Image((_centers(vectors.shape[1], f), np.arange(1, k + 1), vectors),
-                   kdims=["kernel row", "eigenvector i"], vdims=["u_i entry"])
-    img = img.opts(clim=_symmetric(vectors), invert_yaxis=True, xticks=data["ticks"],
-                   title=f"Top-{k} NTK eigenvectors at step {step}")
-    return img * _edges(data["class_edges"], data["output_edges"])
+    return _image(_centers(vectors.shape[1], f), np.arange(1, k + 1), vectors, kdims,
+                  "u_i entry", f"Top-{k} NTK eigenvectors at step {step}", data)
 
 
 def history_image(data: dict) -> hv.Overlay:
+    kdims = ["kernel row", "step"]
     if "history" not in data:
-        return _placeholder("u₁ history starts after two snapshots")
+        return _empty(kdims, "u₁ entry", "u₁ over training")
     steps, values, f = data["history"]
-    img = hv.Image((_centers(values.shape[1], f), steps, values),
-                   kdims=["kernel row", "step"], vdims=["u₁ entry"])
-    img = img.opts(clim=_symmetric(values), xticks=data["ticks"], invert_yaxis=True,
-                   title="u₁ over training (rows: steps)")
-    return img * _edges(data["class_edges"], data["output_edges"])
+    return _image(_centers(values.shape[1], f), steps, values, kdims, "u₁ entry",
+                  "u₁ over training (one row per step)", data)
 
 
 def kernel_image(data: dict) -> hv.Overlay:
+    kdims = ["kernel row", "kernel column"]
     if "kernel" not in data:
-        return _placeholder("the NTK is not stored for this run")
+        return _empty(kdims, "K", "NTK sorted by class", ticks="xy")
     step, k, f = data["kernel"]
     c = _centers(k.shape[0], f)
-    img = hv.Image((c, c, k), kdims=["kernel row", "kernel column"], vdims=["K"])
-    img = img.opts(clim=_symmetric(k), xticks=data["ticks"], yticks=data["ticks"],
-                   invert_yaxis=True, title=f"NTK at step {step}, sorted by class")
-    return (img * _edges(data["class_edges"], data["output_edges"])
-            * _edges(data["class_edges"], data["output_edges"], horizontal=True))
+    return _image(c, c, k, kdims, "K", f"NTK at step {step}, sorted by class", data, ticks="xy")
 
 
-def alignment_spectrum(data: dict) -> hv.Overlay:
-    """a_i against λ_i/‖K‖_F: the current run and the final spectra of kept runs."""
-    layers = []
-    for label, color, frame in data.get("runs", []):
-        curve = hv.Curve(frame, "eigval_normalized", "alignment", label=label)
-        layers += [curve.opts(color=color), hv.Scatter(curve).opts(color=color, size=6)]
+def alignment_spectrum(data: dict, kind: type = hv.Curve) -> hv.NdOverlay:
+    """a_i against λ_i/‖K‖_F (paper Fig. 1b) as ``kind`` elements: the final spectra of the kept
+    runs and the current run's latest one."""
+    runs = list(data.get("runs", []))
     current = data.get("current")
     title = "Alignment spectrum (top eigenpairs)"
     if current is not None:
-        step, frame = current
-        curve = hv.Curve(frame, "eigval_normalized", "alignment", label="current")
-        layers += [curve.opts(color="black", line_width=2),
-                   hv.Scatter(curve).opts(color="black", size=7)]
-        title = f"Alignment spectrum at step {step}"
+        runs.append(("current", "black", current[1]))
+        title = f"Alignment spectrum at step {current[0]}"
+    size = {"size": 7} if kind is hv.Scatter else {"line_width": 2}
+    layers = {label: kind(frame, "eigval_normalized", "alignment", label=label).opts(
+        color=color, **size) for label, color, frame in runs}
     if not layers:
-        layers = [hv.Curve([], "eigval_normalized", "alignment")]
-    return hv.Overlay(layers).opts(title=title)
+        layers = {"": kind([], "eigval_normalized", "alignment")}
+    return hv.NdOverlay(layers, kdims=RUN_DIM).opts(title=title)
 
 
 def compare_overlay(data: dict) -> hv.Overlay:
@@ -221,8 +229,8 @@ def kept_curves(runs: list, column: str, dash: str = "solid") -> hv.NdOverlay:
     curves = {label: hv.Curve(frame, "step", column, label=label).opts(
         color=color, line_dash=dash, alpha=0.8) for label, color, frame in runs}
     if not curves:
-        return hv.NdOverlay({"": hv.Curve([], "step", column)}, kdims="run")
-    return hv.NdOverlay(curves, kdims="run")
+        return hv.NdOverlay({"": hv.Curve([], "step", column)}, kdims=RUN_DIM)
+    return hv.NdOverlay(curves, kdims=RUN_DIM)
 
 
 # ---- the plot set ------------------------------------------------------------------------------
@@ -253,7 +261,8 @@ class LivePlots:
 
     # ---- pushes --------------------------------------------------------------------------
     def push_rows(self, rows: dict[str, np.ndarray], n: int, spectrum: bool = True) -> None:
-        """Append new engine rows; the spectrum plot (many curves) may be pushed less often."""
+        """Append new engine rows. The eigenvalue plot (many curves) costs the most per push,
+        so with ``spectrum=False`` its rows wait for the next ``flush_spectrum``."""
         if len(rows["step"]) == 0:
             return
         self.steps.send(step_frame(rows))
@@ -261,7 +270,11 @@ class LivePlots:
         if len(measured):
             self.measures.send(measured)
             self._pending_spectrum.append(spectrum_frame(rows, n))
-        if spectrum and self._pending_spectrum:
+        if spectrum:
+            self.flush_spectrum()
+
+    def flush_spectrum(self) -> None:
+        if self._pending_spectrum:
             self.spectrum.send(pd.concat(self._pending_spectrum, ignore_index=True))
             self._pending_spectrum = []
 
@@ -321,7 +334,7 @@ class LivePlots:
             line_width=2 if i == 0 else 1) for i in range(K_SHOW)]
         limit = self._curve(self.spectrum, "two_over_lr", "2/η").opts(
             color=THRESHOLD_COLOR, line_dash="dashed", line_width=2)
-        return hv.Overlay([*curves, limit]).opts(
+        return reduce(operator.mul, [*curves, limit]).opts(
             hv.opts.Overlay(title=f"Top-{K_SHOW} NTK eigenvalues λᵢ/n vs 2/η",
                             ylabel="λᵢ / n", show_legend=False))
 
@@ -338,22 +351,30 @@ class LivePlots:
             color="#9467bd", title="Residual along u₁: u₁ᵀr (the EoS oscillation)",
             ylabel="u₁ᵀr")
 
+    def _heatmap(self, builder) -> hv.DynamicMap:
+        return hv.DynamicMap(builder, streams=[self.matrices]).opts(
+            hv.opts.Image(framewise=True))
+
     def eigenvector_heatmap(self) -> hv.DynamicMap:
-        return hv.DynamicMap(eigenvector_image, streams=[self.matrices])
+        return self._heatmap(eigenvector_image)
 
     def u1_heatmap(self) -> hv.DynamicMap:
-        return hv.DynamicMap(history_image, streams=[self.matrices])
+        return self._heatmap(history_image)
 
     def kernel_heatmap(self) -> hv.DynamicMap:
-        return hv.DynamicMap(kernel_image, streams=[self.matrices])
+        return self._heatmap(kernel_image)
 
-    def alignment_spectrum(self) -> hv.DynamicMap:
-        return hv.DynamicMap(alignment_spectrum, streams=[self.alignment]).opts(
+    def alignment_spectrum(self) -> hv.Overlay:
+        lines, points = (hv.DynamicMap(partial(alignment_spectrum, kind=kind),
+                                       streams=[self.alignment]) for kind in (hv.Curve, hv.Scatter))
+        return (lines * points).opts(
+            hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True),
             hv.opts.Overlay(logx=True, xlabel="λᵢ / ‖K‖_F (log)", ylabel="aᵢ = (uᵢᵀy)²/‖y‖²",
                             legend_position="top_left"))
 
     def comparison_plot(self) -> hv.DynamicMap:
         return hv.DynamicMap(compare_overlay, streams=[self.comparison]).opts(
+            hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True),
             hv.opts.Overlay(logx=True, title="Final alignment against η (kept runs)",
                             xlabel="learning rate η (log)", legend_position="top_left"))
 

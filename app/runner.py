@@ -10,9 +10,11 @@ page polls ``buffer`` / ``status_line`` from its periodic callback.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import threading
 import time
+import weakref
 
 from ntk_core.buffer import RunBuffer
 from ntk_core.config import RunConfig
@@ -23,11 +25,24 @@ from .runs import KeptRun, keep_run
 THREAD_PREFIX = "ntk-eos-train-"
 MAX_KEPT = 8
 _ids = itertools.count(1)
+_live_runs: weakref.WeakSet[TrainingRun] = weakref.WeakSet()
 
 
 def training_threads() -> list[threading.Thread]:
     """The live training threads of this process (tests count them)."""
     return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+
+
+@atexit.register
+def stop_all(timeout: float = 5.0) -> None:
+    """Stop every run and wait for its thread: a thread killed inside a torch call at
+    interpreter exit aborts the process."""
+    runs = list(_live_runs)
+    for run in runs:
+        run.stop()
+    deadline = time.monotonic() + timeout
+    for run in runs:
+        run.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class TrainingRun:
@@ -48,6 +63,7 @@ class TrainingRun:
         self._pending = 0
         self.thread = threading.Thread(target=self._loop, name=f"{THREAD_PREFIX}{next(_ids)}",
                                        daemon=True)
+        _live_runs.add(self)
         self.thread.start()
 
     # ---- controls (any thread) -----------------------------------------------------------

@@ -2,9 +2,9 @@
 changes, plus the preset they start from.
 
 The parameters are generated from ``RunConfig``'s type hints and defaults (one source of truth);
-the app only adds bounds that keep a shared server responsive. Options the dashboard does not show
-(``input_dim``, ``kernel``, ``momentum`` ...) come from the selected preset. ``to_config`` builds the
-``RunConfig`` and lets the engine validate it, so every message the user sees is the engine's.
+the app only adds bounds that keep a shared server responsive. Options the dashboard does not
+show (``input_dim``, ``kernel``, ``momentum`` ...) come from the selected preset. ``to_config``
+builds the ``RunConfig`` and lets the engine validate it: every message shown is the engine's.
 """
 
 from __future__ import annotations

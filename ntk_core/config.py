@@ -10,9 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, get_args, get_type_hints
-
-from typing import Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 DatasetName = Literal["digits", "mnist1d", "synthetic", "teacher", "cifar10"]
 ArchName = Literal["mlp", "cnn", "vit", "linear2"]

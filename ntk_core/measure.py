@@ -17,8 +17,8 @@ from torch import nn
 from .alignment import (
     centered_alignment_from_products,
     deflated_fro_norm,
-    fro_norm,
     eigen_alignment,
+    fro_norm,
     kernel_distance,
     target_fro,
 )

@@ -10,7 +10,7 @@ from .spectral import explicit_matmat, top_eigenpairs
 
 
 def ntk_eigenpairs(model: nn.Module, X: torch.Tensor, k: int, mode: str = "auto",
-                   tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                   tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k eigenpairs of the (full, sample-major) empirical NTK of ``model`` on ``X``.
 
     Returns (eigenvalues descending (k,), eigenvectors as columns (m, k)), float64.

@@ -1,16 +1,17 @@
 """Matrix-free NTK-vector products: v ↦ J (Jᵀ v), one vjp and one jvp, for any model.
 
-The forward pass is linearised once per step (torch.func.vjp and torch.func.linearize) and the
-cached vjp/jvp closures are vmapped over a block of vectors, so a block of b products costs about
-b backward-plus-forward passes without re-running the forward. Cost per vector ≈ 2 GD steps
-(performance notes); nothing of size n·p or (nC)² is ever formed.
+The reverse pass is recorded once per step (torch.func.vjp) and its closure is vmapped over a
+block of vectors; the forward-mode half (torch.func.jvp) is vmapped over the same block, so the
+forward runs once per block, not once per vector. torch.func.linearize would cache the forward
+too, but tracing it costs ~80 GD steps on a small ViT — more than a whole solve. Cost per vector
+≈ 1–2 GD steps (performance notes); nothing of size n·p or (nC)² is ever formed.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call, linearize, vjp, vmap
+from torch.func import functional_call, jvp, vjp, vmap
 
 
 class NTKOperator:
@@ -29,7 +30,7 @@ class NTKOperator:
             return functional_call(model, {**frozen, **buffers, **p}, (X,))
 
         self.outputs, self._vjp = vjp(f, params)
-        _, self._jvp = linearize(f, params)
+        self._f, self._params = f, params
         self.n, self.C = self.outputs.shape
         self.kernel = kernel
         self.dim = self.n if (kernel == "traced" or self.C == 1) else self.n * self.C
@@ -40,7 +41,7 @@ class NTKOperator:
         """K_full @ V for V of shape (b, n, C) → (b, n, C)."""
         def one(v: torch.Tensor) -> torch.Tensor:
             (g,) = self._vjp(v)
-            return self._jvp(g)
+            return jvp(self._f, (self._params,), (g,))[1]
         try:
             return vmap(one)(V)
         except RuntimeError:  # a model op without a batching rule: fall back to a loop

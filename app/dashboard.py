@@ -1,0 +1,345 @@
+"""The ntk-eos dashboard: controls, run buttons and the live plots of one training session.
+
+``Dashboard`` is a ``pn.viewable.Viewer``: ``Dashboard()`` shows in a notebook cell, and
+``app/main.py`` serves one per browser tab. Each instance owns a ``RunController`` (a background
+training thread) and pulls new rows from the engine's buffer every ``PULL_MS`` milliseconds;
+matrices and comparison views refresh about once a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import holoviews as hv
+import panel as pn
+import param
+
+from ntk_core.config import ConfigError
+
+from .controls import SPEEDS, LearningRateControl, settings_sections
+from .plots import LivePlots
+from .runner import RunController
+from .runs import (
+    MAX_UPLOAD_MB,
+    RunFileError,
+    buffer_from_dataset,
+    csv_bytes,
+    netcdf_bytes,
+    read_run_bytes,
+    run_config_dict,
+)
+from .settings import LIVE_FIELDS, RunSettings
+
+pn.extension(notifications=False)
+
+PULL_MS = 200  # curve refresh: 5 Hz
+MATRIX_SECONDS = 1.0  # matrices, the eigenvalue plot and the comparison views
+PLOT_HEIGHT = 290
+SIDEBAR_WIDTH = 330
+
+RESULT_ALERTS = {
+    "diverged": ("warning", "**{line}.** {reason}. η is above what the curvature allows (2/η "
+                 "below the sharpness it cannot escape): lower η and press Reset."),
+    "completed": ("success", "**Finished:** {reason}."),
+    "reached_target": ("success", "**Target reached:** {reason}."),
+    "failed": ("danger", "**The run failed:** {reason}"),
+}
+
+
+class Dashboard(pn.viewable.Viewer):
+    """Train a RunConfig live and watch sharpness, the NTK spectrum and label alignment."""
+
+    settings = param.ClassSelector(class_=RunSettings, constant=True)
+    speed = param.Selector(default=0.0, objects=list(SPEEDS.values()),
+                           doc="Steps per second cap (0: as fast as the engine goes).")
+    status = param.String(default="step 0 · loading data and model")
+
+    def __init__(self, **params: Any) -> None:
+        params.setdefault("settings", RunSettings())
+        super().__init__(**params)
+        self.controller = RunController()
+        self.plots = LivePlots()
+        self._source = None
+        self._cursor = 0
+        self._seen_version = -1
+        self._matrix_version = -1
+        self._last_slow = 0.0
+        self._tick_lock = threading.Lock()
+        self._started = False
+        self._callback: Any = None
+        self._url_message = ""
+        self._viewed_note = ""
+        self._sync_url()
+        self.settings.param.watch(self._on_settings, "changed")
+        self.param.watch(lambda e: self.controller.set_speed(e.new), "speed")
+        self._make_widgets()
+        self._layout = self._make_layout()
+        self.reset()
+
+    # ---- actions -------------------------------------------------------------------------
+    def play(self, *_: Any) -> None:
+        if self.controller.run is None or self.controller.run.finished:
+            self.reset(play=True)
+        else:
+            self.controller.play()
+
+    def pause(self, *_: Any) -> None:
+        self.controller.pause()
+
+    def step(self, *_: Any) -> None:
+        if self.controller.run is None:
+            self.reset()
+        self.controller.step()
+
+    def reset(self, *_: Any, play: bool = False) -> None:
+        """Start the settings' run (or ladder) from initialisation."""
+        message = self.settings.validate()
+        self._show_config_error(message)
+        if message:
+            return
+        self.controller.reset(self.settings.to_configs(), play=play)
+        self.tick()
+
+    def keep(self, *_: Any) -> None:
+        if self.controller.keep() is not None:
+            self.plots.set_kept(self.controller.kept)
+
+    def clear_kept(self, *_: Any) -> None:
+        self.controller.clear_kept()
+        self.plots.set_kept([])
+
+    def close(self, *_: Any) -> None:
+        """Stop training (called when the browser session ends)."""
+        self.controller.close()
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+
+    # ---- settings ------------------------------------------------------------------------
+    def _on_settings(self, _: param.parameterized.Event) -> None:
+        message = self.settings.validate()
+        self._show_config_error(message)
+        if message:
+            return
+        run = self.controller.run
+        if self.settings.last_changed <= LIVE_FIELDS and run is not None and not run.finished:
+            self.controller.set_lr(self.settings.lr)
+            return
+        self.reset(play=run is not None and run.playing)
+
+    def _show_config_error(self, message: str) -> None:
+        self.config_alert.object = (f"**These settings cannot run:** {message}. The last valid "
+                                    "run is still shown." if message else "")
+        self.config_alert.visible = bool(message)
+
+    def _sync_url(self) -> None:
+        """Keep the settings in the page URL so that a shared link reproduces the setup."""
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None or pn.state.location is None:
+            return
+        pn.state.location.sync(self.settings, self.settings.url_parameters(),
+                               on_error=self._url_error)
+
+    def _url_error(self, values: dict) -> None:
+        self._url_message = ("**The link's settings could not all be applied:** "
+                             + ", ".join(f"{k}={v}" for k, v in values.items())
+                             + ". Check the values against the bounds of each control.")
+
+    # ---- files ---------------------------------------------------------------------------
+    def _download_netcdf(self) -> Any:
+        buffer = self.controller.buffer
+        return netcdf_bytes(buffer) if buffer is not None else None
+
+    def _download_csv(self) -> Any:
+        buffer = self.controller.buffer
+        return csv_bytes(buffer) if buffer is not None else None
+
+    def _on_upload(self, event: param.parameterized.Event) -> None:
+        if not event.new:
+            return
+        name = self.upload.filename or "upload.nc"
+        try:
+            ds = read_run_bytes(event.new)
+            buffer = buffer_from_dataset(ds)
+        except (RunFileError, ConfigError, ValueError, KeyError) as exc:
+            self.run_alert.param.update(object=f"**Could not open {name}:** {exc}.",
+                                        alert_type="danger", visible=True)
+            return
+        self.controller.view(buffer, name)
+        lr = run_config_dict(buffer.attrs).get("lr", buffer.attrs.get("lr"))
+        self._viewed_note = f"Viewing the saved run **{name}** (η = {lr}); Reset trains again."
+        self.tick()
+
+    # ---- the pull loop -------------------------------------------------------------------
+    def tick(self) -> None:
+        """Move new engine rows into the plots; called every PULL_MS by the page."""
+        if not self._tick_lock.acquire(blocking=False):
+            return  # the previous tick is still sending
+        try:
+            self._tick()
+        finally:
+            self._tick_lock.release()
+
+    def _tick(self) -> None:
+        controller = self.controller
+        if controller.advance_ladder():
+            self.plots.set_kept(controller.kept)
+        buffer = controller.buffer
+        now = time.monotonic()
+        slow_due = now - self._last_slow >= MATRIX_SECONDS
+        with pn.io.hold(freeze=True):
+            if buffer is not self._source:
+                self._source, self._cursor = buffer, 0
+                self._seen_version = self._matrix_version = -1
+                self.plots.clear()
+                slow_due = True
+            if buffer is not None and buffer.version != self._seen_version:
+                self._seen_version = buffer.version
+                rows = buffer.rows(self._cursor)
+                self._cursor += len(rows["step"])
+                n = len(set(buffer.row_data["sample_index"].tolist()))
+                self.plots.push_rows(rows, n, spectrum=slow_due)
+            if slow_due:
+                self._last_slow = now
+                self.plots.flush_spectrum()
+                if buffer is not None and buffer.version != self._matrix_version:
+                    self._matrix_version = buffer.version
+                    self.plots.push_matrices(buffer)
+            self._update_text()
+
+    def _update_text(self) -> None:
+        controller = self.controller
+        status = controller.status_line
+        if controller.viewed is not None:
+            status += f" · {controller.viewed_name}"
+        if status != self.status:
+            self.status = status
+        self.status_pane.object = self.status
+        buffer = controller.buffer
+        alert = ("", "info")
+        if controller.run is not None and controller.run.error:
+            alert = (f"**Could not start the run:** {controller.run.error}", "danger")
+        elif buffer is not None and buffer.status in RESULT_ALERTS:
+            kind, text = RESULT_ALERTS[buffer.status]
+            reason = str(buffer.attrs.get("status_reason", "")).rstrip(".")
+            alert = (text.format(line=controller.status_line, reason=reason), kind)
+        if controller.viewed is not None:
+            alert = (self._viewed_note + (" " + alert[0] if alert[0] else ""), "info")
+        elif self._url_message:
+            alert = (self._url_message, "warning")
+        if alert[0] != self.run_alert.object or alert[1] != self.run_alert.alert_type:
+            self.run_alert.param.update(object=alert[0], alert_type=alert[1],
+                                        visible=bool(alert[0]))
+        self.ladder_pane.object = self._ladder_text()
+        lr = controller.run.lr if controller.run is not None else self.settings.lr
+        self.netcdf.filename = f"ntk-eos_{self.settings.preset}_lr{lr:g}.nc"
+        self.csv.filename = f"ntk-eos_{self.settings.preset}_lr{lr:g}.csv"
+
+    def _ladder_text(self) -> str:
+        c = self.controller
+        if c.ladder_size <= 1 or c.run is None:
+            return ""
+        return (f"Ladder run {c.ladder_position} of {c.ladder_size}: η = {c.run.lr:g}. "
+                "Finished runs are kept for comparison.")
+
+    # ---- widgets and layout --------------------------------------------------------------
+    def _make_widgets(self) -> None:
+        buttons = {"Play": ("success", self.play), "Pause": ("warning", self.pause),
+                   "Step": ("primary", self.step), "Reset": ("danger", self.reset)}
+        self.buttons = {}
+        for label, (kind, action) in buttons.items():
+            button = pn.widgets.Button(name=label, button_type=kind, width=68, margin=(5, 3))
+            button.on_click(action)
+            self.buttons[label] = button
+        self.speed_slider = pn.widgets.DiscreteSlider(
+            name="Speed cap (steps/s)", options=SPEEDS, value=self.speed,
+            sizing_mode="stretch_width")
+        self.speed_slider.link(self, value="speed")
+        self.keep_button = pn.widgets.Button(name="Keep run", button_type="primary",
+                                             button_style="outline", width=120)
+        self.keep_button.on_click(self.keep)
+        self.clear_button = pn.widgets.Button(name="Clear kept", button_style="outline",
+                                              width=120)
+        self.clear_button.on_click(self.clear_kept)
+        self.lr_control = LearningRateControl(self.settings)
+        self.preset_select = pn.widgets.Select.from_param(self.settings.param.preset,
+                                                          sizing_mode="stretch_width")
+        self.netcdf = pn.widgets.FileDownload(callback=self._download_netcdf, filename="run.nc",
+                                              label="Download run (NetCDF)",
+                                              button_type="primary", sizing_mode="stretch_width")
+        self.csv = pn.widgets.FileDownload(callback=self._download_csv, filename="run.csv",
+                                           label="Download scalars (CSV)",
+                                           sizing_mode="stretch_width")
+        self.upload = pn.widgets.FileInput(accept=".nc", sizing_mode="stretch_width")
+        self.upload.param.watch(self._on_upload, "value")
+        self.status_pane = pn.pane.HTML(self.status, css_classes=["ntk-status"],
+                                        styles={"font-size": "1.4em", "font-weight": "600",
+                                                "white-space": "nowrap"})
+        self.config_alert = pn.pane.Alert("", alert_type="danger", visible=False,
+                                          sizing_mode="stretch_width")
+        self.run_alert = pn.pane.Alert("", alert_type="info", visible=False,
+                                       sizing_mode="stretch_width")
+        self.ladder_pane = pn.pane.Markdown("", margin=(0, 10))
+
+    def _sidebar(self) -> pn.Column:
+        run_box = pn.Column(
+            "### Run", pn.Row(*self.buttons.values()), self.speed_slider,
+            pn.Row(self.keep_button, self.clear_button), self.lr_control)
+        sections = [pn.Card(*widgets, title=title, collapsed=title == "Run",
+                            sizing_mode="stretch_width")
+                    for title, widgets in settings_sections(self.settings)]
+        files = pn.Card(self.netcdf, self.csv, pn.pane.Markdown(
+            f"Open a saved run (.nc, up to {MAX_UPLOAD_MB} MB):", margin=(5, 10, 0, 10)),
+            self.upload, title="Files", collapsed=True, sizing_mode="stretch_width")
+        return pn.Column("## ntk-eos", self.preset_select, run_box, *sections, files,
+                         width=SIDEBAR_WIDTH, scroll=True)
+
+    def _header(self) -> pn.Column:
+        about = pn.bind(lambda _: (f"### {self.settings.preset_info.title}\n\n"
+                                   f"{self.settings.preset_info.description}"),
+                        self.settings.param.preset)
+        return pn.Column(
+            pn.Row(pn.pane.Markdown(about, sizing_mode="stretch_width"), self.status_pane,
+                   sizing_mode="stretch_width"),
+            self.ladder_pane, self.config_alert, self.run_alert, sizing_mode="stretch_width")
+
+    def _make_layout(self) -> pn.Row:
+        p = self.plots
+        live = [p.loss(), p.sharpness(), p.eigenvalues(), p.alignment_curves(), p.residual(),
+                p.alignment_spectrum(), p.eigenvector_heatmap(), p.u1_heatmap(),
+                p.kernel_heatmap()]
+        grid = pn.GridBox(*[self._pane(obj) for obj in live], ncols=3,
+                          sizing_mode="stretch_width")
+        compare = pn.Column(
+            pn.pane.Markdown(
+                "Press **Keep run** to keep a run; the *eta-ladder* preset keeps each run of its "
+                "ladder. KTA can fall while a₁ and A_k rise: the top eigenvectors can align "
+                "with the labels better even as the whole kernel aligns less."),
+            pn.Row(self._pane(p.comparison_plot()), self._pane(p.alignment_spectrum()),
+                   sizing_mode="stretch_width"),
+            sizing_mode="stretch_width")
+        tabs = pn.Tabs(("Live", grid), ("Compare runs", compare), sizing_mode="stretch_width")
+        main = pn.Column(self._header(), tabs, sizing_mode="stretch_width")
+        return pn.Row(self._sidebar(), main, sizing_mode="stretch_width")
+
+    @staticmethod
+    def _pane(obj: hv.core.Dimensioned) -> pn.pane.HoloViews:
+        styled = obj.opts(
+            hv.opts.Curve(responsive=True, height=PLOT_HEIGHT, show_grid=True, tools=["hover"]),
+            hv.opts.Image(responsive=True, height=PLOT_HEIGHT, cmap="RdBu_r", colorbar=True,
+                          tools=["hover"]),
+            hv.opts.Overlay(responsive=True, height=PLOT_HEIGHT, fontscale=1.05),
+            hv.opts.Scatter(tools=["hover"]))
+        return pn.pane.HoloViews(styled, sizing_mode="stretch_width", height=PLOT_HEIGHT + 10,
+                                 linked_axes=False)
+
+    # ---- Viewer --------------------------------------------------------------------------
+    def __panel__(self) -> pn.Row:
+        if not self._started:
+            self._started = True
+            self._callback = pn.state.add_periodic_callback(self.tick, period=PULL_MS)
+            if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+                pn.state.on_session_destroyed(lambda _: self.close())
+        return self._layout

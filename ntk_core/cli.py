@@ -1,0 +1,207 @@
+"""The ``ntk-eos`` command line: run a preset, inspect a saved run, benchmark, serve the app.
+
+Every RunConfig field is a flag of ``run`` (``--lr 0.5 --classes 3,8``), overriding the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ConfigError, RunConfig, option_names
+from .presets import DEFAULT_PRESET, load_preset, preset_names
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run options (override the preset)")
+    for name in option_names():
+        group.add_argument(f"--{name}", dest=f"opt_{name}", metavar="VALUE", default=None,
+                           help=argparse.SUPPRESS if name in ("device",) else None)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    base = load_preset(args.preset).config
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    merged = base.to_dict()
+    merged.update(overrides)
+    return RunConfig.from_dict(merged)
+
+
+def _fmt(x: float, spec: str = ".4g") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .train import Trainer
+
+    config = config_from_args(args)
+    trainer = Trainer(config)
+    print(f"ntk-eos run · {config.arch} on {config.dataset} (n={config.n}, "
+          f"{trainer.data.num_outputs} output(s)) · η = {config.lr:g} · 2/η = {2 / config.lr:.4g}"
+          f" · NTK {trainer.mode}, {trainer.measurer.m}×{trainer.measurer.m} kernel",
+          file=sys.stderr)
+    bar = tqdm(total=config.steps, unit="step", disable=args.quiet, dynamic_ncols=True,
+               file=sys.stderr)
+
+    def progress(record) -> None:
+        s = record.scalars
+        bar.update(1)
+        bar.set_postfix_str(f"loss {_fmt(s['loss'], '.3e')} · S {_fmt(s.get('sharpness'))} "
+                            f"vs 2/η {2 / s['lr']:.4g} · KTA {_fmt(s.get('kta'), '.3f')}",
+                            refresh=False)
+
+    try:
+        ds = trainer.run(callback=progress)
+    except KeyboardInterrupt:
+        trainer.buffer.set_status("stopped", "interrupted from the keyboard")
+        ds = trainer.dataset
+    finally:
+        bar.close()
+    if args.out:
+        from .buffer import save_run
+
+        path = save_run(ds, args.out)
+        print(f"saved {path}", file=sys.stderr)
+    print(summarize(ds))
+    return 0 if ds.attrs["status"] in ("completed", "reached_target", "stopped") else 3
+
+
+def summarize(ds) -> str:
+    """A human summary of a run log (used by ``run`` and ``info``)."""
+    import numpy as np
+
+    cfg = RunConfig.from_json(ds.attrs["config"])
+    steps = ds.sizes["step"]
+    lines = [f"status       {ds.attrs['status']}: {ds.attrs.get('status_reason', '')}".rstrip(": "),
+             f"run          {cfg.arch} (width {cfg.width}, depth {cfg.depth}, {cfg.activation}) "
+             f"on {cfg.dataset}, n = {cfg.n}, target {cfg.target}, loss {cfg.loss}",
+             f"NTK          {ds.attrs.get('ntk_mode')} · {ds.attrs.get('kernel')} kernel · "
+             f"{ds.sizes['sample']} rows · k = {ds.sizes['eig']}",
+             f"steps        {steps}"]
+    if steps:
+        last = ds.isel(step=-1)
+        measured = ds.where(ds.measured == 1, drop=True)
+        lr = float(last.lr)
+        lines.append(f"final η      {lr:g} (2/η = {2 / lr:.4g})")
+        lines.append(f"final loss   {float(last.loss):.4e} (start {float(ds.loss[0]):.4e}), "
+                     f"accuracy {float(last.accuracy):.3f}")
+        if measured.sizes.get("step", 0):
+            m = measured.isel(step=-1)
+            sharp = measured.sharpness.values
+            half = sharp[len(sharp) // 2:]
+            ratio = np.nanmedian(half / (2 / measured.lr.values[len(sharp) // 2:])) if np.isfinite(
+                half).any() else float("nan")
+            lines += [
+                f"sharpness    {_fmt(float(m.sharpness))} (max {_fmt(float(np.nanmax(sharp)) if np.isfinite(sharp).any() else float('nan'))}; "  # noqa: E501
+                f"median over the 2nd half = {_fmt(ratio, '.3f')} × 2/η)",
+                f"GN λ₁(K)/n   {_fmt(float(m.gn_sharpness))}",
+                f"KTA          {_fmt(float(m.kta), '.4f')} (start {_fmt(float(measured.kta[0]), '.4f')})"
+                f" · centred {_fmt(float(m.kta_centered), '.4f')}",
+                f"a₁, A_k      {_fmt(float(m.alignment[0]), '.4f')}, {_fmt(float(m.topk_mass), '.4f')}",
+                f"kernel dist  {_fmt(float(m.kernel_distance), '.4f')} from the initial NTK",
+                f"cost         {np.nanmedian(measured.ntk_products):.0f} NTK products, "
+                f"{np.nanmedian(measured.hvp_products):.0f} HVPs per measured step (median); "
+                f"{1 / np.nanmedian(ds.time_step):.1f} steps/s",
+            ]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .buffer import load_run
+
+    path = Path(args.path)
+    if not path.is_file():
+        print(f"error: no such file: {path}", file=sys.stderr)
+        return 2
+    try:
+        ds = load_run(path)
+        text = summarize(ds)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {path} is not an ntk-eos run file ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return 2
+    print(f"file         {path}")
+    print(text)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name in preset_names():
+        p = load_preset(name)
+        print(f"{name:18s} {p.title}")
+        if args.verbose:
+            print(f"{'':18s} {p.description}\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.extra)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from app.server import serve
+    except ImportError as exc:  # the dashboard ships in the same distribution
+        print(f"error: the dashboard is not available ({exc})", file=sys.stderr)
+        return 2
+    return serve(port=args.port, address=args.address, show=args.show,
+                 allow_websocket_origin=args.allow_websocket_origin, extra_args=args.extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntk-eos", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train a preset step by step and print the figures")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default "
+                   f"{DEFAULT_PRESET}); see `ntk-eos presets`")
+    p.add_argument("--out", help="save the run log as NetCDF (.nc)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("info", help="summarise a saved run (.nc)")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("presets", help="list the presets")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the descriptions")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("bench", add_help=False,
+                       help="per-step cost of each measurement as a ratio to a GD step "
+                       "(`ntk-eos bench --help` for its options)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="serve the dashboard with panel (other options go to "
+                       "`panel serve`)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="localhost")
+    p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.add_argument("--allow-websocket-origin", action="append", default=None)
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("bench", "serve"):  # only these forward their options
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
