@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{trainer.data.num_outputs} output(s)) · η = {config.lr:g} · 2/η = {2 / config.lr:.4g}"
           f" · NTK {trainer.mode}, {trainer.measurer.m}×{trainer.measurer.m} kernel",
           file=sys.stderr)
-    bar = tqdm(total=config.steps, unit="step", disable=args.quiet, dynamic_ncols=True,
+    bar = tqdm(total=config.steps, unit="step", disable=args.quiet, mininterval=0.5,
                file=sys.stderr)
 
     def progress(record) -> None:

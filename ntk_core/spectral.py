@@ -87,7 +87,10 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
         if done or products >= max_products or Q.shape[1] >= dim:
             return EigResult(theta[:k].clone(), X[:, :k].clone(), rel[:k].clone(), products,
                              done or Q.shape[1] >= dim, Q, AQ)
-        active = torch.cat([torch.nonzero(rel[:k] > tol).flatten(), torch.arange(k, nb)])
+        # expand along the unconverged pairs and the guards (seed columns past k + guard are
+        # kept in the basis but not expanded, so a 2-vector seed costs 1 product per iteration)
+        active = torch.cat([torch.nonzero(rel[:k] > tol).flatten(),
+                            torch.arange(k, min(nb, k + guard))])
         if Q.shape[1] + active.numel() > max_basis:  # thick restart on the Ritz vectors
             Q, AQ = X, AX
         W = _orthonormalize(R[:, active], Q)

@@ -52,7 +52,7 @@ def test_block_solver_warm_start_saves_products() -> None:
     assert cold.converged and warm.converged
     assert warm.products * 2 <= cold.products
     ref = torch.linalg.eigvalsh(K + P + P.T).flip(0)[:10]
-    torch.testing.assert_close(warm.values, ref, rtol=1e-8, atol=0)
+    torch.testing.assert_close(warm.values, ref, rtol=1e-6, atol=0)  # tol bounds the eigenvalue error
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "linear2"])
