@@ -95,8 +95,8 @@ def bench_exact(config: RunConfig, steps: int, tol: float) -> dict[str, object]:
 
         dt_ntk, (f, K) = _timed(ntk)
         dt_eig, eig = _timed(lambda: top_eigenpairs(explicit_matmat(K), K.shape[0], config.k,
-                                                    start=prev_u, tol=tol))
-        prev_u = eig.vectors
+                                                    start=prev_u, tol=tol, guard=8))
+        prev_u = eig.block
 
         def kta():
             return (kernel_target_alignment(K, y), centered_kernel_target_alignment(K, y),
@@ -135,7 +135,7 @@ def bench_exact(config: RunConfig, steps: int, tol: float) -> dict[str, object]:
         if step % 5 == 0:  # cold starts for comparison, at the same tolerance
             cold = top_hessian_eigenpair(HessianOperator(grads, w.params), tol=tol, guard=1)
             products["hvp_cold"].append(cold.products)
-            cold_k = top_eigenpairs(explicit_matmat(K), K.shape[0], config.k, tol=tol)
+            cold_k = top_eigenpairs(explicit_matmat(K), K.shape[0], config.k, tol=tol, guard=8)
             products["topk_cold"].append(cold_k.products)
     return _summary(config, times, products, {"sharpness_init": sharp0, "lr": w.lr,
                                               "kernel_rows": int(K.shape[0])})
@@ -156,7 +156,7 @@ def bench_matrix_free(config: RunConfig, steps: int, tol: float) -> dict[str, ob
             return op, top_eigenpairs(op.matmat, op.dim, config.k, start=prev, tol=tol)
 
         dt_mf, (op, eig) = _timed(solve)
-        prev = eig.vectors
+        prev = eig.block
         if step < 2:
             times["gd"].pop()
             continue

@@ -35,6 +35,7 @@ class EigResult:
     converged: bool
     basis: torch.Tensor  # (m, q) orthonormal basis of the final search space
     basis_image: torch.Tensor  # (m, q) A @ basis
+    block: torch.Tensor  # (m, k + guard) Ritz vectors incl. guards: the next warm start
 
 
 def _orthonormalize(W: torch.Tensor, Q: torch.Tensor | None, drop: float = 1e-10) -> torch.Tensor:
@@ -86,7 +87,7 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
         done = bool((rel[:k] <= tol).all())
         if done or products >= max_products or Q.shape[1] >= dim:
             return EigResult(theta[:k].clone(), X[:, :k].clone(), rel[:k].clone(), products,
-                             done or Q.shape[1] >= dim, Q, AQ)
+                             done or Q.shape[1] >= dim, Q, AQ, X)
         # expand along the unconverged pairs and the guards (seed columns past k + guard are
         # kept in the basis but not expanded, so a 2-vector seed costs 1 product per iteration)
         active = torch.cat([torch.nonzero(rel[:k] > tol).flatten(),
@@ -98,7 +99,7 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
             W = _orthonormalize(torch.randn(dim, 1, generator=generator, **f64), Q)
             if W.shape[1] == 0:
                 return EigResult(theta[:k].clone(), X[:, :k].clone(), rel[:k].clone(), products,
-                                 True, Q, AQ)
+                                 True, Q, AQ, X)
         AW = matmat(W)
         products += W.shape[1]
         Q, AQ = torch.cat([Q, W], dim=1), torch.cat([AQ, AW], dim=1)
