@@ -145,6 +145,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.extra)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import main as sweep_main
+
+    return sweep_main(args.extra)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import main as reproduce_main
+
+    return reproduce_main(args.extra)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from app.server import serve
@@ -180,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "(`ntk-eos bench --help` for its options)")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("sweep", add_help=False,
+                       help="a learning-rate × seed × … grid on Dask (`ntk-eos sweep --help`)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("reproduce", add_help=False,
+                       help="regenerate docs/reproduction.md and its figures "
+                       "(`ntk-eos reproduce --help`)")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("serve", help="serve the dashboard with panel (other options go to "
                        "`panel serve`)")
     p.add_argument("--port", type=int, default=5006)
@@ -193,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("bench", "serve"):  # only these forward their options
+    if extra and args.command not in ("bench", "serve", "sweep", "reproduce"):  # only these forward their options
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
