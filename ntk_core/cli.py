@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("bench", "serve", "sweep", "reproduce"):  # only these forward their options
+    # only these subcommands forward their remaining options
+    if extra and args.command not in ("bench", "serve", "sweep", "reproduce"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:

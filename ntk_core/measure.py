@@ -25,10 +25,9 @@ from .alignment import (
 from .config import RunConfig
 from .hessian import HessianOperator, top_hessian_eigenpair
 from .ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture
+from .ntk.cost import CostEstimate, estimate_costs
 from .spectral import explicit_matmat, top_eigenpairs
 
-# Above this kernel size an explicit K (three m×m buffers) is not worth its memory by default.
-EXACT_MAX_ROWS = 6000
 FRO_PROBES = 8
 
 
@@ -36,21 +35,13 @@ def kernel_rows(n: int, num_outputs: int, kernel: str) -> int:
     return n if kernel == "traced" or num_outputs == 1 else n * num_outputs
 
 
-def resolve_ntk_mode(config: RunConfig, model: nn.Module, n: int, num_outputs: int) -> str:
-    """``auto``: the exact kernel when it fits and the per-layer rules cover the model; otherwise
-    matrix-free. A model with many parameters outside the rules (attention, LayerNorm) pays a
-    per-sample Jacobian for them in exact mode, so it goes matrix-free unless the kernel is tiny."""
-    if config.ntk_mode != "auto":
-        return config.ntk_mode
-    m = kernel_rows(n, num_outputs, config.kernel)
-    if m > EXACT_MAX_ROWS:
-        return "matrix_free"
-    ruled = {id(p) for mod in model.modules() if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))
-             for p in mod.parameters(recurse=False)}
-    if config.arch == "vit":
-        return "exact" if m <= 256 else "matrix_free"
-    uncovered = sum(p.numel() for p in model.parameters() if id(p) not in ruled)
-    return "exact" if uncovered == 0 or m <= 256 else "matrix_free"
+def resolve_ntk_mode(config: RunConfig, model: nn.Module, X: torch.Tensor,
+                     num_outputs: int) -> tuple[str, CostEstimate]:
+    """``auto`` picks the cheaper of exact and matrix-free by the FLOP model in ``ntk.cost``,
+    provided the explicit kernel fits the memory budget; an explicit choice is kept."""
+    estimate = estimate_costs(model, X, num_outputs, config.kernel, config.k)
+    mode = estimate.choice if config.ntk_mode == "auto" else config.ntk_mode
+    return mode, estimate
 
 
 @dataclass

@@ -67,7 +67,8 @@ class Trainer:
         self.Y = self.data.Y.to(self.device, self.data.X.dtype)
         self.model = build_model(config, tuple(self.X.shape[1:]), self.Y.shape[1]).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.mode = resolve_ntk_mode(config, self.model, self.data.n, self.Y.shape[1])
+        self.mode, self.cost_estimate = resolve_ntk_mode(config, self.model, self.X,
+                                                         self.Y.shape[1])
         self.measurer = Measurer(config, self.Y, self.mode)
         self.lr = config.lr
         self._velocity: list[torch.Tensor] | None = None
@@ -101,6 +102,7 @@ class Trainer:
             "config": cfg.to_json(),
             "lr": cfg.lr,
             "ntk_mode": self.mode,
+            **self.cost_estimate.as_attrs(),
             "kernel": "full" if self.measurer.full else "traced",
             "loss_definition": "L = (1/2n) sum ||f - y||^2" if cfg.loss == "mse" else "mean CE",
             "n_params": int(n_params),
