@@ -69,3 +69,18 @@ def test_shared_weights_fall_back_correctly() -> None:
     X = torch.randn(6, 4, dtype=torch.float64)
     torch.testing.assert_close(empirical_ntk(model, X), reference_ntk(model, X), rtol=1e-10,
                                atol=1e-12)
+
+
+def test_auto_mode_follows_cost_and_memory() -> None:
+    from ntk_core.ntk.cost import estimate_costs
+
+    _, data, mlp = tiny_setup("mlp", dtype="float32", n=60)
+    est = estimate_costs(mlp, data.X, data.Y.shape[1], "full", k=5)
+    assert est.choice == "exact" and est.exact_flops < est.matrix_free_flops
+    assert est.exact_bytes == 3 * (60 * 3) ** 2 * 4
+    tight = estimate_costs(mlp, data.X, data.Y.shape[1], "full", k=5, memory_budget=1e3)
+    assert tight.choice == "matrix_free"  # the kernel does not fit the budget
+    _, data, vit = tiny_setup("vit", dtype="float32", n=60)
+    vit_est = estimate_costs(vit, data.X, data.Y.shape[1], "full", k=5)
+    # LayerNorm, positions and the class token have no per-layer rule: exact pays a Jacobian
+    assert vit_est.exact_flops > est.exact_flops
