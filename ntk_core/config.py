@@ -119,7 +119,7 @@ class RunConfig:
         known = {f.name for f in fields(cls)} - {"extra"}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown option(s): {', '.join(map(repr, unknown))}")
         return cls(**{name: coerce(name, value) for name, value in values.items()})
 
     @classmethod
