@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .ntk import NTKOperator, empirical_ntk
+from .ntk.cost import estimate_costs
 from .spectral import explicit_matmat, top_eigenpairs
 
 
@@ -15,13 +16,15 @@ def ntk_eigenpairs(model: nn.Module, X: torch.Tensor, k: int, mode: str = "auto"
 
     Returns (eigenvalues descending (k,), eigenvectors as columns (m, k)), float64.
     ``mode``: ``exact`` forms K with the per-layer rules; ``matrix_free`` uses NTK-vector
-    products only; ``auto`` forms K when it has at most 4096 rows.
+    products only; ``auto`` picks the cheaper by the cost and memory model of ``ntk.cost``.
     """
     if mode not in ("auto", "exact", "matrix_free"):
         raise ValueError(f"mode: expected auto, exact or matrix_free, got {mode!r}")
-    with torch.no_grad():
-        m = model(X[:1]).shape[1] * X.shape[0]
-    if mode == "exact" or (mode == "auto" and m <= 4096):
+    if mode == "auto":
+        with torch.no_grad():
+            outputs = model(X[:1]).shape[1]
+        mode = estimate_costs(model, X, outputs, "full", k).choice
+    if mode == "exact":
         K = empirical_ntk(model, X)
         matmat, dim = explicit_matmat(K), K.shape[0]
     else:
