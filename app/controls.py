@@ -53,10 +53,10 @@ class LearningRateControl(pn.viewable.Viewer):
         self.settings = settings
         low, high = BOUNDS["lr"]
         self.slider = pn.widgets.FloatSlider(
-            name="Learning rate η (log scale)", start=math.log10(low), end=math.log10(high),
+            label="Learning rate η (log scale)", start=math.log10(low), end=math.log10(high),
             step=0.01, value=math.log10(settings.lr), sizing_mode="stretch_width",
             format=CustomJSTickFormatter(code="return Number((10 ** tick).toPrecision(3))"))
-        self.input = pn.widgets.FloatInput(name="η", value=settings.lr, start=low, end=high,
+        self.input = pn.widgets.FloatInput(label="η", value=settings.lr, start=low, end=high,
                                            step=0.01, width=110)
         self.threshold = pn.pane.Markdown(self._threshold_text(), margin=(22, 5, 0, 10))
         self.slider.param.watch(self._from_slider, "value_throttled")

@@ -13,13 +13,14 @@ import time
 from typing import Any
 
 import holoviews as hv
+import numpy as np
 import panel as pn
 import param
 
 from ntk_core.config import ConfigError
 
 from .controls import SPEEDS, LearningRateControl, settings_sections
-from .plots import LivePlots
+from .plots import PLOT_HEIGHT, LivePlots
 from .runner import RunController
 from .runs import (
     MAX_UPLOAD_MB,
@@ -33,10 +34,13 @@ from .runs import (
 from .settings import LIVE_FIELDS, RunSettings
 
 pn.extension(notifications=False)
+# Canvas, not WebGL: the curves are small, and WebGL draws line joins with specks and is slow
+# where the browser has no GPU (projector laptops in software mode, headless tests).
+hv.renderer("bokeh").webgl = False
 
-PULL_MS = 200  # curve refresh: 5 Hz
-MATRIX_SECONDS = 1.0  # matrices, the eigenvalue plot and the comparison views
-PLOT_HEIGHT = 290
+PULL_MS = 200  # curve refresh: 5 Hz when the server keeps up
+MATRIX_SECONDS = 1.0  # matrices, the eigenvalue plot and the alignment spectrum
+BACKOFF = 2.0  # a push that took t seconds waits ≥ BACKOFF·t: plots take ≤ 1/3 of a core
 SIDEBAR_WIDTH = 330
 
 RESULT_ALERTS = {
@@ -65,7 +69,7 @@ class Dashboard(pn.viewable.Viewer):
         self._cursor = 0
         self._seen_version = -1
         self._matrix_version = -1
-        self._last_slow = 0.0
+        self._next_curves = self._next_slow = 0.0
         self._tick_lock = threading.Lock()
         self._started = False
         self._callback: Any = None
@@ -188,25 +192,30 @@ class Dashboard(pn.viewable.Viewer):
             self.plots.set_kept(controller.kept)
         buffer = controller.buffer
         now = time.monotonic()
-        slow_due = now - self._last_slow >= MATRIX_SECONDS
         with pn.io.hold(freeze=True):
             if buffer is not self._source:
                 self._source, self._cursor = buffer, 0
                 self._seen_version = self._matrix_version = -1
+                self._next_curves = self._next_slow = now
                 self.plots.clear()
-                slow_due = True
-            if buffer is not None and buffer.version != self._seen_version:
+            if buffer is not None and now >= self._next_curves \
+                    and buffer.version != self._seen_version:
+                started = time.perf_counter()
                 self._seen_version = buffer.version
                 rows = buffer.rows(self._cursor)
                 self._cursor += len(rows["step"])
-                n = len(set(buffer.row_data["sample_index"].tolist()))
-                self.plots.push_rows(rows, n, spectrum=slow_due)
-            if slow_due:
-                self._last_slow = now
+                n = len(np.unique(buffer.row_data["sample_index"]))
+                self.plots.push_rows(rows, n, spectrum=False)
+                self._next_curves = now + max(PULL_MS / 1000,
+                                              BACKOFF * (time.perf_counter() - started))
+            if now >= self._next_slow:
+                started = time.perf_counter()
                 self.plots.flush_spectrum()
                 if buffer is not None and buffer.version != self._matrix_version:
                     self._matrix_version = buffer.version
                     self.plots.push_matrices(buffer)
+                self._next_slow = now + max(MATRIX_SECONDS,
+                                            BACKOFF * (time.perf_counter() - started))
             self._update_text()
 
     def _update_text(self) -> None:
@@ -250,17 +259,17 @@ class Dashboard(pn.viewable.Viewer):
                    "Step": ("primary", self.step), "Reset": ("danger", self.reset)}
         self.buttons = {}
         for label, (kind, action) in buttons.items():
-            button = pn.widgets.Button(name=label, button_type=kind, width=68, margin=(5, 3))
+            button = pn.widgets.Button(label=label, color=kind, width=68, margin=(5, 3))
             button.on_click(action)
             self.buttons[label] = button
         self.speed_slider = pn.widgets.DiscreteSlider(
-            name="Speed cap (steps/s)", options=SPEEDS, value=self.speed,
+            label="Speed cap (steps/s)", options=SPEEDS, value=self.speed,
             sizing_mode="stretch_width")
         self.speed_slider.link(self, value="speed")
-        self.keep_button = pn.widgets.Button(name="Keep run", button_type="primary",
-                                             button_style="outline", width=120)
+        self.keep_button = pn.widgets.Button(label="Keep run", color="primary",
+                                             variant="outline", width=120)
         self.keep_button.on_click(self.keep)
-        self.clear_button = pn.widgets.Button(name="Clear kept", button_style="outline",
+        self.clear_button = pn.widgets.Button(label="Clear kept", variant="outline",
                                               width=120)
         self.clear_button.on_click(self.clear_kept)
         self.lr_control = LearningRateControl(self.settings)
@@ -268,7 +277,7 @@ class Dashboard(pn.viewable.Viewer):
                                                           sizing_mode="stretch_width")
         self.netcdf = pn.widgets.FileDownload(callback=self._download_netcdf, filename="run.nc",
                                               label="Download run (NetCDF)",
-                                              button_type="primary", sizing_mode="stretch_width")
+                                              color="primary", sizing_mode="stretch_width")
         self.csv = pn.widgets.FileDownload(callback=self._download_csv, filename="run.csv",
                                            label="Download scalars (CSV)",
                                            sizing_mode="stretch_width")
@@ -320,19 +329,14 @@ class Dashboard(pn.viewable.Viewer):
             pn.Row(self._pane(p.comparison_plot()), self._pane(p.alignment_spectrum()),
                    sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
-        tabs = pn.Tabs(("Live", grid), ("Compare runs", compare), sizing_mode="stretch_width")
+        tabs = pn.Tabs(("Live", grid), ("Compare runs", compare), dynamic=True,
+                       sizing_mode="stretch_width")
         main = pn.Column(self._header(), tabs, sizing_mode="stretch_width")
         return pn.Row(self._sidebar(), main, sizing_mode="stretch_width")
 
     @staticmethod
     def _pane(obj: hv.core.Dimensioned) -> pn.pane.HoloViews:
-        styled = obj.opts(
-            hv.opts.Curve(responsive=True, height=PLOT_HEIGHT, show_grid=True, tools=["hover"]),
-            hv.opts.Image(responsive=True, height=PLOT_HEIGHT, cmap="RdBu_r", colorbar=True,
-                          tools=["hover"]),
-            hv.opts.Overlay(responsive=True, height=PLOT_HEIGHT, fontscale=1.05),
-            hv.opts.Scatter(tools=["hover"]))
-        return pn.pane.HoloViews(styled, sizing_mode="stretch_width", height=PLOT_HEIGHT + 10,
+        return pn.pane.HoloViews(obj, sizing_mode="stretch_width", height=PLOT_HEIGHT + 10,
                                  linked_axes=False)
 
     # ---- Viewer --------------------------------------------------------------------------

@@ -10,8 +10,7 @@ arithmetic here is display scaling (λ/n, block means, row order).
 from __future__ import annotations
 
 import math
-import operator
-from functools import partial, reduce
+from functools import partial
 
 import holoviews as hv
 import numpy as np
@@ -19,21 +18,26 @@ import pandas as pd
 
 from ntk_core.buffer import RunBuffer
 
-from .runs import KeptRun, last_measured
+from .runs import KEPT_COLUMNS, MAX_KEPT, KeptRun, last_measured
 
 K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
 BUFFER_LENGTH = 20_000  # rows kept per curve stream (the most recent steps)
 MAX_PIXELS = 256  # NTK heatmap side after block-averaging
 MAX_VECTOR_COLUMNS = 512
 MAX_HISTORY_ROWS = 128
+PLOT_HEIGHT = 290
+SIZE = {"responsive": True, "height": PLOT_HEIGHT}
+LOG_TICKS = [1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 THRESHOLD_COLOR = "#d62728"
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
               "#bcbd22", "#7f7f7f")
-RUN_DIM = hv.Dimension("run", label=" ")  # no legend title above the kept runs
 STEP_COLUMNS = ["step", "loss", "accuracy", "two_over_lr"]
 MEASURE_COLUMNS = ["step", "two_over_lr", "sharpness", "gn_sharpness", "kta", "topk_mass", "a1",
                    "u1_residual"]
 SPECTRUM_COLUMNS = ["step", "two_over_lr", *[f"lam{i + 1}" for i in range(K_SHOW)]]
+EMPTY_KEPT = pd.DataFrame({c: np.array([], dtype=float) for c in KEPT_COLUMNS})
+EMPTY_SPECTRUM = pd.DataFrame({"eigval_normalized": np.array([], float),
+                               "alignment": np.array([], float)})
 
 
 def empty_frame(columns: list[str]) -> pd.DataFrame:
@@ -132,9 +136,8 @@ def matrix_payload(buffer: RunBuffer, history: bool) -> dict:
 # ---- element builders --------------------------------------------------------------------------
 def _edges(class_edges: list, output_edges: list, horizontal: bool = False) -> hv.Overlay:
     lines = hv.HLines if horizontal else hv.VLines
-    thin = lines(np.asarray(class_edges, float)).opts(color="black", line_width=1, alpha=0.6)
-    thick = lines(np.asarray(output_edges, float)).opts(color="black", line_width=2.5)
-    return thin * thick
+    return (lines(np.asarray(class_edges, float), group="NtkClassEdge")
+            * lines(np.asarray(output_edges, float), group="NtkOutputEdge"))
 
 
 def _centers(count: int, f: int) -> np.ndarray:
@@ -150,8 +153,12 @@ def _symmetric(values: np.ndarray) -> tuple[float, float]:
 def _image(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, kdims: list[str], vdim: str,
            title: str, data: dict, ticks: str = "x") -> hv.Overlay:
     """A diverging heatmap (symmetric colour range) with the class / output boundaries."""
-    img = hv.Image((xs, ys, values), kdims=kdims, vdims=[vdim]).opts(
-        clim=_symmetric(values), invert_yaxis=True, title=title,
+    order = "rows by output, then class" if data.get("output_edges") else "rows by class"
+    labels = {"xlabel": f"kernel {order}"}
+    if "y" in ticks:
+        labels["ylabel"] = "kernel columns, same order"
+    img = hv.Image((xs, ys, values), kdims=kdims, vdims=[vdim], group="NtkHeatmap").opts(
+        clim=_symmetric(values), invert_yaxis=True, title=title, **labels,
         xticks=data.get("ticks") if "x" in ticks else None,
         yticks=data.get("ticks") if "y" in ticks else None)
     layers = img * _edges(data.get("class_edges", []), data.get("output_edges", []))
@@ -162,7 +169,7 @@ def _image(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, kdims: list[str],
 
 
 def _empty(kdims: list[str], vdim: str, title: str, ticks: str = "x") -> hv.Overlay:
-    return _image(np.array([0.5]), np.array([0.5]), np.full((1, 1), np.nan), kdims, vdim,
+    return _image(np.array([0.5]), np.array([0.5]), np.zeros((1, 1)), kdims, vdim,
                   title + " (waiting for a measurement)", {}, ticks)
 
 
@@ -194,21 +201,28 @@ def kernel_image(data: dict) -> hv.Overlay:
     return _image(c, c, k, kdims, "K", f"NTK at step {step}, sorted by class", data, ticks="xy")
 
 
-def alignment_spectrum(data: dict, kind: type = hv.Curve) -> hv.NdOverlay:
-    """a_i against λ_i/‖K‖_F (paper Fig. 1b) as ``kind`` elements: the final spectra of the kept
-    runs and the current run's latest one."""
-    runs = list(data.get("runs", []))
+def _slots(runs: list) -> list:
+    """Kept runs padded to MAX_KEPT entries: overlays keep a fixed set of layers (HoloViews
+    cannot add layers to a live overlay), empty and unlabelled where no run is kept."""
+    return list(runs[:MAX_KEPT]) + [("", RUN_COLORS[0], None)] * (MAX_KEPT - len(runs))
+
+
+def alignment_spectrum(data: dict) -> hv.Overlay:
+    """a_i against λ_i/‖K‖_F (paper Fig. 1b): the final spectra of the kept runs and the current
+    run's latest one, one marker per eigenpair."""
     current = data.get("current")
     title = "Alignment spectrum (top eigenpairs)"
+    runs = _slots(data.get("runs", []))
     if current is not None:
-        runs.append(("current", "black", current[1]))
         title = f"Alignment spectrum at step {current[0]}"
-    size = {"size": 7} if kind is hv.Scatter else {"line_width": 2}
-    layers = {label: kind(frame, "eigval_normalized", "alignment", label=label).opts(
-        color=color, **size) for label, color, frame in runs}
-    if not layers:
-        layers = {"": kind([], "eigval_normalized", "alignment")}
-    return hv.NdOverlay(layers, kdims=RUN_DIM).opts(title=title)
+    runs.append(("current", "black", current[1] if current is not None else None))
+    layers = []
+    for label, color, frame in runs:
+        frame = frame if frame is not None else EMPTY_SPECTRUM
+        curve = hv.Curve(frame, "eigval_normalized", "alignment", label=label)
+        layers += [curve.opts(color=color, line_width=1, alpha=0.5),
+                   hv.Scatter(curve).opts(color=color, size=8 if label == "current" else 6)]
+    return hv.Overlay(layers).opts(title=title)
 
 
 def compare_overlay(data: dict) -> hv.Overlay:
@@ -225,20 +239,62 @@ def compare_overlay(data: dict) -> hv.Overlay:
     return hv.Overlay(layers)
 
 
-def kept_curves(runs: list, column: str, dash: str = "solid") -> hv.NdOverlay:
-    curves = {label: hv.Curve(frame, "step", column, label=label).opts(
-        color=color, line_dash=dash, alpha=0.8) for label, color, frame in runs}
-    if not curves:
-        return hv.NdOverlay({"": hv.Curve([], "step", column)}, kdims=RUN_DIM)
-    return hv.NdOverlay(curves, kdims=RUN_DIM)
+def kept_curves(data: list, column: str, dash: str = "solid") -> hv.Overlay:
+    """The kept runs' ``column`` against step, one colour per run."""
+    return hv.Overlay([
+        hv.Curve(frame if frame is not None else EMPTY_KEPT, "step", column, label=label).opts(
+            color=color, line_dash=dash, alpha=0.8, tools=["hover"])
+        for label, color, frame in _slots(data)])
 
 
 # ---- the plot set ------------------------------------------------------------------------------
+CURVE_STYLES: dict[str, dict] = {
+    "NtkLoss": {"color": "black", "line_width": 2},
+    "NtkSharpness": {"color": "#1f77b4", "line_width": 2.5},
+    "NtkGNSharpness": {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"},
+    "NtkThreshold": {"color": THRESHOLD_COLOR, "line_dash": "dashed", "line_width": 2.5},
+    "NtkKTA": {"color": "#1f77b4", "line_width": 2},
+    "NtkMass": {"color": "#ff7f0e", "line_width": 2},
+    "NtkAlign": {"color": "#2ca02c", "line_width": 2},
+    "NtkResidual": {"color": "#9467bd", "line_width": 1.5},
+}
+_styles_registered = False
+
+
+def register_styles() -> None:
+    """Curve styles by group, set once for the session: elements rebuilt on every frame pick
+    them up without a per-frame ``.opts`` call (the costliest part of a HoloViews update)."""
+    global _styles_registered
+    if _styles_registered:
+        return
+    styles = {**CURVE_STYLES, **{f"NtkEig{i + 1}": {"color": _shade(i),
+                                                      "line_width": 2.5 if i == 0 else 1.2}
+                                 for i in range(K_SHOW)}}
+    hv.opts.defaults(
+        *[hv.opts.Curve(group, show_grid=True, tools=["hover"], **style)
+          for group, style in styles.items()],
+        hv.opts.Image("NtkHeatmap", cmap="RdBu_r", colorbar=True, tools=["hover"],
+                      framewise=True, responsive=True, height=PLOT_HEIGHT),
+        hv.opts.VLines("NtkClassEdge", color="black", line_width=1, alpha=0.5),
+        hv.opts.VLines("NtkOutputEdge", color="black", line_width=2.5),
+        hv.opts.HLines("NtkClassEdge", color="black", line_width=1, alpha=0.5),
+        hv.opts.HLines("NtkOutputEdge", color="black", line_width=2.5))
+    _styles_registered = True
+
+
+def _live_overlay(data: pd.DataFrame, layers: tuple[tuple[str, str, str], ...]) -> hv.Overlay:
+    """Curves (column, group, label) over the buffer's frame: each keeps ``data`` itself, so
+    Bokeh streams only the new rows."""
+    return hv.Overlay([hv.Curve(data, "step", column, group=group, label=label)
+                       for column, group, label in layers])
+
+
 class LivePlots:
     """All dashboard plots. ``push_rows`` sends new rows, ``push_matrices`` replaces the
     matrices, ``set_kept`` redraws the comparison overlays, ``clear`` starts a new run."""
 
     def __init__(self) -> None:
+        register_styles()
         self.steps = hv.streams.Buffer(empty_frame(STEP_COLUMNS), length=BUFFER_LENGTH,
                                        index=False, following=True)
         self.measures = hv.streams.Buffer(empty_frame(MEASURE_COLUMNS), length=BUFFER_LENGTH,
@@ -252,12 +308,11 @@ class LivePlots:
         self._pending_spectrum: list[pd.DataFrame] = []
         self._kept_runs: list[KeptRun] = []
 
-    def _curve(self, buffer: hv.streams.Buffer, column: str, label: str) -> hv.DynamicMap:
-        return hv.DynamicMap(partial(hv.Curve, kdims="step", vdims=column, label=label),
-                             streams=[buffer])
+    def _live(self, buffer: hv.streams.Buffer, *layers: tuple[str, str, str]) -> hv.DynamicMap:
+        return hv.DynamicMap(partial(_live_overlay, layers=layers), streams=[buffer])
 
     def _kept(self, column: str, dash: str = "solid") -> hv.DynamicMap:
-        return hv.DynamicMap(lambda data: kept_curves(data, column, dash), streams=[self.kept])
+        return hv.DynamicMap(partial(kept_curves, column=column, dash=dash), streams=[self.kept])
 
     # ---- pushes --------------------------------------------------------------------------
     def push_rows(self, rows: dict[str, np.ndarray], n: int, spectrum: bool = True) -> None:
@@ -311,72 +366,60 @@ class LivePlots:
         self.alignment.send(self._kept_spectra())
 
     # ---- plots ---------------------------------------------------------------------------
-    def loss(self) -> hv.Overlay:
-        live = self._curve(self.steps, "loss", "current").opts(color="black", line_width=2)
-        return (self._kept("loss") * live).opts(
-            hv.opts.Overlay(title="Training loss", logy=True, ylabel="loss L (log)",
-                            legend_position="top_right"))
+    def loss(self) -> hv.DynamicMap:
+        live = self._live(self.steps, ("loss", "NtkLoss", "current"))
+        return (self._kept("loss") * live).opts(hv.opts.Overlay(
+            title="Training loss", logy=True, ylabel="loss L (log)", legend_position="top_right",
+            **SIZE))
 
-    def sharpness(self) -> hv.Overlay:
-        s = self._curve(self.measures, "sharpness", "sharpness λ_max(H)").opts(
-            color="#1f77b4", line_width=2)
-        gn = self._curve(self.measures, "gn_sharpness", "GN sharpness λ₁(K)/n").opts(
-            color="#2ca02c", line_width=1.5)
-        limit = self._curve(self.steps, "two_over_lr", "2/η").opts(
-            color=THRESHOLD_COLOR, line_dash="dashed", line_width=2)
-        return (self._kept("sharpness") * s * gn * limit).opts(
-            hv.opts.Overlay(title="Sharpness vs the stability threshold 2/η",
-                            ylabel="sharpness", legend_position="bottom_right"))
+    def sharpness(self) -> hv.DynamicMap:
+        live = self._live(self.measures, ("sharpness", "NtkSharpness", "sharpness λ_max(H)"),
+                          ("gn_sharpness", "NtkGNSharpness", "GN sharpness λ₁(K)/n"),
+                          ("two_over_lr", "NtkThreshold", "2/η"))
+        return (self._kept("sharpness") * live).opts(hv.opts.Overlay(
+            title="Sharpness vs the stability threshold 2/η", ylabel="sharpness",
+            legend_position="bottom_right", **SIZE))
 
-    def eigenvalues(self) -> hv.Overlay:
-        curves = [self._curve(self.spectrum, f"lam{i + 1}", f"λ{i + 1}/n").opts(
-            color=_shade(i),
-            line_width=2 if i == 0 else 1) for i in range(K_SHOW)]
-        limit = self._curve(self.spectrum, "two_over_lr", "2/η").opts(
-            color=THRESHOLD_COLOR, line_dash="dashed", line_width=2)
-        return reduce(operator.mul, [*curves, limit]).opts(
-            hv.opts.Overlay(title=f"Top-{K_SHOW} NTK eigenvalues λᵢ/n vs 2/η",
-                            ylabel="λᵢ / n", show_legend=False))
+    def eigenvalues(self) -> hv.DynamicMap:
+        layers = [(f"lam{i + 1}", f"NtkEig{i + 1}", f"λ{i + 1}/n") for i in range(K_SHOW)]
+        return self._live(self.spectrum, *layers, ("two_over_lr", "NtkThreshold", "2/η")).opts(
+            hv.opts.Overlay(title=f"Top-{K_SHOW} NTK eigenvalues λᵢ/n vs 2/η (dashed)",
+                            ylabel="λᵢ / n", show_legend=False, **SIZE))
 
-    def alignment_curves(self) -> hv.Overlay:
-        kta = self._curve(self.measures, "kta", "KTA").opts(color="#1f77b4", line_width=2)
-        mass = self._curve(self.measures, "topk_mass", "A_k").opts(color="#ff7f0e")
-        a1 = self._curve(self.measures, "a1", "a₁").opts(color="#2ca02c")
-        return (self._kept("kta", "dotted") * kta * mass * a1).opts(
-            hv.opts.Overlay(title="Label alignment: KTA, A_k, a₁", ylabel="alignment",
-                            legend_position="bottom_right"))
+    def alignment_curves(self) -> hv.DynamicMap:
+        live = self._live(self.measures, ("kta", "NtkKTA", "KTA"),
+                          ("topk_mass", "NtkMass", "A_k"), ("a1", "NtkAlign", "a₁"))
+        return (self._kept("kta", "dotted") * live).opts(hv.opts.Overlay(
+            title="Label alignment: KTA, A_k, a₁", ylabel="alignment",
+            legend_position="bottom_right", **SIZE))
 
     def residual(self) -> hv.DynamicMap:
-        return self._curve(self.measures, "u1_residual", "u₁ᵀr").opts(
-            color="#9467bd", title="Residual along u₁: u₁ᵀr (the EoS oscillation)",
-            ylabel="u₁ᵀr")
-
-    def _heatmap(self, builder) -> hv.DynamicMap:
-        return hv.DynamicMap(builder, streams=[self.matrices]).opts(
-            hv.opts.Image(framewise=True))
+        return self._live(self.measures, ("u1_residual", "NtkResidual", "u₁ᵀr")).opts(
+            hv.opts.Overlay(title="Residual along u₁: u₁ᵀr (the EoS oscillation)",
+                            ylabel="u₁ᵀr", show_legend=False, **SIZE))
 
     def eigenvector_heatmap(self) -> hv.DynamicMap:
-        return self._heatmap(eigenvector_image)
+        return hv.DynamicMap(eigenvector_image, streams=[self.matrices])
 
     def u1_heatmap(self) -> hv.DynamicMap:
-        return self._heatmap(history_image)
+        return hv.DynamicMap(history_image, streams=[self.matrices])
 
     def kernel_heatmap(self) -> hv.DynamicMap:
-        return self._heatmap(kernel_image)
+        return hv.DynamicMap(kernel_image, streams=[self.matrices])
 
-    def alignment_spectrum(self) -> hv.Overlay:
-        lines, points = (hv.DynamicMap(partial(alignment_spectrum, kind=kind),
-                                       streams=[self.alignment]) for kind in (hv.Curve, hv.Scatter))
-        return (lines * points).opts(
-            hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True),
+    def alignment_spectrum(self) -> hv.DynamicMap:
+        return hv.DynamicMap(alignment_spectrum, streams=[self.alignment]).opts(
+            hv.opts.Scatter(framewise=True, tools=["hover"]), hv.opts.Curve(framewise=True),
             hv.opts.Overlay(logx=True, xlabel="λᵢ / ‖K‖_F (log)", ylabel="aᵢ = (uᵢᵀy)²/‖y‖²",
-                            legend_position="top_left"))
+                              xticks=LOG_TICKS, legend_position="top_left", **SIZE))
 
     def comparison_plot(self) -> hv.DynamicMap:
         return hv.DynamicMap(compare_overlay, streams=[self.comparison]).opts(
-            hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True),
+            hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True, tools=["hover"]),
             hv.opts.Overlay(logx=True, title="Final alignment against η (kept runs)",
-                            xlabel="learning rate η (log)", legend_position="top_left"))
+                            xlabel="learning rate η (log)", legend_position="top_left",
+                            xticks=LOG_TICKS,
+                            **SIZE))
 
 
 def _shade(i: int) -> str:

@@ -20,10 +20,9 @@ from ntk_core.buffer import RunBuffer
 from ntk_core.config import RunConfig
 from ntk_core.train import TERMINAL, Trainer
 
-from .runs import KeptRun, keep_run
+from .runs import MAX_KEPT, KeptRun, keep_run
 
 THREAD_PREFIX = "ntk-eos-train-"
-MAX_KEPT = 8
 _ids = itertools.count(1)
 _live_runs: weakref.WeakSet[TrainingRun] = weakref.WeakSet()
 
@@ -59,6 +58,7 @@ class TrainingRun:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._go = threading.Event()  # set while there is work: playing, a pending step, a stop
+        self._idle = threading.Event()  # set while the thread waits for work, or has ended
         self._playing = False
         self._pending = 0
         self.thread = threading.Thread(target=self._loop, name=f"{THREAD_PREFIX}{next(_ids)}",
@@ -70,6 +70,7 @@ class TrainingRun:
     def play(self) -> None:
         with self._lock:
             self._playing = True
+            self._idle.clear()
             self._go.set()
 
     def pause(self) -> None:
@@ -81,6 +82,7 @@ class TrainingRun:
         with self._lock:
             self._playing = False
             self._pending += count
+            self._idle.clear()
             self._go.set()
 
     def stop(self) -> None:
@@ -93,6 +95,11 @@ class TrainingRun:
             self._lr = lr
             if self.trainer is not None:
                 self.trainer.set_lr(lr)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until the requested steps are done (or the run ended); False on timeout.
+        For scripts and tests: the dashboard itself never waits."""
+        return self._idle.wait(timeout)
 
     # ---- state ---------------------------------------------------------------------------
     @property
@@ -123,6 +130,12 @@ class TrainingRun:
     # ---- the thread ----------------------------------------------------------------------
     def _loop(self) -> None:
         try:
+            self._train()
+        finally:
+            self._idle.set()
+
+    def _train(self) -> None:
+        try:
             trainer = Trainer(self.config)
         except Exception as exc:  # bad data folder, unknown dataset files, out of memory ...
             self.error = f"{type(exc).__name__}: {exc}"
@@ -131,19 +144,20 @@ class TrainingRun:
             trainer.set_lr(self._lr)
             self.trainer = trainer
         while not self._stop.is_set() and not trainer.finished:
-            self._go.wait()
-            if self._stop.is_set():
-                break
             with self._lock:
                 playing = self._playing
-                if not playing and self._pending == 0:
+                work = playing or self._pending > 0
+                if not work:
                     self._go.clear()
+                    self._idle.set()
                     if trainer.status == "running":
                         trainer.buffer.set_status("paused")
-                    continue
-                if not playing:
+                elif not playing:
                     self._pending -= 1
-            self._advance(trainer, playing)
+            if work:
+                self._advance(trainer, playing)
+            else:
+                self._go.wait()
 
     def _advance(self, trainer: Trainer, playing: bool) -> None:
         t0 = time.perf_counter()

@@ -19,6 +19,7 @@ import xarray as xr
 from ntk_core.buffer import SCALARS, SPECTRUM, STATUSES, RunBuffer, StepRecord, load_run, save_run
 
 MAX_UPLOAD_MB = 200
+MAX_KEPT = 8  # runs kept for comparison (the oldest is dropped)
 REQUIRED_VARIABLES = ("loss", "two_over_lr", "sharpness", "gn_sharpness", "kta", "topk_mass",
                       "u1_residual", "eigenvalues", "eigval_normalized", "alignment", "label")
 KEPT_COLUMNS = ("step", "loss", "sharpness", "two_over_lr", "kta", "topk_mass", "a1")

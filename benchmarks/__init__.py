@@ -1,0 +1,1 @@
+"""Benchmark suite: `python benchmarks/run.py [--quick] [--json out.json]` (see README.md)."""

@@ -1,0 +1,20 @@
+"""Shared test configuration: headless Chromium from the system package for the browser tests
+(pytest-playwright's own browser download is never used)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}

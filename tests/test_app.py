@@ -1,0 +1,406 @@
+"""The dashboard without a browser: settings from RunConfig, validation messages, URL sync, the
+background run (lr changes keep the weights, other changes reset), exports and uploads, and the
+plots' Bokeh data sources after the streams send rows."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import pytest
+import torch
+import xarray as xr
+from bokeh.document import Document
+from panel.io.location import Location
+
+from app.dashboard import Dashboard
+from app.plots import (
+    MAX_PIXELS,
+    LivePlots,
+    block_boundaries,
+    block_mean,
+    display_order,
+    matrix_payload,
+    spectrum_frame,
+)
+from app.runner import TrainingRun, status_line, training_threads
+from app.runs import (
+    RunFileError,
+    buffer_from_dataset,
+    csv_bytes,
+    keep_run,
+    read_run_bytes,
+)
+from app.server import serve, serve_command
+from app.settings import BOUNDS, CONTROL_FIELDS, RunSettings, round_lr
+from ntk_core import RunConfig, Trainer
+from ntk_core.buffer import SCALARS, RunBuffer, StepRecord
+from ntk_core.presets import DEFAULT_PRESET, load_preset
+
+pytestmark = pytest.mark.timeout(120)
+hv.extension("bokeh")
+
+SMALL = {"n": 32, "classes": "0,1", "width": 16, "k": 4, "steps": 200}
+SMALL_CONFIG = RunConfig(dataset="digits", n=32, classes=(0, 1), width=16, k=4, steps=200)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait for a background thread's effect (no UI locator exists at this level)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        pause.wait(0.02)
+
+
+def steps_done(dash: Dashboard, count: int) -> None:
+    """Request ``count`` single steps and wait for them."""
+    for _ in range(count):
+        dash.step()
+    assert dash.controller.run.wait_idle(60)
+
+
+@pytest.fixture
+def dash() -> Iterator[Dashboard]:
+    board = Dashboard(settings=RunSettings(**SMALL))
+    yield board
+    board.close()
+    for thread in training_threads():
+        thread.join(30)
+
+
+# ---- settings ------------------------------------------------------------------------------
+def test_controls_are_generated_from_runconfig() -> None:
+    defaults = RunConfig()
+    for name in CONTROL_FIELDS:
+        p = RunSettings.param[name]
+        expected = getattr(defaults, name)
+        if name == "classes":
+            expected = "" if expected is None else ",".join(map(str, expected))
+        assert p.default == expected, name
+        if name in BOUNDS:
+            assert tuple(p.bounds) == BOUNDS[name], name
+    assert RunSettings.param.arch.objects == ["mlp", "cnn", "vit", "linear2"]
+    assert RunSettings.param.target.objects == ["binary", "onehot"]
+
+
+def test_settings_start_from_the_default_preset() -> None:
+    settings = RunSettings()
+    assert settings.preset == DEFAULT_PRESET
+    assert settings.to_config() == load_preset(DEFAULT_PRESET).config
+
+
+def test_preset_values_yield_to_fields_set_with_it() -> None:
+    settings = RunSettings()
+    settings.param.update(preset="catapult", lr=0.3)
+    config = settings.to_config()
+    assert config.lr == 0.3 and config.steps == load_preset("catapult").config.steps
+    assert "lr" in settings.last_changed and "preset" in settings.last_changed
+    settings.preset = "linear2-theory"  # hidden options (input_dim) come from the preset
+    assert settings.to_config().input_dim == 16 and settings.lr == 0.05
+
+
+def test_ladder_preset_gives_one_config_per_lr() -> None:
+    settings = RunSettings(preset="eta-ladder", n=64)
+    configs = settings.to_configs()
+    assert [c.lr for c in configs] == [0.02, 0.05, 0.1, 0.15]
+    assert all(c.n == 64 and c.target_loss == 0.01 for c in configs)
+
+
+def test_invalid_combination_gives_the_engine_message() -> None:
+    settings = RunSettings()
+    settings.target = "binary"  # four classes in the default preset
+    assert "binary targets need exactly two classes" in settings.validate()
+    settings.classes = "3,x"
+    assert "classes: cannot read" in settings.validate()
+    with pytest.raises(ValueError):
+        settings.n = 10**6  # outside the widget bounds
+
+
+def test_url_sync_applies_and_writes_the_query() -> None:
+    settings = RunSettings()
+    location = Location(search="?preset=catapult&lr=0.25&n=128")
+    location.sync(settings, settings.url_parameters())
+    assert (settings.preset, settings.lr, settings.n) == ("catapult", 0.25, 128)
+    assert settings.width == load_preset("catapult").config.width
+    settings.width = 64
+    query = location.query_params
+    assert query["width"] == 64 and query["preset"] == "catapult" and query["lr"] == 0.25
+
+
+def test_round_lr_gives_readable_values() -> None:
+    assert round_lr(10**-0.7) == 0.2 and round_lr(0.123456) == 0.123 and round_lr(12.34) == 12.3
+
+
+def test_status_line_words() -> None:
+    assert status_line(120, "running") == "step 120 · running"
+    assert status_line(40, "paused") == "step 40 · paused"
+    assert status_line(1500, "completed") == "step 1500 · completed"
+    assert status_line(37, "diverged") == "diverged at step 37"
+
+
+# ---- the run ---------------------------------------------------------------------------------
+def test_lr_change_continues_from_the_current_weights(dash: Dashboard) -> None:
+    steps_done(dash, 3)
+    run, trainer = dash.controller.run, dash.controller.run.trainer
+    weights = [p.detach().clone() for p in trainer.params]
+    dash.settings.lr = 0.05
+    assert dash.controller.run is run and trainer.lr == 0.05 and trainer.step_index == 3
+    assert all(torch.equal(a, b) for a, b in zip(weights, trainer.params, strict=True))
+    steps_done(dash, 1)
+    rows = trainer.buffer.rows(0)
+    np.testing.assert_allclose(rows["two_over_lr"], [20, 20, 20, 40])
+    dash.tick()
+    assert dash.status == "step 4 · paused"
+
+
+def test_architecture_or_data_change_resets(dash: Dashboard) -> None:
+    steps_done(dash, 2)
+    before = dash.controller.run
+    dash.settings.width = 24
+    assert dash.controller.run is not before and dash.controller.run.config.width == 24
+    before.thread.join(30)
+    assert not before.thread.is_alive()
+    assert dash.controller.run.wait_idle(60)
+    dash.tick()
+    assert dash.status == "step 0 · ready"
+    dash.settings.dataset = "mnist1d"
+    assert dash.controller.run.config.dataset == "mnist1d"
+
+
+def test_invalid_settings_show_an_alert_and_keep_the_run(dash: Dashboard) -> None:
+    dash.settings.classes = "0,1,2"
+    run = dash.controller.run
+    dash.settings.target = "binary"
+    assert dash.config_alert.visible
+    assert "binary targets need exactly two classes" in dash.config_alert.object
+    assert dash.controller.run is run
+    dash.settings.classes = "0,2"
+    assert not dash.config_alert.visible and dash.controller.run is not run
+    assert dash.controller.run.config.target == "binary"
+
+
+def test_play_pause_and_step(dash: Dashboard) -> None:
+    dash.play()
+    run = dash.controller.run
+    wait_for(lambda: run.buffer is not None and len(run.buffer) >= 3)
+    dash.tick()
+    assert dash.status.endswith("· running")
+    dash.pause()
+    assert run.wait_idle(60)
+    dash.tick()
+    n = len(run.buffer)
+    assert dash.status == f"step {n} · paused"
+    steps_done(dash, 1)
+    dash.tick()
+    assert dash.status == f"step {n + 1} · paused"
+    dash.reset()
+    assert dash.controller.run.wait_idle(60)
+    dash.tick()
+    assert dash.status == "step 0 · ready"
+
+
+def test_speed_cap_slows_the_thread() -> None:
+    run = TrainingRun(SMALL_CONFIG.replace(measure_every=50), steps_per_second=5)
+    try:
+        run.play()
+        wait_for(lambda: run.buffer is not None and len(run.buffer) >= 1)
+        t0, n0 = time.monotonic(), len(run.buffer)
+        wait_for(lambda: len(run.buffer) >= n0 + 4)
+        assert (len(run.buffer) - n0) / (time.monotonic() - t0) < 5 * 1.5
+    finally:
+        run.stop()
+        run.thread.join(30)
+
+
+def test_divergence_is_a_result_with_an_alert() -> None:
+    board = Dashboard(settings=RunSettings(**SMALL, lr=10.0))
+    try:
+        board.play()
+        run = board.controller.run
+        wait_for(lambda: run.status == "diverged")
+        board.tick()
+        assert board.status.startswith("diverged at step ")
+        assert board.run_alert.visible and board.run_alert.alert_type == "warning"
+        assert "lower η" in board.run_alert.object
+    finally:
+        board.close()
+
+
+def test_training_threads_are_named_and_end_on_close() -> None:
+    board = Dashboard(settings=RunSettings(**SMALL))
+    thread = board.controller.run.thread
+    assert thread.name.startswith("ntk-eos-train-") and thread in training_threads()
+    board.close()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_ladder_runs_each_point_and_keeps_it() -> None:
+    board = Dashboard(settings=RunSettings(preset="eta-ladder", **{**SMALL, "steps": 3}))
+    try:
+        board.play()
+        wait_for(lambda: (board.tick() or True) and len(board.controller.kept) == 3
+                 and board.controller.run.finished, timeout=90)
+        board.keep()
+        kept = board.controller.kept
+        assert [k.lr for k in kept] == [0.02, 0.05, 0.1, 0.15]
+        frame = board.plots.comparison.data["frame"]
+        assert list(frame.lr) == [0.02, 0.05, 0.1, 0.15] and frame.kta.notna().all()
+    finally:
+        board.close()
+
+
+# ---- files -----------------------------------------------------------------------------------
+def test_netcdf_and_csv_exports_round_trip(dash: Dashboard) -> None:
+    steps_done(dash, 3)
+    buffer = dash.controller.buffer
+    ds = read_run_bytes(dash._download_netcdf().getvalue())
+    assert {"loss", "sharpness", "eigenvectors", "kernel", "label"} <= set(ds.variables)
+    assert ds.sizes["step"] == 3
+    rebuilt = buffer_from_dataset(ds)
+    for name, values in buffer.rows(0).items():
+        np.testing.assert_array_equal(rebuilt.rows(0)[name], values, err_msg=name)
+    assert rebuilt.latest_kernel()[0] == buffer.latest_kernel()[0]
+    frame = pd.read_csv(io.BytesIO(csv_bytes(buffer).getvalue()))
+    assert list(frame.columns) == ["step", *SCALARS] and len(frame) == 3
+
+
+def test_uploads_are_validated() -> None:
+    with pytest.raises(RunFileError, match="not a readable NetCDF"):
+        read_run_bytes(b"not a netcdf file")
+    with pytest.raises(RunFileError, match="limit is 1 MB"):
+        read_run_bytes(b"x" * (2 * 2**20), max_mb=1)
+    data = io.BytesIO()
+    xr.Dataset({"loss": ("step", np.ones(3))}).to_netcdf(data, engine="h5netcdf")
+    with pytest.raises(RunFileError, match="missing two_over_lr, sharpness"):
+        read_run_bytes(data.getvalue())
+
+
+def test_opening_a_saved_run_views_it_without_training(dash: Dashboard) -> None:
+    steps_done(dash, 3)
+    data = dash._download_netcdf().getvalue()
+    dash.upload.param.update(filename="bad.nc", value=b"garbage")
+    assert dash.run_alert.visible and dash.run_alert.alert_type == "danger"
+    assert "Could not open bad.nc" in dash.run_alert.object
+    dash.upload.param.update(filename="saved.nc", value=data)
+    assert dash.controller.run is None and dash.controller.viewed is not None
+    assert dash.status == "step 3 · paused · saved.nc"
+    assert len(dash.plots.steps.data) == 3
+
+
+# ---- plots -----------------------------------------------------------------------------------
+def test_curves_stream_only_the_new_rows() -> None:
+    trainer = Trainer(SMALL_CONFIG)
+    plots = LivePlots()
+    plot = hv.renderer("bokeh").get_plot(plots.sharpness())
+    doc = Document()
+    doc.add_root(plot.state)
+    streamed: list[int] = []
+    doc.on_change(lambda event: streamed.append(len(event.data["step"]))
+                  if type(event).__name__ == "ColumnsStreamedEvent" else None)
+    cursor, pushes = 0, []
+    for chunk in (3, 2):
+        for _ in range(chunk):
+            trainer.step()
+        rows = trainer.buffer.rows(cursor)
+        cursor += chunk
+        streamed.clear()
+        plots.push_rows(rows, n=32)
+        pushes.append(sorted(set(streamed)))
+    sources = {tuple(sorted(sp.handles["source"].data)): sp.handles["source"].data
+               for sp in plot.subplots.values() if "source" in sp.handles}
+    sharp = sources[("sharpness", "step")]
+    np.testing.assert_allclose(sharp["sharpness"], trainer.buffer.rows(0)["sharpness"])
+    assert len(sources[("step", "two_over_lr")]["step"]) == 5
+    assert pushes == [[3], [2]], "each push streams only its new rows, to every curve"
+
+
+def test_eigenvalues_are_divided_by_n_for_display() -> None:
+    trainer = Trainer(SMALL_CONFIG)
+    trainer.step()
+    rows = trainer.buffer.rows(0)
+    frame = spectrum_frame(rows, 32)
+    np.testing.assert_allclose(frame.lam1, rows["eigenvalues"][:, 0] / 32)
+    np.testing.assert_allclose(frame.lam1, rows["gn_sharpness"], rtol=1e-6)
+    assert frame.lam10.isna().all()  # k = 4 < 10 curves
+
+
+def test_display_order_groups_outputs_then_classes() -> None:
+    labels = np.repeat([0, 0, 1, 1], 2)  # 4 samples x 2 outputs, sample-major
+    rows = {"label": labels, "output_index": np.tile([0, 1], 4)}
+    order = display_order(rows)
+    np.testing.assert_array_equal(rows["output_index"][order], [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(labels[order], [0, 0, 1, 1, 0, 0, 1, 1])
+    class_edges, output_edges, ticks = block_boundaries(rows, order)
+    assert class_edges == [2, 6] and output_edges == [4] and len(ticks) == 4
+
+
+def test_block_mean() -> None:
+    a = np.arange(10, dtype=float)[None, :]
+    out, f = block_mean(a, 1, 4)
+    assert f == 3
+    np.testing.assert_allclose(out, [[1, 4, 7, 9]])
+
+
+def test_kernel_heatmap_is_block_averaged() -> None:
+    m = 600
+    rows = {"label": np.repeat([0, 1, 2], 200), "target": np.zeros(m),
+            "sample_index": np.arange(m), "output_index": np.zeros(m, np.int64)}
+    buffer = RunBuffer(2, rows, {})
+    kernel = np.eye(m, dtype=np.float32)
+    buffer.append(StepRecord(0, {"loss": 1.0, "measured": 1.0}, None,
+                             np.ones((2, m), np.float32), kernel))
+    payload = matrix_payload(buffer, history=True)
+    assert payload["kernel"][1].shape == (200, 200) and max(payload["kernel"][1].shape) <= MAX_PIXELS
+    plots = LivePlots()
+    plot = hv.renderer("bokeh").get_plot(plots.kernel_heatmap())
+    plots.matrices.send(payload)
+    image = next(sp for sp in plot.subplots.values() if "image" in sp.handles["source"].data)
+    assert image.handles["source"].data["image"][0].shape == (200, 200)
+
+
+def test_kept_runs_feed_the_overlays() -> None:
+    trainer = Trainer(SMALL_CONFIG)
+    for _ in range(3):
+        trainer.step()
+    plots = LivePlots()
+    plot = hv.renderer("bokeh").get_plot(plots.loss())
+    kept = keep_run(trainer.buffer, "η=0.1", 0.1)
+    plots.set_kept([kept])
+    legend = [item.label["value"] for item in plot.state.legend[0].items]
+    assert "η=0.1" in legend
+    assert plots.comparison.data["frame"].lr.tolist() == [0.1]
+
+
+# ---- app surface -----------------------------------------------------------------------------
+def test_dashboard_renders_with_the_run_buttons(dash: Dashboard) -> None:
+    root = pn.panel(dash).get_root(Document())
+    labels = {model.label for model in root.references() if type(model).__name__ == "Button"}
+    assert {"Play", "Pause", "Step", "Reset", "Keep run"} <= labels
+    assert dash.status.startswith("step 0")
+
+
+def test_main_module_is_importable_without_serving() -> None:
+    import app.main as main
+
+    assert callable(main.create_app)
+
+
+def test_serve_command_and_exit_code() -> None:
+    cmd = serve_command(port=5099, address="0.0.0.0", allow_websocket_origin=["example.org"])
+    assert cmd[cmd.index("--port") + 1] == "5099" and "--liveness" in cmd
+    assert cmd[cmd.index("--allow-websocket-origin") + 1] == "example.org"
+    assert cmd[cmd.index("--address") + 1] == "0.0.0.0"
+    assert serve_command()[serve_command().index("--allow-websocket-origin") + 1] in (
+        "127.0.0.1:5006", "localhost:5006")
+    with pytest.raises(ValueError):
+        serve_command(port=70000)
+    assert serve(extra_args=["--help"]) == 0
