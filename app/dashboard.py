@@ -198,6 +198,7 @@ class Dashboard(pn.viewable.Viewer):
                 self._seen_version = self._matrix_version = -1
                 self._next_curves = self._next_slow = now
                 self.plots.clear()
+                self._show_ladder_lr()
             if buffer is not None and now >= self._next_curves \
                     and buffer.version != self._seen_version:
                 started = time.perf_counter()
@@ -245,6 +246,12 @@ class Dashboard(pn.viewable.Viewer):
         lr = controller.run.lr if controller.run is not None else self.settings.lr
         self.netcdf.filename = f"ntk-eos_{self.settings.preset}_lr{lr:g}.nc"
         self.csv.filename = f"ntk-eos_{self.settings.preset}_lr{lr:g}.csv"
+
+    def _show_ladder_lr(self) -> None:
+        """Within a ladder the η control shows the η of the run on screen."""
+        run = self.controller.run
+        if self.controller.ladder_size > 1 and run is not None and self.settings.lr != run.lr:
+            self.settings.lr = run.lr
 
     def _ladder_text(self) -> str:
         c = self.controller
@@ -326,7 +333,7 @@ class Dashboard(pn.viewable.Viewer):
                 "Press **Keep run** to keep a run; the *eta-ladder* preset keeps each run of its "
                 "ladder. KTA can fall while a₁ and A_k rise: the top eigenvectors can align "
                 "with the labels better even as the whole kernel aligns less."),
-            pn.Row(self._pane(p.comparison_plot()), self._pane(p.alignment_spectrum()),
+            pn.Row(self._pane(p.comparison_plot()), self._pane(p.alignment_spectrum(legend=True)),
                    sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
         tabs = pn.Tabs(("Live", grid), ("Compare runs", compare), dynamic=True,

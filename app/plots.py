@@ -239,10 +239,12 @@ def compare_overlay(data: dict) -> hv.Overlay:
     return hv.Overlay(layers)
 
 
-def kept_curves(data: list, column: str, dash: str = "solid") -> hv.Overlay:
-    """The kept runs' ``column`` against step, one colour per run."""
+def kept_curves(data: list, column: str, dash: str = "solid", legend: bool = True) -> hv.Overlay:
+    """The kept runs' ``column`` against step, one colour per run (the same in every plot, so
+    one legend, on the loss plot, names them)."""
     return hv.Overlay([
-        hv.Curve(frame if frame is not None else EMPTY_KEPT, "step", column, label=label).opts(
+        hv.Curve(frame if frame is not None else EMPTY_KEPT, "step", column,
+                 label=label if legend else "").opts(
             color=color, line_dash=dash, alpha=0.8, tools=["hover"])
         for label, color, frame in _slots(data)])
 
@@ -311,8 +313,9 @@ class LivePlots:
     def _live(self, buffer: hv.streams.Buffer, *layers: tuple[str, str, str]) -> hv.DynamicMap:
         return hv.DynamicMap(partial(_live_overlay, layers=layers), streams=[buffer])
 
-    def _kept(self, column: str, dash: str = "solid") -> hv.DynamicMap:
-        return hv.DynamicMap(partial(kept_curves, column=column, dash=dash), streams=[self.kept])
+    def _kept(self, column: str, dash: str = "solid", legend: bool = False) -> hv.DynamicMap:
+        return hv.DynamicMap(partial(kept_curves, column=column, dash=dash, legend=legend),
+                             streams=[self.kept])
 
     # ---- pushes --------------------------------------------------------------------------
     def push_rows(self, rows: dict[str, np.ndarray], n: int, spectrum: bool = True) -> None:
@@ -368,7 +371,7 @@ class LivePlots:
     # ---- plots ---------------------------------------------------------------------------
     def loss(self) -> hv.DynamicMap:
         live = self._live(self.steps, ("loss", "NtkLoss", "current"))
-        return (self._kept("loss") * live).opts(hv.opts.Overlay(
+        return (self._kept("loss", legend=True) * live).opts(hv.opts.Overlay(
             title="Training loss", logy=True, ylabel="loss L (log)", legend_position="top_right",
             **SIZE))
 
@@ -407,18 +410,20 @@ class LivePlots:
     def kernel_heatmap(self) -> hv.DynamicMap:
         return hv.DynamicMap(kernel_image, streams=[self.matrices])
 
-    def alignment_spectrum(self) -> hv.DynamicMap:
+    def alignment_spectrum(self, legend: bool = False) -> hv.DynamicMap:
+        """Legend outside on the right when ``legend``; else the colours of the loss legend."""
+        where = {"legend_position": "right"} if legend else {"show_legend": False}
         return hv.DynamicMap(alignment_spectrum, streams=[self.alignment]).opts(
             hv.opts.Scatter(framewise=True, tools=["hover"]), hv.opts.Curve(framewise=True),
             hv.opts.Overlay(logx=True, xlabel="λᵢ / ‖K‖_F (log)", ylabel="aᵢ = (uᵢᵀy)²/‖y‖²",
-                              xticks=LOG_TICKS, legend_position="top_left", **SIZE))
+                            xticks=LOG_TICKS, padding=0.05, **where, **SIZE))
 
     def comparison_plot(self) -> hv.DynamicMap:
         return hv.DynamicMap(compare_overlay, streams=[self.comparison]).opts(
             hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True, tools=["hover"]),
             hv.opts.Overlay(logx=True, title="Final alignment against η (kept runs)",
-                            xlabel="learning rate η (log)", legend_position="top_left",
-                            xticks=LOG_TICKS,
+                            xlabel="learning rate η (log)", legend_position="right",
+                            xticks=LOG_TICKS, padding=0.1,
                             **SIZE))
 
 

@@ -44,10 +44,8 @@ class Experiment:
     title: str
     config: RunConfig
     lrs: tuple[float, ...]
-    highlight: float  # the η shown in panel (c) and of the step-by-step EoS run
+    highlight: float  # the η of panel (c) and of the EoS run measured at every step
     seeds: tuple[int, ...] = (0, 1)
-    detail_every: int = 1  # measurement cadence of the EoS run (the sweep's is config.measure_every)
-    detail_steps: int = 300
     notes: list[str] = field(default_factory=list, compare=False)
 
 
@@ -59,7 +57,6 @@ class Scale:
     n_cnn: int
     n_vit: int
     steps: int
-    detail_steps: int
     target_loss: float
     seeds: tuple[int, ...]
     width_mlp: int
@@ -69,11 +66,11 @@ class Scale:
     theory_seeds: tuple[int, ...]
 
 
-FULL = Scale(n_mlp=256, n_cnn=128, n_vit=64, steps=2000, detail_steps=300, target_loss=0.01,
+FULL = Scale(n_mlp=256, n_cnn=128, n_vit=64, steps=2000, target_loss=0.01,
              seeds=(0, 1),
              width_mlp=128, width_cnn=32, width_vit=32,
-             theory_lrs=(0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45), theory_seeds=(0, 1))
-QUICK = Scale(n_mlp=64, n_cnn=48, n_vit=32, steps=300, detail_steps=100, target_loss=0.05,
+             theory_lrs=(0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6), theory_seeds=(0, 1))
+QUICK = Scale(n_mlp=64, n_cnn=48, n_vit=32, steps=300, target_loss=0.05,
               seeds=(0, 1),
               width_mlp=32, width_cnn=8, width_vit=16, theory_lrs=(0.2, 0.3, 0.4),
               theory_seeds=(0,))
@@ -91,17 +88,15 @@ def experiments(dataset: str = "digits", quick: bool = False, data_dir: str | No
     table = {
         "mlp": Experiment("mlp", f"MLP (2 hidden layers × {s.width_mlp}, tanh)", RunConfig(
             **common, arch="mlp", n=s.n_mlp, width=s.width_mlp, depth=2, activation="tanh",
-            measure_every=3), lrs=(0.05, 0.1, 0.15, 0.2), highlight=0.15, seeds=s.seeds,
-            detail_steps=s.detail_steps),
+            measure_every=3), lrs=(0.05, 0.1, 0.15, 0.2), highlight=0.15, seeds=s.seeds),
         "cnn": Experiment("cnn", f"CNN (2 conv layers × {s.width_cnn} channels, tanh, avg-pool)",
                           RunConfig(**common, arch="cnn", n=s.n_cnn, width=s.width_cnn, depth=2,
                                     activation="tanh", measure_every=5),
-                          lrs=(0.2, 0.4, 0.6, 0.8), highlight=0.6, seeds=s.seeds,
-                          detail_steps=s.detail_steps),
+                          lrs=(0.2, 0.4, 0.6, 0.8), highlight=0.6, seeds=s.seeds),
         "vit": Experiment("vit", f"ViT (depth 2, dim {s.width_vit}, 4 heads, GELU)", RunConfig(
             **common, arch="vit", n=s.n_vit, width=s.width_vit, depth=2, heads=4,
             activation="gelu", measure_every=20), lrs=(0.01, 0.02, 0.04, 0.06), highlight=0.04,
-            seeds=s.seeds, detail_every=2, detail_steps=s.detail_steps),
+            seeds=s.seeds),
     }
     unknown = [a for a in archs if a not in table]
     if unknown:
@@ -112,10 +107,14 @@ def experiments(dataset: str = "digits", quick: bool = False, data_dir: str | No
 # ---- what the runs say -------------------------------------------------------------------------
 
 
-def eos_phase(sharpness: np.ndarray, lr: float, margin: float = 0.95) -> np.ndarray:
-    """Indices of the measured steps from the first with S ≥ margin·2/η to the end (empty if none)."""
+def eos_phase(sharpness: np.ndarray, lr: float, band: tuple[float, float] = (0.95, 1.1)
+              ) -> np.ndarray:
+    """Indices of the measured steps from the first with S·η/2 inside ``band`` to the end (empty if
+    none): the sharpness has reached the edge, by progressive sharpening from below or, after a
+    catapult, from above; the steps of a catapult itself (S far above 2/η) are not EoS."""
     idx = np.flatnonzero(np.isfinite(sharpness))
-    hits = idx[sharpness[idx] >= margin * 2.0 / lr]
+    ratio = sharpness[idx] * lr / 2.0
+    hits = idx[(ratio >= band[0]) & (ratio <= band[1])]
     return idx[idx >= hits[0]] if len(hits) else np.array([], int)
 
 
@@ -226,7 +225,9 @@ def figure_experiment(exp: Experiment, cube: xr.Dataset, stats: dict, path: Path
     ok = np.isfinite(r.sharpness.values)
     ax_s.plot(steps[ok], r.sharpness.values[ok], color="C3", lw=1.0, label="sharpness S")
     ax_s.axhline(2 / exp.highlight, color="k", ls="--", lw=1, label="2/η")
-    ax_s.set_ylim(0, 1.3 * max(2 / exp.highlight, float(np.nanpercentile(r.sharpness, 99))))
+    # a catapult's initial spike would flatten the edge: clip the axis at 2.2 × 2/η
+    edge = 2 / exp.highlight
+    ax_s.set_ylim(0, max(1.15 * edge, min(1.05 * float(np.nanmax(r.sharpness)), 2.2 * edge)))
     ax_s.set(ylabel="sharpness")
     ax_s.legend(frameon=False, loc="lower right", ncol=2, fontsize=8)
     ok = np.isfinite(r.kta.values)
@@ -265,9 +266,13 @@ def figure_theory(cmp: xr.Dataset, path: Path) -> None:
         ax2.plot(lrs[ok], cmp.a2.values[ok, j], "o", ms=5, mfc="none", color=f"C{j}",
                  label=f"GD ‖v‖², seed {seed}")
     edge = 2 / cmp.attrs["sharpness_flow"]
+    failed = lrs[~(cmp.status.values == "reached_target").all(1)]
     for ax in (ax1, ax2):
         ax.axvline(edge, color="0.6", ls=":", lw=1)
         ax.set_xlabel("learning rate η")
+        if len(failed):
+            ax.axvspan(failed.min(), dense.max(), color="C3", alpha=0.08, lw=0,
+                       label=f"GD diverged at η ∈ {{{', '.join(f'{x:g}' for x in failed)}}}")
     ax1.text(edge, ax1.get_ylim()[1] * 0.95, " 2/S(a²_flow)", color="0.4", va="top", fontsize=8)
     ax1.set(title="(e) two-layer linear net: final KTA", ylabel="KTA")
     ax2.set(title="final layer scale a² = ‖v‖²", ylabel="a²")
@@ -321,7 +326,7 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
          f"A₂₀ {_fmt_row(s['topk_mean'])}; ρ = {s['topk_rho']:.2f}", _verdict(s["topk_up"])),
         ("during EoS, KTA rises while the sharpness falls: corr(ΔKTA, −ΔS) > 0",
          f"{s.get('detail_corr', math.nan):.2f} over {s.get('detail_phase', 0)} EoS steps of the "
-         f"η = {exp.highlight:g} run measured every {exp.detail_every} step(s); sweep runs at lag "
+         f"η = {exp.highlight:g} run measured every step; sweep runs at lag "
          f"{exp.config.measure_every}: median {corr_med:.2f} over {int(entered.sum())} "
          f"(range {np.nanmin(corr) if entered.any() else math.nan:.2f} … "
          f"{np.nanmax(corr) if entered.any() else math.nan:.2f})",
@@ -332,7 +337,8 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
 def theory_rows(cmp: xr.Dataset) -> tuple[list[str], dict]:
     lrs = cmp.lr.values
     ok = (cmp.status == "reached_target").values
-    sim = np.where(ok, cmp.kta.values, np.nan).mean(1)
+    sim = np.array([row[np.isfinite(row)].mean() if np.isfinite(row).any() else np.nan
+                    for row in np.where(ok, cmp.kta.values, np.nan)])
     pred = cmp.kta_pred.values.mean(1)
     rel = np.nanmax(np.abs(np.where(ok, cmp.kta.values, np.nan) / cmp.kta_pred.values - 1))
     lines = ["| η | a² predicted | a² simulated (‖v‖²) | KTA predicted | KTA simulated | steps | status |",
@@ -520,8 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      resume_dir=resume,
                      progress=not args.quiet)
         cubes[exp.name], stats[exp.name] = cube, summarize(cube)
-        detail = sweep(exp.config.replace(measure_every=exp.detail_every,
-                                          steps=min(exp.detail_steps, exp.config.steps)),
+        detail = sweep(exp.config.replace(measure_every=1),
                        {"lr": [exp.highlight], "seed": [exp.seeds[0]]}, scheduler="serial",
                        resume_dir=Path(f"{resume}-detail") if resume else None,
                        progress=not args.quiet).isel(lr=0, seed=0)

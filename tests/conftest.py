@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -16,5 +17,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        message = "chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("NTK_EOS_REQUIRE_BROWSER"):  # CI: a missing browser is a failure
+            pytest.fail(message)
+        pytest.skip(message)
     return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}

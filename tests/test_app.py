@@ -252,6 +252,7 @@ def test_ladder_runs_each_point_and_keeps_it() -> None:
         board.keep()
         kept = board.controller.kept
         assert [k.lr for k in kept] == [0.02, 0.05, 0.1, 0.15]
+        assert board.settings.lr == 0.15, "the η control shows the ladder run on screen"
         frame = board.plots.comparison.data["frame"]
         assert list(frame.lr) == [0.02, 0.05, 0.1, 0.15] and frame.kta.notna().all()
     finally:

@@ -56,6 +56,8 @@ def test_eos_statistics_on_a_synthetic_series() -> None:
     assert eos_correlation(K, S, 0.2) > 0.9
     assert eos_correlation(K[::-1], S, 0.2) < 0
     assert np.isnan(eos_correlation(K, S / 10, 0.2)), "never reached 2/η"
+    catapult = np.array([40.0, 25.0, 14.0, 10.3, 9.8, 10.2, 9.9])
+    assert list(eos_phase(catapult, 0.2)) == [3, 4, 5, 6], "a catapult from above is not EoS"
 
 
 def test_report_and_figures(tmp_path) -> None:

@@ -78,6 +78,8 @@ def test_local_cluster_equals_serial(cluster, monkeypatch) -> None:
     made: list[dict] = []
 
     class Shared:  # what LocalCluster(...) returns inside the sweep: the shared cluster, kept open
+        status = local.status
+
         def __init__(self, **kwargs) -> None:
             made.append(kwargs)
             self.scheduler_address = local.scheduler_address
@@ -86,8 +88,6 @@ def test_local_cluster_equals_serial(cluster, monkeypatch) -> None:
             pass
 
     monkeypatch.setattr(distributed, "LocalCluster", Shared)
-    monkeypatch.setattr(distributed, "Client", lambda c, **kw: distributed.client.Client(
-        c.scheduler_address, **kw) if isinstance(c, Shared) else distributed.client.Client(c, **kw))
     grid = {"lr": [0.05, 0.2], "seed": [0, 1]}
     serial = sweep(TINY, grid, scheduler="serial", progress=False)
     parallel = sweep(TINY, grid, workers=2, progress=False)
