@@ -44,8 +44,8 @@ BACKOFF = 2.0  # a push that took t seconds waits ≥ BACKOFF·t: plots take ≤
 SIDEBAR_WIDTH = 330
 
 RESULT_ALERTS = {
-    "diverged": ("warning", "**{line}.** {reason}. η is above what the curvature allows (2/η "
-                 "below the sharpness it cannot escape): lower η and press Reset."),
+    "diverged": ("warning", "**{reason}.** The sharpness rose so far above 2/η that gradient "
+                 "descent could not stabilise itself: lower η and press Reset."),
     "completed": ("success", "**Finished:** {reason}."),
     "reached_target": ("success", "**Target reached:** {reason}."),
     "failed": ("danger", "**The run failed:** {reason}"),
@@ -75,9 +75,9 @@ class Dashboard(pn.viewable.Viewer):
         self._callback: Any = None
         self._url_message = ""
         self._viewed_note = ""
+        self.param.watch(lambda e: self.controller.set_speed(e.new), "speed")
         self._sync_url()
         self.settings.param.watch(self._on_settings, "changed")
-        self.param.watch(lambda e: self.controller.set_speed(e.new), "speed")
         self._make_widgets()
         self._layout = self._make_layout()
         self.reset()
@@ -145,6 +145,7 @@ class Dashboard(pn.viewable.Viewer):
             return
         pn.state.location.sync(self.settings, self.settings.url_parameters(),
                                on_error=self._url_error)
+        pn.state.location.sync(self, {"speed": "speed"}, on_error=self._url_error)
 
     def _url_error(self, values: dict) -> None:
         self._url_message = ("**The link's settings could not all be applied:** "
@@ -234,6 +235,7 @@ class Dashboard(pn.viewable.Viewer):
         elif buffer is not None and buffer.status in RESULT_ALERTS:
             kind, text = RESULT_ALERTS[buffer.status]
             reason = str(buffer.attrs.get("status_reason", "")).rstrip(".")
+            reason = reason[:1].upper() + reason[1:]
             alert = (text.format(line=controller.status_line, reason=reason), kind)
         if controller.viewed is not None:
             alert = (self._viewed_note + (" " + alert[0] if alert[0] else ""), "info")

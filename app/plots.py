@@ -151,7 +151,7 @@ def _symmetric(values: np.ndarray) -> tuple[float, float]:
 
 
 def _image(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, kdims: list[str], vdim: str,
-           title: str, data: dict, ticks: str = "x") -> hv.Overlay:
+           title: str, data: dict, ticks: str = "x", yticks: list | None = None) -> hv.Overlay:
     """A diverging heatmap (symmetric colour range) with the class / output boundaries."""
     order = "rows by output, then class" if data.get("output_edges") else "rows by class"
     labels = {"xlabel": f"kernel {order}"}
@@ -160,7 +160,7 @@ def _image(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, kdims: list[str],
     img = hv.Image((xs, ys, values), kdims=kdims, vdims=[vdim], group="NtkHeatmap").opts(
         clim=_symmetric(values), invert_yaxis=True, title=title, **labels,
         xticks=data.get("ticks") if "x" in ticks else None,
-        yticks=data.get("ticks") if "y" in ticks else None)
+        yticks=data.get("ticks") if "y" in ticks else yticks)
     layers = img * _edges(data.get("class_edges", []), data.get("output_edges", []))
     if "y" in ticks:
         layers = layers * _edges(data.get("class_edges", []), data.get("output_edges", []),
@@ -180,7 +180,8 @@ def eigenvector_image(data: dict) -> hv.Overlay:
     step, vectors, f = data["vectors"]
     k = vectors.shape[0]
     return _image(_centers(vectors.shape[1], f), np.arange(1, k + 1), vectors, kdims,
-                  "u_i entry", f"Top-{k} NTK eigenvectors at step {step}", data)
+                  "u_i entry", f"Top-{k} NTK eigenvectors at step {step}", data,
+                  yticks=[1, *range(5, k + 1, 5)] if k > 10 else list(range(1, k + 1)))
 
 
 def history_image(data: dict) -> hv.Overlay:

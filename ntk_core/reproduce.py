@@ -273,7 +273,9 @@ def figure_theory(cmp: xr.Dataset, path: Path) -> None:
         if len(failed):
             ax.axvspan(failed.min(), dense.max(), color="C3", alpha=0.08, lw=0,
                        label=f"GD diverged at η ∈ {{{', '.join(f'{x:g}' for x in failed)}}}")
-    ax1.text(edge, ax1.get_ylim()[1] * 0.95, " 2/S(a²_flow)", color="0.4", va="top", fontsize=8)
+    bottom, top = ax1.get_ylim()
+    ax1.text(edge, bottom + 0.03 * (top - bottom), " η = 2/S(a²_flow): the ceiling binds from here",
+             color="0.4", va="bottom", fontsize=8)
     ax1.set(title="(e) two-layer linear net: final KTA", ylabel="KTA")
     ax2.set(title="final layer scale a² = ‖v‖²", ylabel="a²")
     ax1.legend(frameon=False, fontsize=8)
@@ -330,7 +332,8 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
          f"{exp.config.measure_every}: median {corr_med:.2f} over {int(entered.sum())} "
          f"(range {np.nanmin(corr) if entered.any() else math.nan:.2f} … "
          f"{np.nanmax(corr) if entered.any() else math.nan:.2f})",
-         _verdict(bool(s.get("detail_corr", math.nan) > 0))),
+         _verdict(bool(s.get("detail_corr", math.nan) > 0))
+         + (" (weak)" if 0 < s.get("detail_corr", math.nan) < 0.3 else "")),
     ]
 
 
@@ -365,7 +368,9 @@ def write_report(path: Path, exps: list[Experiment], cubes: dict[str, xr.Dataset
              "Every number and verdict below is computed from the runs of this reproduction. "
              "Full-batch gradient descent with MSE loss L = (1/2n) Σ‖f − y‖² on one-hot targets; "
              "every run stops at the same target loss or at its step budget (the matched-loss "
-             "protocol); the status of each run says which. KTA is the output-traced NTK "
+             "protocol); the status of each run says which. Final figures are those of the last "
+             "measured step (at most `measured every` − 1 steps before the stop; the final loss is "
+             "the last step's). KTA is the output-traced NTK "
              "Σ_c K_cc (n × n) against YYᵀ, uncentred; a_i = ‖Yᵀu_i‖²/‖Y‖² and A₂₀ = Σ_{i≤20} a_i "
              "for the eigenvectors u_i of that kernel. Sharpness is the top Hessian eigenvalue "
              "(Lanczos on Hessian-vector products).", ""]

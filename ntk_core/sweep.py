@@ -10,7 +10,8 @@ a dead worker). With ``target_loss`` set, every run stops at the same loss or at
 The runs are combined into one hypercube with the grid's dims (``lr``, ``seed``, ...) plus the
 per-run dims ``step`` and ``eig``: runs that stop early are padded with NaN along ``step``. Per-run
 variables: ``status``, ``status_reason``, ``steps_done``, ``config`` (JSON) and the ``final_*``
-figures of the last measured step. Eigenvector snapshots and kernels stay in the per-run files.
+figures: loss and accuracy of the last step, everything else of the last measured step.
+Eigenvector snapshots and kernels stay in the per-run files.
 
 Schedulers: a LocalCluster of ``workers`` processes with one thread each (the default), an
 existing cluster by address (``tcp://host:8786``; a resume folder must then be on a filesystem the
@@ -38,6 +39,7 @@ from .buffer import load_run, save_run
 from .config import ConfigError, RunConfig, coerce
 
 PER_RUN_DIMS = ("step", "eig")
+EVERY_STEP = ("loss", "accuracy")  # logged at every step: their final value is the last step's
 FINAL_SCALARS = ("loss", "accuracy", "kta", "kta_centered", "topk_mass", "sharpness", "gn_sharpness",
                  "kernel_fro", "kernel_distance")
 FINAL_SPECTRUM = ("alignment", "eigval_normalized", "eigenvalues")
@@ -261,8 +263,11 @@ def _per_run(ds: xr.Dataset) -> xr.Dataset:
     out.attrs = {}
     last = final_measurement(ds)
     for name in FINAL_SCALARS:
-        value = float(last[name]) if name in last else math.nan
-        out[f"final_{name}"] = ((), value, {"long_name": f"{name} at the last measured step"})
+        if name in EVERY_STEP and ds.sizes.get("step", 0):
+            value, where = float(ds[name][-1]), "the last step"
+        else:
+            value, where = (float(last[name]) if name in last else math.nan), "the last measured step"
+        out[f"final_{name}"] = ((), value, {"long_name": f"{name} at {where}"})
     for name in FINAL_SPECTRUM:
         if name in last:
             out[f"final_{name}"] = (("eig",), last[name].values,

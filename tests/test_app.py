@@ -135,6 +135,12 @@ def test_url_sync_applies_and_writes_the_query() -> None:
     assert query["width"] == 64 and query["preset"] == "catapult" and query["lr"] == 0.25
 
 
+def test_speed_cap_syncs_from_the_url(dash: Dashboard) -> None:
+    Location(search="?speed=5").sync(dash, {"speed": "speed"})
+    assert dash.speed == 5 and dash.controller.steps_per_second == 5
+    assert dash.controller.run.steps_per_second == 5
+
+
 def test_round_lr_gives_readable_values() -> None:
     assert round_lr(10**-0.7) == 0.2 and round_lr(0.123456) == 0.123 and round_lr(12.34) == 12.3
 

@@ -24,7 +24,7 @@ from app.runner import stop_all, training_threads
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
-SMALL = "n=32&classes=0,1&width=16&k=4&steps=5000"
+SMALL = "n=32&classes=0,1&width=16&k=4&steps=5000&speed=5"  # a small net, 5 steps/s at most
 WAIT_MS = 60_000
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 expect.set_options(timeout=WAIT_MS)
