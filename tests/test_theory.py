@@ -97,7 +97,7 @@ def test_gradient_flow_conserves_the_imbalance(small_data) -> None:
 def test_prediction_matches_gradient_descent_in_trend() -> None:
     """Engine GD runs (float64, exact NTK) at matched loss: the final KTA rises with η as predicted,
     and each value is within 10 % of the prediction."""
-    lrs = [0.2, 0.3, 0.4, 0.45]
+    lrs = [0.2, 0.35, 0.45]
     cmp = theory.compare(lrs, seeds=(0,), sharpness=False, measure_every=1000)
     sim, pred = cmp.kta.values[:, 0], cmp.kta_pred.values[:, 0]
     assert (cmp.status == "reached_target").all()
