@@ -314,7 +314,7 @@ def ours_prev_only_peer(ctx: Context) -> dict:
 
 # ---- matrix-free kernel top-k ----------------------------------------------------------------
 def _topk_err(ctx: Context) -> Callable[[dict], float]:
-    rv = ctx.ref["values"].numpy()
+    rv = ctx.ref["values"].cpu().numpy()
     return lambda res: float(np.max(np.abs(res["values"] - rv) / np.abs(rv)))
 
 
@@ -410,10 +410,10 @@ def available(name: str) -> bool:
 
 def save_weights(w, path: str, ref: dict | None = None) -> None:
     """Weights, data and the float64 reference kernel for the neural-tangents harness."""
-    arrays = {f"param/{k}": v.detach().double().numpy() for k, v in w.model.named_parameters()}
-    arrays.update(X=w.X.double().numpy(), Y=w.Y.double().numpy(), lr=np.array(w.lr))
+    arrays = {f"param/{k}": v.detach().double().cpu().numpy() for k, v in w.model.named_parameters()}
+    arrays.update(X=w.X.double().cpu().numpy(), Y=w.Y.double().cpu().numpy(), lr=np.array(w.lr))
     if ref is not None:
-        arrays.update(K_ref=ref["K"].numpy(), values_ref=ref["values"].numpy())
+        arrays.update(K_ref=ref["K"].cpu().numpy(), values_ref=ref["values"].cpu().numpy())
     np.savez(path, **arrays)
 
 
