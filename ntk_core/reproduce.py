@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from scipy.stats import spearmanr
 
 from . import __version__, theory
 from .config import ConfigError, RunConfig
 from .sweep import sweep
+from .sweep_summary import final_spectrum, measured_curve, spearman
 
 SPEARMAN_PASS = 0.8
 PATCH = {"digits": 2, "mnist1d": 4, "cifar10": 4, "synthetic": 4, "teacher": 4}
@@ -140,13 +140,6 @@ def compute_time(cube: xr.Dataset) -> float:
     return float(np.nansum(cube.time_step.values))
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(y[ok]) == 0:
-        return math.nan
-    return float(spearmanr(x[ok], y[ok]).statistic)
-
-
 def summarize(cube: xr.Dataset) -> dict:
     """The claims' numbers from one (lr, seed) sweep: trends over η, EoS statistics, correlations."""
     lrs = cube.lr.values
@@ -157,8 +150,8 @@ def summarize(cube: xr.Dataset) -> dict:
         vals = cube[var].values if var else cube.final_alignment.isel(eig=0).values
         out[f"{name}_mean"] = np.nanmean(vals, axis=1)
         out[f"{name}_std"] = np.nanstd(vals, axis=1)
-        out[f"{name}_rho"] = _spearman(pooled, vals.reshape(-1))
-        out[f"{name}_rho_means"] = _spearman(lrs, out[f"{name}_mean"])
+        out[f"{name}_rho"] = spearman(pooled, vals.reshape(-1))
+        out[f"{name}_rho_means"] = spearman(lrs, out[f"{name}_mean"])
     out["topk_up"] = bool(out["topk_mean"][-1] > out["topk_mean"][0])
     corr = np.full((len(lrs), cube.sizes["seed"]), np.nan)
     edge = np.full_like(corr, np.nan)
@@ -206,10 +199,8 @@ def figure_experiment(exp: Experiment, cube: xr.Dataset, stats: dict, path: Path
     seed0 = cube.isel(seed=0)
     for color, lr in zip(colors, cube.lr.values, strict=True):
         r = seed0.sel(lr=lr)
-        ok = np.isfinite(r.kta.values)
-        ax_a.plot(r.step.values[ok], r.kta.values[ok], color=color, lw=1.3, label=f"η = {lr:g}")
-        ax_b.plot(r.final_eigval_normalized.values, r.final_alignment.values, "o-", color=color,
-                  ms=3.5, lw=0.8, label=f"η = {lr:g}")
+        ax_a.plot(*measured_curve(r, "kta"), color=color, lw=1.3, label=f"η = {lr:g}")
+        ax_b.plot(*final_spectrum(r), "o-", color=color, ms=3.5, lw=0.8, label=f"η = {lr:g}")
     ax_a.set(title=f"(a) kernel–target alignment (seed {int(seed0.seed)})", xlabel="step",
              ylabel="KTA (traced NTK vs YYᵀ)")
     ax_a.legend(frameon=False)
@@ -218,20 +209,16 @@ def figure_experiment(exp: Experiment, cube: xr.Dataset, stats: dict, path: Path
     ax_b.legend(frameon=False)
 
     r = seed0.sel(lr=exp.highlight)
-    steps = r.step.values
-    ok = np.isfinite(r.loss.values)
-    ax_loss.semilogy(steps[ok], r.loss.values[ok], color="0.3", lw=1.0)
+    ax_loss.semilogy(*measured_curve(r, "loss"), color="0.3", lw=1.0)
     ax_loss.set(ylabel="loss", title=f"(c) the η = {exp.highlight:g} run (seed {int(seed0.seed)})")
-    ok = np.isfinite(r.sharpness.values)
-    ax_s.plot(steps[ok], r.sharpness.values[ok], color="C3", lw=1.0, label="sharpness S")
+    ax_s.plot(*measured_curve(r, "sharpness"), color="C3", lw=1.0, label="sharpness S")
     ax_s.axhline(2 / exp.highlight, color="k", ls="--", lw=1, label="2/η")
     # a catapult's initial spike would flatten the edge: clip the axis at 2.2 × 2/η
     edge = 2 / exp.highlight
     ax_s.set_ylim(0, max(1.15 * edge, min(1.05 * float(np.nanmax(r.sharpness)), 2.2 * edge)))
     ax_s.set(ylabel="sharpness")
     ax_s.legend(frameon=False, loc="lower right", ncol=2, fontsize=8)
-    ok = np.isfinite(r.kta.values)
-    ax_k.plot(steps[ok], r.kta.values[ok], color="C0", lw=1.2)
+    ax_k.plot(*measured_curve(r, "kta"), color="C0", lw=1.2)
     ax_k.set(ylabel="KTA", xlabel="step")
 
     lrs = stats["lr"]
@@ -352,7 +339,7 @@ def theory_rows(cmp: xr.Dataset) -> tuple[list[str], dict]:
             f"{_fmt_row(cmp.kta_pred.values[i], '.4f')} | {_fmt_row(cmp.kta.values[i], '.4f')} | "
             f"{', '.join(str(int(x)) for x in cmp.steps.values[i])} | "
             f"{', '.join(sorted(set(cmp.status.values[i])))} |")
-    stats = {"rho_sim": _spearman(lrs, sim), "rho_pred": _spearman(lrs, pred), "max_rel_err": rel,
+    stats = {"rho_sim": spearman(lrs, sim), "rho_pred": spearman(lrs, pred), "max_rel_err": rel,
              "diverged": [float(lr) for i, lr in enumerate(lrs) if not ok[i].all()]}
     return lines, stats
 
