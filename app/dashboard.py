@@ -99,7 +99,8 @@ class Dashboard(pn.viewable.Viewer):
 
     def reset(self, *_: Any, play: bool = False) -> None:
         """Start the settings' run (or ladder) from initialisation."""
-        message = self.settings.validate()
+        message = (self.settings.validate()
+                   or self.controller.cap_error(self.settings.to_configs()))
         self._show_config_error(message)
         if message:
             return
@@ -189,6 +190,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _tick(self) -> None:
         controller = self.controller
+        controller.pause_if_idle()
         if controller.advance_ladder():
             self.plots.set_kept(controller.kept)
         buffer = controller.buffer
@@ -237,6 +239,8 @@ class Dashboard(pn.viewable.Viewer):
             reason = str(buffer.attrs.get("status_reason", "")).rstrip(".")
             reason = reason[:1].upper() + reason[1:]
             alert = (text.format(line=controller.status_line, reason=reason), kind)
+        if controller.idle_note and not alert[0]:
+            alert = (controller.idle_note, "warning")
         if controller.viewed is not None:
             alert = (self._viewed_note + (" " + alert[0] if alert[0] else ""), "info")
         elif self._url_message:

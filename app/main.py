@@ -1,7 +1,8 @@
 """Entry point for ``panel serve app/main.py``: one Dashboard per browser tab.
 
 The module stays importable (tests, ``app.server``): the app is only built when Panel serves it.
-URL parameters (``?preset=catapult&lr=0.2``) set the run; see docs/dashboard.md.
+URL parameters (``?preset=catapult&lr=0.2``) set the run; see docs/dashboard.md. Beyond the
+server's session cap (``app.limits``) a tab gets a short "busy" page and starts no training.
 """
 
 from __future__ import annotations
@@ -9,11 +10,36 @@ from __future__ import annotations
 import panel as pn
 
 from app.dashboard import Dashboard
+from app.limits import SessionRegistry, live_sessions
 
 TITLE = "ntk-eos: the Edge of Stability and the NTK, live"
+BUSY_TEXT = """\
+## The server is busy
+
+All {capacity} places on this server are taken right now, so a new dashboard could not start.
+Please try again in a few minutes: places free up as other tabs close.
+
+If you run a class on this server, its administrator can raise the limit
+(`NTK_EOS_MAX_SESSIONS`), or you can run ntk-eos on your own computer with `ntk-eos serve`.
+"""
 
 
-def create_app() -> pn.viewable.Viewable:
+def busy_page(capacity: int) -> pn.viewable.Viewable:
+    """What a tab shows when the session cap is reached: text only, no training."""
+    return pn.Column(pn.pane.Markdown(BUSY_TEXT.format(capacity=capacity), width=640),
+                     css_classes=["ntk-busy"])
+
+
+def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable:
+    """A Dashboard for this tab, or the busy page when ``sessions`` is full."""
+    sessions = sessions or live_sessions()
+    doc = pn.state.curdoc
+    context = doc.session_context if doc is not None else None
+    key = context.id if context is not None else object()
+    if not sessions.enter(key):
+        return busy_page(sessions.capacity)
+    if context is not None:  # outside a server nothing ends the session: the caller leaves
+        pn.state.on_session_destroyed(lambda _: sessions.leave(key))
     return Dashboard()
 
 

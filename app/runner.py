@@ -6,6 +6,11 @@ while playing or while single steps are pending, sleeping between steps to respe
 ``RunController`` is the session's view: the current run, the preset's ladder of runs still to go,
 the runs kept for comparison, and a saved run opened for viewing. Nothing here imports panel: the
 page polls ``buffer`` / ``status_line`` from its periodic callback.
+
+Server limits (``app.limits``): a run builds and steps only while it holds one of the process's
+training slots, waiting its turn in the queue otherwise; each training thread sets its own torch
+thread count; hosted caps are checked before a run starts (n, width, depth, steps) and once the
+model is built (n·p); a session left untouched past the idle limit is paused.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ import itertools
 import threading
 import time
 import weakref
+from collections.abc import Callable
+
+import torch
 
 from ntk_core.buffer import RunBuffer
-from ntk_core.config import RunConfig
+from ntk_core.config import ConfigError, RunConfig
 from ntk_core.train import TERMINAL, Trainer
 
+from . import limits as server_limits
+from .limits import ServerLimits, TrainingSlots
 from .runs import MAX_KEPT, KeptRun, keep_run
 
 THREAD_PREFIX = "ntk-eos-train-"
@@ -46,10 +56,14 @@ def stop_all(timeout: float = 5.0) -> None:
 
 class TrainingRun:
     """One trainer stepped by one daemon thread; ``play``/``pause``/``step``/``stop`` are
-    thread-safe and return at once."""
+    thread-safe and return at once. The thread builds and steps only while it holds a slot of
+    ``slots`` (the process's training slots unless given)."""
 
-    def __init__(self, config: RunConfig, label: str = "", steps_per_second: float = 0.0) -> None:
+    def __init__(self, config: RunConfig, label: str = "", steps_per_second: float = 0.0,
+                 slots: TrainingSlots | None = None, limits: ServerLimits | None = None) -> None:
         self.config = config
+        self.limits = limits or server_limits.current()
+        self.slots = slots or server_limits.training_slots()
         self.label = label or f"η={config.lr:g}"
         self.trainer: Trainer | None = None
         self.error = ""
@@ -77,6 +91,7 @@ class TrainingRun:
         with self._lock:
             self._playing = False
             self._pending = 0
+        self.slots.wake()  # a run waiting in the queue leaves it
 
     def step(self, count: int = 1) -> None:
         with self._lock:
@@ -88,6 +103,7 @@ class TrainingRun:
     def stop(self) -> None:
         self._stop.set()
         self._go.set()
+        self.slots.wake()
 
     def set_lr(self, lr: float) -> None:
         """η from the next step on; the weights are kept."""
@@ -127,18 +143,45 @@ class TrainingRun:
     def finished(self) -> bool:
         return self.status in TERMINAL
 
+    @property
+    def queue_position(self) -> tuple[int, int] | None:
+        """(place, queue length) while waiting for a training slot, else None."""
+        return self.slots.position(self)
+
     # ---- the thread ----------------------------------------------------------------------
     def _loop(self) -> None:
         try:
             self._train()
         finally:
+            self.slots.release(self)
             self._idle.set()
 
-    def _train(self) -> None:
+    def _wants_work(self) -> bool:
+        # read without the lock: acquire() calls this while holding the slots' lock
+        return not self._stop.is_set() and (self._playing or self._pending > 0)
+
+    def _build(self) -> Trainer | None:
+        """Build the trainer inside a slot (data loading and the model cost CPU too)."""
+        if not self.slots.acquire(self, lambda: not self._stop.is_set()):
+            return None
+        # OpenMP threads are a per-thread setting in torch: this thread's share of the cores
+        torch.set_num_threads(self.limits.torch_threads)
         try:
             trainer = Trainer(self.config)
+            self.limits.check_size(trainer.data.n, sum(p.numel() for p in trainer.params))
+        except ConfigError as exc:
+            self.error = str(exc)
+            return None
         except Exception as exc:  # bad data folder, unknown dataset files, out of memory ...
             self.error = f"{type(exc).__name__}: {exc}"
+            return None
+        finally:
+            self.slots.release(self)
+        return trainer
+
+    def _train(self) -> None:
+        trainer = self._build()
+        if trainer is None:
             return
         with self._lock:
             trainer.set_lr(self._lr)
@@ -152,12 +195,21 @@ class TrainingRun:
                     self._idle.set()
                     if trainer.status == "running":
                         trainer.buffer.set_status("paused")
-                elif not playing:
-                    self._pending -= 1
-            if work:
-                self._advance(trainer, playing)
-            else:
+            if not work:
+                self.slots.release(self)
                 self._go.wait()
+                continue
+            if self.slots.should_yield(self):
+                self.slots.release(self)  # back of the queue: the others get their turn
+            if not self.slots.acquire(self, self._wants_work):
+                continue  # paused or stopped while queued
+            with self._lock:
+                playing = self._playing
+                if not playing:
+                    if self._pending <= 0:
+                        continue
+                    self._pending -= 1
+            self._advance(trainer, playing)
 
     def _advance(self, trainer: Trainer, playing: bool) -> None:
         t0 = time.perf_counter()
@@ -171,13 +223,19 @@ class TrainingRun:
             trainer.buffer.set_status("failed", f"{type(exc).__name__}: {exc}")
             return
         if playing and self.steps_per_second > 0:
-            self._stop.wait(max(0.0, 1.0 / self.steps_per_second - (time.perf_counter() - t0)))
+            wait = 1.0 / self.steps_per_second - (time.perf_counter() - t0)
+            if wait > 0 and self.slots.queued:
+                self.slots.release(self)  # nobody steps while this run sleeps
+            self._stop.wait(max(0.0, wait))
 
 
-def status_line(step: int, status: str) -> str:
-    """'step 120 · running', 'diverged at step 37', ... the line the page shows."""
+def status_line(step: int, status: str, queue: tuple[int, int] | None = None) -> str:
+    """'step 120 · running', 'diverged at step 37', 'step 40 · queued: position 3 of 5' ...
+    the line the page shows."""
     if status == "diverged":
         return f"diverged at step {step}"
+    if queue is not None:
+        return f"step {step} · queued: position {queue[0]} of {queue[1]}"
     words = {"reached_target": "reached the target loss", "loading": "loading data and model"}
     return f"step {step} · {words.get(status, status)}"
 
@@ -186,7 +244,12 @@ class RunController:
     """The runs of one session: the current one, the ladder still to go, kept runs, a viewed
     file. All methods are meant for the UI thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: ServerLimits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits or server_limits.current()
+        self._clock = clock
+        self.last_input = clock()
+        self.idle_note = ""
         self.run: TrainingRun | None = None
         self.viewed: RunBuffer | None = None
         self.viewed_name = ""
@@ -196,8 +259,18 @@ class RunController:
         self.steps_per_second = 0.0
 
     # ---- runs ----------------------------------------------------------------------------
+    def cap_error(self, configs: list[RunConfig]) -> str:
+        """'' when every config fits the server's caps, else the first cap's message."""
+        try:
+            for config in configs:
+                self.limits.check(config)
+        except ConfigError as exc:
+            return str(exc)
+        return ""
+
     def reset(self, configs: list[RunConfig], play: bool = False) -> None:
         """Stop the current run and start ``configs[0]`` (the rest run after it: the ladder)."""
+        self.touch()
         self._stop_run()
         self.viewed, self.viewed_name = None, ""
         self.queue = list(configs[1:])
@@ -205,7 +278,7 @@ class RunController:
         self._start(configs[0], play)
 
     def _start(self, config: RunConfig, play: bool) -> None:
-        self.run = TrainingRun(config, steps_per_second=self.steps_per_second)
+        self.run = TrainingRun(config, steps_per_second=self.steps_per_second, limits=self.limits)
         if play:
             self.run.play()
 
@@ -234,23 +307,33 @@ class RunController:
         self.queue = []
 
     # ---- controls ------------------------------------------------------------------------
+    def touch(self) -> None:
+        """Note user input (every control calls this): the idle clock starts again."""
+        self.last_input = self._clock()
+        self.idle_note = ""
+
     def play(self) -> None:
+        self.touch()
         if self.run is not None:
             self.run.play()
 
     def pause(self) -> None:
+        self.touch()
         if self.run is not None:
             self.run.pause()
 
     def step(self) -> None:
+        self.touch()
         if self.run is not None:
             self.run.step()
 
     def set_lr(self, lr: float) -> None:
+        self.touch()
         if self.run is not None:
             self.run.set_lr(lr)
 
     def set_speed(self, steps_per_second: float) -> None:
+        self.touch()
         self.steps_per_second = steps_per_second
         if self.run is not None:
             self.run.steps_per_second = steps_per_second
@@ -271,6 +354,20 @@ class RunController:
 
     def clear_kept(self) -> None:
         self.kept = []
+
+    def pause_if_idle(self) -> bool:
+        """Pause a playing run after ``idle_minutes`` without input, which frees its training
+        slot for others; True when it paused now (``idle_note`` then says why)."""
+        minutes = self.limits.idle_minutes
+        run = self.run
+        if not minutes or run is None or not run.playing or run.finished:
+            return False
+        if self._clock() - self.last_input < 60 * minutes:
+            return False
+        run.pause()
+        self.idle_note = (f"**Paused after {minutes:g} minutes without input**, to share the "
+                          "server with others. Press Play to continue.")
+        return True
 
     # ---- state ---------------------------------------------------------------------------
     @property
@@ -297,7 +394,8 @@ class RunController:
 
     @property
     def status_line(self) -> str:
-        return status_line(self.step_count, self.status)
+        queue = self.run.queue_position if self.run is not None and self.viewed is None else None
+        return status_line(self.step_count, self.status, queue)
 
     @property
     def ladder_position(self) -> int:

@@ -163,8 +163,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:  # the dashboard ships in the same distribution
         print(f"error: the dashboard is not available ({exc})", file=sys.stderr)
         return 2
+    from app.server import limits_env
+
+    env = limits_env(hosted=args.hosted, max_sessions=args.max_sessions,
+                     max_trainings=args.max_trainings, torch_threads=args.torch_threads,
+                     idle_minutes=args.idle_minutes)
     return serve(port=args.port, address=args.address, show=args.show,
-                 allow_websocket_origin=args.allow_websocket_origin, extra_args=args.extra)
+                 allow_websocket_origin=args.allow_websocket_origin, extra_args=args.extra,
+                 limits=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="localhost")
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.add_argument("--allow-websocket-origin", action="append", default=None)
+    g = p.add_argument_group("server limits (defaults: NTK_EOS_* variables, see docs/deploy.md)")
+    g.add_argument("--hosted", action="store_true",
+                   help="public or class server: caps on run size, idle runs paused")
+    g.add_argument("--max-sessions", type=int, default=None, help="open tabs at most")
+    g.add_argument("--max-trainings", type=int, default=None,
+                   help="runs stepping at once; the others queue")
+    g.add_argument("--torch-threads", type=int, default=None, help="torch threads per run")
+    g.add_argument("--idle-minutes", type=float, default=None,
+                   help="pause a run after this long without input (0: never)")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -1,0 +1,283 @@
+"""Server limits: how many tabs, how many trainings at once, and how big a run may be.
+
+One copy of the dashboard may serve a whole class from a small machine. ``ServerLimits`` reads
+its settings from ``NTK_EOS_*`` environment variables (``ntk-eos serve`` and the Docker image
+set them); ``hosted`` mode caps the size of each run, ``local`` mode (one lecturer's laptop)
+only bounds what runs at once.
+
+- ``TrainingSlots``: at most ``max_trainings`` runs step at the same time; the others wait in a
+  FIFO queue and can ask for their position. A run that has held a slot for ``slice_seconds``
+  while others wait goes to the back of the queue, so every run keeps moving.
+- ``SessionRegistry``: the cap on live browser sessions (beyond it the page says "busy").
+- ``torch_threads``: intra-op threads for each training thread. PyTorch's OpenMP setting is
+  per thread (a new thread takes the value of the last ``torch.set_num_threads`` call when it
+  first runs a parallel op), so each training thread sets it for itself.
+
+Nothing here imports panel.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+from ntk_core.config import ConfigError, RunConfig
+
+Mode = Literal["hosted", "local"]
+ENV_PREFIX = "NTK_EOS_"
+# Per-run caps of hosted mode (0: no cap). The default preset has n = 256, p ≈ 25k: n·p ≈ 6.5M.
+HOSTED_CAPS = {"max_n": 1024, "max_width": 512, "max_depth": 6, "max_steps": 5000,
+               "max_np": 20_000_000}
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask of a container, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """The limits one server process applies. ``0`` means no cap (for the per-run caps and
+    ``idle_minutes``)."""
+
+    mode: Mode = "local"
+    max_sessions: int = 100
+    max_trainings: int = 2
+    torch_threads: int = 1
+    slice_seconds: float = 2.0
+    idle_minutes: float = 0.0
+    max_n: int = 0
+    max_width: int = 0
+    max_depth: int = 0
+    max_steps: int = 0
+    max_np: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("hosted", "local"):
+            raise ConfigError(f"{ENV_PREFIX}MODE: expected hosted or local, got {self.mode!r}")
+        for name in ("max_sessions", "max_trainings", "torch_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be ≥ 1, "
+                                  f"got {getattr(self, name)}")
+        for f in fields(self):
+            if f.name != "mode" and getattr(self, f.name) < 0:
+                raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: must be ≥ 0, "
+                                  f"got {getattr(self, f.name)}")
+        if self.slice_seconds <= 0:
+            raise ConfigError(f"{ENV_PREFIX}SLICE_SECONDS: must be > 0, got {self.slice_seconds}")
+
+    @classmethod
+    def defaults(cls, mode: Mode = "local", cores: int | None = None) -> ServerLimits:
+        """Defaults for ``mode`` on a machine with ``cores`` cores: one single-threaded
+        training per core when hosted; locally two trainings sharing the cores."""
+        cores = cores or cpu_count()
+        if mode == "hosted":
+            return cls(mode="hosted", max_sessions=40, max_trainings=cores, torch_threads=1,
+                       idle_minutes=15.0, **HOSTED_CAPS)
+        trainings = min(2, cores)
+        return cls(mode="local", max_sessions=100, max_trainings=trainings,
+                   torch_threads=max(1, cores // trainings))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerLimits:
+        """``NTK_EOS_MODE`` picks the defaults; ``NTK_EOS_<FIELD>`` (e.g. ``NTK_EOS_MAX_N``)
+        overrides one field. ``NTK_EOS_MAX_TRAININGS`` alone also rescales the threads."""
+        env = os.environ if environ is None else environ
+        mode = env.get(ENV_PREFIX + "MODE", "local").strip().lower() or "local"
+        if mode not in ("hosted", "local"):
+            raise ConfigError(f"{ENV_PREFIX}MODE: expected hosted or local, got {mode!r}")
+        base = cls.defaults(mode)  # type: ignore[arg-type]
+        values: dict[str, float | int] = {}
+        for f in fields(cls):
+            text = env.get(ENV_PREFIX + f.name.upper(), "").strip()
+            if f.name == "mode" or not text:
+                continue
+            kind = float if f.type in ("float", float) else int
+            try:
+                values[f.name] = kind(text)
+            except ValueError:
+                raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: expected "
+                                  f"{'a number' if kind is float else 'an integer'}, "
+                                  f"got {text!r}") from None
+        if "max_trainings" in values and "torch_threads" not in values:
+            values["torch_threads"] = max(1, cpu_count() // max(1, int(values["max_trainings"])))
+        return replace(base, **values)
+
+    # ---- per-run caps ----------------------------------------------------------------------
+    def check(self, config: RunConfig) -> None:
+        """Raise ConfigError when ``config`` exceeds a cap that is known before building."""
+        for name in ("n", "width", "depth", "steps"):
+            cap = getattr(self, f"max_{name}")
+            value = getattr(config, name)
+            if cap and value > cap:
+                raise ConfigError(f"{name}: at most {cap} on this server ({self.mode} mode), "
+                                  f"got {value}")
+
+    def check_size(self, n: int, num_params: int) -> None:
+        """Raise ConfigError when n·p (examples × parameters, the size of the Jacobian per
+        output) exceeds the cap."""
+        if self.max_np and n * num_params > self.max_np:
+            raise ConfigError(f"n·p: at most {self.max_np:,} on this server ({self.mode} mode), "
+                              f"got {n} × {num_params:,} parameters = {n * num_params:,}; "
+                              "lower n, width or depth")
+
+    def summary(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class TrainingSlots:
+    """A FIFO queue in front of ``capacity`` training slots, with time slices.
+
+    ``acquire`` blocks until the ticket is at the head of the queue and a slot is free, or until
+    ``wanted()`` turns false (the run was paused or stopped; call ``wake`` after changing what
+    ``wanted`` reads). ``should_yield`` tells a holder that its slice is over and others wait.
+    """
+
+    def __init__(self, capacity: int, slice_seconds: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity: must be ≥ 1, got {capacity}")
+        self.capacity = capacity
+        self.slice_seconds = slice_seconds
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._queue: deque[Hashable] = deque()
+        self._holders: dict[Hashable, float] = {}  # ticket -> when it got the slot
+
+    def acquire(self, ticket: Hashable, wanted: Callable[[], bool] = lambda: True,
+                timeout: float | None = None) -> bool:
+        """Wait for a slot; False when ``wanted()`` turned false or on timeout (the ticket then
+        leaves the queue). ``wanted`` must not take locks that callers of ``wake`` hold."""
+        deadline = None if timeout is None else self._clock() + timeout
+        with self._cond:
+            if ticket in self._holders:
+                return True
+            if ticket not in self._queue:
+                self._queue.append(ticket)
+            try:
+                while wanted():
+                    if self._queue[0] == ticket and len(self._holders) < self.capacity:
+                        self._queue.popleft()
+                        self._holders[ticket] = self._clock()
+                        return True
+                    left = None if deadline is None else deadline - self._clock()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return False
+            finally:
+                if ticket not in self._holders and ticket in self._queue:
+                    self._queue.remove(ticket)
+                self._cond.notify_all()  # the next in line may take a free slot
+
+    def release(self, ticket: Hashable) -> None:
+        """Give the slot back, or leave the queue; harmless when the ticket has neither."""
+        with self._cond:
+            self._holders.pop(ticket, None)
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Make waiting ``acquire`` calls re-check their ``wanted``."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def should_yield(self, ticket: Hashable) -> bool:
+        """True when ``ticket`` has held its slot for a full slice and someone is waiting."""
+        with self._cond:
+            since = self._holders.get(ticket)
+            return (since is not None and bool(self._queue)
+                    and self._clock() - since >= self.slice_seconds)
+
+    def holds(self, ticket: Hashable) -> bool:
+        with self._cond:
+            return ticket in self._holders
+
+    def position(self, ticket: Hashable) -> tuple[int, int] | None:
+        """(1-based place, queue length) while ``ticket`` waits, else None."""
+        with self._cond:
+            try:
+                return self._queue.index(ticket) + 1, len(self._queue)
+            except ValueError:
+                return None
+
+    @property
+    def running(self) -> int:
+        with self._cond:
+            return len(self._holders)
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+
+class SessionRegistry:
+    """Counts live sessions against ``capacity``: ``enter`` returns False when full."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._live: set[Hashable] = set()
+
+    def enter(self, key: Hashable) -> bool:
+        with self._lock:
+            if key in self._live:
+                return True
+            if len(self._live) >= self.capacity:
+                return False
+            self._live.add(key)
+            return True
+
+    def leave(self, key: Hashable) -> None:
+        with self._lock:
+            self._live.discard(key)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+
+# ---- the process-wide instances ----------------------------------------------------------------
+_lock = threading.Lock()
+_limits: ServerLimits | None = None
+_slots: TrainingSlots | None = None
+_sessions: SessionRegistry | None = None
+
+
+def configure(limits: ServerLimits | None = None) -> ServerLimits:
+    """Set this process's limits (None: read the environment again); new slots and a new
+    session registry follow. Runs started before keep the slots they had."""
+    global _limits, _slots, _sessions
+    with _lock:
+        _limits = limits if limits is not None else ServerLimits.from_env()
+        _slots = TrainingSlots(_limits.max_trainings, _limits.slice_seconds)
+        _sessions = SessionRegistry(_limits.max_sessions)
+        return _limits
+
+
+def current() -> ServerLimits:
+    """This process's limits (read from the environment on first use)."""
+    return _limits if _limits is not None else configure()
+
+
+def training_slots() -> TrainingSlots:
+    current()
+    assert _slots is not None
+    return _slots
+
+
+def live_sessions() -> SessionRegistry:
+    current()
+    assert _sessions is not None
+    return _sessions

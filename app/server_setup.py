@@ -1,0 +1,70 @@
+"""``panel serve --setup`` script: apply the server limits once, before the first tab opens.
+
+Run as a script (``panel serve`` executes it in the server process), it reads ``app.limits``
+from the environment, sets the process's torch threads (new training threads start from this
+value; each also sets its own), prints the limits, and, when ``NTK_EOS_STATS_SECONDS`` is set,
+prints a JSON line of load figures at that interval (sessions, trainings, queue, training
+threads, memory) for monitoring and the load test. Imported, it only defines the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+import torch
+
+from app.limits import ServerLimits, configure, live_sessions, training_slots
+from app.runner import training_threads
+
+STATS_PREFIX = "ntk-eos stats "
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux /proc; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def stats() -> dict[str, float | int]:
+    """Load figures of this process (counts only: nothing about users or runs)."""
+    slots = training_slots()
+    return {"sessions": live_sessions().count, "trainings": slots.running,
+            "queued": slots.queued, "training_threads": len(training_threads()),
+            "rss_mb": round(rss_mb(), 1)}
+
+
+def apply_limits() -> ServerLimits:
+    limits = configure()
+    torch.set_num_threads(limits.torch_threads)
+    print(f"ntk-eos limits: {json.dumps(limits.summary())}", file=sys.stderr, flush=True)
+    return limits
+
+
+def start_stats_log(seconds: float) -> threading.Thread | None:
+    """Print ``stats()`` every ``seconds`` from a daemon thread; None when ``seconds <= 0``."""
+    if seconds <= 0:
+        return None
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            print(STATS_PREFIX + json.dumps(stats()), file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=loop, name="ntk-eos-stats", daemon=True)
+    thread.start()
+    return thread
+
+
+if __name__ != "app.server_setup":  # executed by panel serve --setup, not imported
+    apply_limits()
+    start_stats_log(float(os.environ.get("NTK_EOS_STATS_SECONDS", "0") or 0))
