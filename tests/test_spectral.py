@@ -107,3 +107,33 @@ def test_deflated_frobenius_estimate_is_close_with_honest_error() -> None:
     assert abs(est.value - exact) / exact < 0.05
     assert est.stderr > 0
     assert abs(est.value - exact) < 5 * est.stderr + 1e-12
+
+
+def test_single_seed_without_guard_does_not_stop_early() -> None:
+    """One seed and no guard leave a single Ritz value with no gap estimate: the solver must
+    keep iterating on ‖r‖ rather than accept the seed's Rayleigh quotient."""
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(80, 80, dtype=torch.float64, generator=g)
+    K = A @ A.T / 80
+    top = torch.linalg.eigvalsh(K)[-1]
+    seed = torch.randn(80, 1, dtype=torch.float64, generator=g)
+    res = top_eigenpairs(explicit_matmat(K), 80, 1, start=seed, tol=1e-6, guard=0, generator=g)
+    assert res.products > 1
+    assert abs(float(res.values[0] - top)) / float(top) <= 1e-6
+
+
+def test_warm_hessian_seed_reaches_dense_sharpness() -> None:
+    """The trainer's path: one previous-step seed and no guard, checked against a dense Hessian."""
+    from ntk_core.hessian import HessianOperator, top_hessian_eigenpair
+    from ntk_core.losses import loss_value
+
+    _, data, model = tiny_setup("mlp", n=10)
+    H = dense_hessian(model, data.X, data.Y)
+    ref = float(torch.linalg.eigvalsh(H)[-1])
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss_value(model(data.X), data.Y, "mse"), params, create_graph=True)
+    op = HessianOperator(grads, params)
+    seed = torch.randn(op.dim, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    res = top_hessian_eigenpair(op, start=seed, tol=1e-4, guard=0)
+    assert abs(float(res.values[0]) - ref) / abs(ref) <= 1e-4, (float(res.values[0]), ref)
+    assert op.products == res.products
