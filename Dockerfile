@@ -1,7 +1,8 @@
 # ntk-eos dashboard, served by `panel serve` behind `ntk-eos serve`.
 #   docker build -t ntk-eos .
 #   docker run -p 5006:5006 -e BOKEH_ALLOW_WS_ORIGIN=localhost:5006 ntk-eos
-# then open http://localhost:5006/main. See docs/deploy.md for auth and reverse proxies.
+# then open http://localhost:5006/main. See docs/deploy.md for auth, reverse proxies and the
+# server limits (hosted mode here; NTK_EOS_* variables change them).
 FROM python:3.12-slim
 
 # The CPU build of torch: the default wheel is a multi-GB CUDA build.
@@ -12,7 +13,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     OMP_NUM_THREADS=1 \
-    BOKEH_ALLOW_WS_ORIGIN=localhost:5006
+    BOKEH_ALLOW_WS_ORIGIN=localhost:5006 \
+    NTK_EOS_MODE=hosted
 
 RUN useradd --create-home --uid 1000 ntk
 WORKDIR /srv/ntk-eos

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -23,6 +24,11 @@ def _dockerfile_instruction(name: str) -> str:
     lines = [line for line in text.splitlines() if line.startswith(name + " ")]
     assert lines, f"the Dockerfile has no {name}"
     return lines[-1][len(name) + 1:].strip()
+
+
+def _image_env() -> dict[str, str]:
+    """The image's ENV values (one ENV instruction of KEY=VALUE pairs)."""
+    return dict(item.split("=", 1) for item in shlex.split(_dockerfile_instruction("ENV")))
 
 
 def _free_port() -> int:
@@ -43,6 +49,7 @@ def test_dockerfile_declares_what_hosting_needs() -> None:
     assert "whl/cpu" in text, "the image must take the CPU build of torch"
     assert "/liveness?endpoint=/main" in _dockerfile_instruction("HEALTHCHECK")
     assert "--address" in json.loads(_dockerfile_instruction("CMD"))
+    assert _image_env().get("NTK_EOS_MODE") == "hosted", "a public image runs in hosted mode"
 
 
 @pytest.mark.timeout(180)
@@ -52,7 +59,9 @@ def test_dockerfile_command_serves_a_healthy_app(tmp_path) -> None:
     cmd[cmd.index("--port") + 1] = str(port)
     # the console script installed beside this interpreter, as on the image's PATH
     cmd[0] = str(Path(sys.executable).parent / cmd[0])
-    env = {**os.environ, "BOKEH_ALLOW_WS_ORIGIN": f"localhost:{port}", "OMP_NUM_THREADS": "1"}
+    image_env = {k: v for k, v in _image_env().items() if k.startswith("NTK_EOS_")}
+    env = {**os.environ, **image_env, "BOKEH_ALLOW_WS_ORIGIN": f"localhost:{port}",
+           "OMP_NUM_THREADS": "1"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -68,6 +77,9 @@ def test_dockerfile_command_serves_a_healthy_app(tmp_path) -> None:
         # the first page builds a session (imports, data, model): allow a slow, busy machine
         status, page = _get(f"http://127.0.0.1:{port}/main", timeout=90)
         assert status == 200 and "bokeh" in page.lower()
+        # the --setup script applied the server limits of the image's mode
+        log_text = (tmp_path / "serve.log").read_text()
+        assert '"mode": "hosted"' in log_text and "Traceback" not in log_text, log_text[-3000:]
     finally:
         proc.terminate()
         try:
