@@ -32,6 +32,7 @@ from .runs import (
     run_config_dict,
 )
 from .settings import LIVE_FIELDS, RunSettings
+from .sweep_view import sweep_tab
 
 pn.extension(notifications=False)
 # Canvas, not WebGL: the curves are small, and WebGL draws line joins with specks and is slow
@@ -183,6 +184,20 @@ class Dashboard(pn.viewable.Viewer):
         """Move new engine rows into the plots; called every PULL_MS by the page."""
         if not self._tick_lock.acquire(blocking=False):
             return  # the previous tick is still sending
+        doc = pn.state.curdoc
+        if doc is not None and doc.session_context is not None and not pn.state._unblocked(doc):
+            # Called from the server's thread pool: update on the document's own thread, where
+            # HoloViews refreshes each plot inline inside the one model freeze of ``_tick``.
+            # From here it would queue one refresh per plot, each walking the whole document
+            # (measured: 80 % of the server's main thread, starving the training thread).
+            try:
+                doc.add_next_tick_callback(self._locked_tick)
+            except Exception:  # the session is closing
+                self._tick_lock.release()
+            return
+        self._locked_tick()
+
+    def _locked_tick(self) -> None:
         try:
             self._tick()
         finally:
@@ -342,8 +357,8 @@ class Dashboard(pn.viewable.Viewer):
             pn.Row(self._pane(p.comparison_plot()), self._pane(p.alignment_spectrum(legend=True)),
                    sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
-        tabs = pn.Tabs(("Live", grid), ("Compare runs", compare), dynamic=True,
-                       sizing_mode="stretch_width")
+        tabs = pn.Tabs(("Live", grid), ("Compare runs", compare), ("Sweep", sweep_tab()),
+                       dynamic=True, sizing_mode="stretch_width")
         main = pn.Column(self._header(), tabs, sizing_mode="stretch_width")
         return pn.Row(self._sidebar(), main, sizing_mode="stretch_width")
 

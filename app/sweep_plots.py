@@ -76,10 +76,9 @@ def final_plot(cube: xr.Dataset, metric: str = "final_kta") -> hv.Overlay:
         color = Category10_10[i % 10]
         mine = _rows(stats, point)
         label = series_label(point) or "mean ± std over seeds"
-        layers += [hv.Curve(mine, "lr", ("mean", name), label=label).opts(color=color, line_width=2),
-                   hv.ErrorBars(mine, "lr", [("mean", name), "std"]).opts(color=color),
-                   hv.Scatter(mine, "lr", [("mean", name), "std", "runs", "excluded"]).opts(
-                       color=color, size=7, tools=["hover"])]
+        layers += [hv.Curve(mine, "lr", [("mean", name), "std", "runs", "excluded"],
+                            label=label).opts(color=color, line_width=2, tools=["hover"]),
+                   hv.ErrorBars(mine, "lr", [("mean", name), "std"]).opts(color=color)]
         for status, (marker, alpha, text) in STATUS_STYLE.items():
             pts = _rows(runs, point)
             pts = pts[(pts.status == status) & np.isfinite(pts.value)]
@@ -96,8 +95,8 @@ def final_plot(cube: xr.Dataset, metric: str = "final_kta") -> hv.Overlay:
     if np.isfinite(rho):
         title += f" · Spearman ρ = {rho:.2f} over runs"
     return hv.Overlay(layers).opts(
-        title=title, logx=True, xlabel="learning rate η (log)", ylabel=name,
-        legend_position="bottom_right", **SIZE)
+        title=title, logx=True, xlabel="learning rate η (log)", ylabel=name, padding=0.08,
+        legend_position="top_left", **SIZE)
 
 
 def _rows(frame: pd.DataFrame, point: dict) -> pd.DataFrame:
@@ -124,7 +123,7 @@ def kta_curves(cube: xr.Dataset, seed: int | str = MEAN, series: dict | None = N
         layers.append(hv.Curve((steps, kta), "step", "KTA", label=lr_label(cube, lr)).opts(
             color=colors[float(lr)], line_width=2, tools=["hover"]))
     return hv.Overlay(layers).opts(
-        title=f"KTA over steps ({_seed_text(seed)})", legend_position="bottom_right", **SIZE)
+        title=f"KTA over steps ({_seed_text(seed)})", legend_position="right", **SIZE)
 
 
 def sharpness_curves(cube: xr.Dataset, seed: int | str = MEAN, series: dict | None = None
@@ -135,17 +134,19 @@ def sharpness_curves(cube: xr.Dataset, seed: int | str = MEAN, series: dict | No
     colors = lr_colors(cube.lr.values)
     layers, tops = [], []
     for lr in cube.lr.values:
-        color, edge = colors[float(lr)], 2 / float(lr)
+        edge = 2 / float(lr)
         steps, s = _curve(cube.sel(lr=lr), "sharpness", seed)
-        layers += [hv.Curve((steps, s), "step", "sharpness", label=lr_label(cube, lr)).opts(
-                       color=color, line_width=2, tools=["hover"]),
-                   hv.HLine(edge).opts(color=color, line_dash="dashed", line_width=1.5)]
+        layers.append(hv.Curve((steps, s), "step", "sharpness", label=lr_label(cube, lr)).opts(
+            color=colors[float(lr)], line_width=2, tools=["hover"]))
         finite = s[np.isfinite(s)]
         tops += [edge, min(float(finite.max()), 1.3 * edge) if len(finite) else edge]
+    edges = pd.DataFrame({"2/η": 2 / cube.lr.values, "color": list(colors.values())})
+    layers.append(hv.HLines(edges, kdims=["2/η"], vdims=["color"]).opts(
+        color="color", line_dash="dashed", line_width=1.5))
     top = 1.1 * max(tops) if tops else 1.0
     return hv.Overlay(layers).opts(
-        title=f"Sharpness S and 2/η (dashed) ({_seed_text(seed)})", ylim=(0, top),
-        ylabel="sharpness S = λ_max(Hessian)", legend_position="top_right", **SIZE)
+        title=f"Sharpness S and its limit 2/η (dashed) ({_seed_text(seed)})", ylim=(0, top),
+        ylabel="sharpness S = λ_max(Hessian)", legend_position="right", **SIZE)
 
 
 def spectrum_plot(cube: xr.Dataset, seed: int | str = MEAN, series: dict | None = None
@@ -158,15 +159,14 @@ def spectrum_plot(cube: xr.Dataset, seed: int | str = MEAN, series: dict | None 
     for lr in cube.lr.values:
         lam, a = _spectrum(cube.sel(lr=lr), seed)
         keep = (lam > 0) & (a > 0)  # log axes
-        label = lr_label(cube, lr)
-        curve = hv.Curve((lam[keep], a[keep]), "λᵢ/‖K‖_F", "aᵢ", label=label)
-        layers += [curve.opts(color=colors[float(lr)], line_width=1, alpha=0.6),
-                   hv.Scatter(curve).opts(color=colors[float(lr)], size=6, tools=["hover"])]
+        layers.append(hv.Scatter((lam[keep], a[keep]), "λᵢ/‖K‖_F", "aᵢ",
+                                 label=lr_label(cube, lr)).opts(
+            color=colors[float(lr)], size=7, alpha=0.8, tools=["hover"]))
     k = cube.sizes.get("eig", 0)
     return hv.Overlay(layers).opts(
         title=f"Final NTK: alignment of the top {k} eigenvectors ({_seed_text(seed)})",
         logx=True, logy=True, xlabel="normalised eigenvalue λᵢ/‖K‖_F (log)",
-        ylabel="alignment aᵢ (log)", legend_position="bottom_right", **SIZE)
+        ylabel="alignment aᵢ (log)", legend_position="right", **SIZE)
 
 
 def _spectrum(runs: xr.Dataset, seed: int | str) -> tuple[np.ndarray, np.ndarray]:

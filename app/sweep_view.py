@@ -39,24 +39,29 @@ EXAMPLE_COMMAND = ("ntk-eos sweep --preset eta-ladder --grid lr=0.05,0.1,0.15,0.
                    "--steps 1500 --measure_every 5 --serial --out data/sweeps/eta-ladder-small.nc")
 REQUIRED = ("status", "steps_done", "final_loss", "final_kta", "final_topk_mass",
             "final_alignment", "final_eigval_normalized", "kta", "sharpness")
+STATUS_LABEL = {"reached_target": "target loss", "completed": "step budget",
+                "diverged": "diverged", "failed": "failed", "stopped": "stopped"}
 STATUS_TEXT = {"reached_target": "reached the target loss", "completed": "hit the step budget",
                "diverged": "diverged", "failed": "failed", "stopped": "were stopped"}
-TABLE_COLUMNS = {"lr": "η", "seed": "seed", "status": "status", "steps": "steps",
+TABLE_COLUMNS = {"lr": "η", "seed": "seed", "status": "stopped at", "steps": "steps",
                  "final_loss": "final loss", "final_kta": "final KTA", "a1": "a₁",
-                 "topk_mass": "A_k", "edge_ratio": "S·η/2"}
+                 "topk_mass": "A_k", "edge_ratio": "S·η/2 (1: at 2/η)"}
 
 EXPLANATION = """
 Each run trains the same network with full-batch gradient descent at one learning rate η and
 seed, until the training loss reaches the common target (*matched loss*) or the step budget runs
-out. **Final alignment against η** is the paper's claim: at the same loss, larger η ends with an
-NTK more aligned with the labels. Lines are means ± std over seeds; every run is a point whose
-marker says how it stopped; runs that **diverged** (the sharpness ran far above 2/η and the loss
-blew up) are red ✕ and left out of the means. **Sharpness**: each η's curve rises to its own
-dashed 2/η line and hovers there (the *Edge of Stability*); an η whose run never reaches its line
-behaves like gradient flow. **Alignment spectrum**: for the top eigenvectors uᵢ of the final NTK,
-aᵢ = ‖Yᵀuᵢ‖²/‖Y‖² against λᵢ/‖K‖_F; KTA = Σ (λᵢ/‖K‖_F)·aᵢ, so points further up and to the right
-make the KTA larger. KTA can fall while a₁ and A_k rise: switch the metric to compare (with C
-balanced classes and one-hot targets, a₁ stays near 1/C: the top eigenvector is nearly constant).
+out. Colours go from dark (small η) to light (large η).
+
+- **Final KTA against η**: the paper's claim is that at the same loss, larger η ends with an NTK
+  more aligned with the labels. The line is the mean ± std over seeds; each run is a point.
+  Runs that **diverged** (the sharpness ran far above 2/η and the loss blew up) are red ✕ and left
+  out of the mean. The metric menu switches to A_k or a₁: KTA can fall while they rise (with C
+  balanced classes, a₁ stays near 1/C: the top eigenvector is nearly constant).
+- **Alignment spectrum**: each top eigenvector uᵢ of the final NTK as a point, aᵢ = ‖Yᵀuᵢ‖²/‖Y‖²
+  against λᵢ/‖K‖_F. KTA = Σ (λᵢ/‖K‖_F)·aᵢ: points up and to the right make the KTA large.
+- **KTA over steps** and **sharpness**: the sharpness of each η rises to its own dashed 2/η line
+  and hovers there (the *Edge of Stability*); an η that never reaches its line behaves like
+  gradient flow.
 """
 
 
@@ -139,11 +144,12 @@ def status_summary(cube: xr.Dataset) -> str:
 
 
 def table_frame(cube: xr.Dataset) -> pd.DataFrame:
-    """The runs table as display strings."""
+    """The runs table as display strings, in the order of TABLE_COLUMNS."""
     table = runs_table(cube)
+    table["status"] = [STATUS_LABEL.get(s, s) for s in table.status]
     out = pd.DataFrame({TABLE_COLUMNS.get(c, c): table[c] for c in table.columns})
     fmt = {"η": "{:g}", "final loss": "{:.4f}", "final KTA": "{:.4f}", "a₁": "{:.3f}",
-           "A_k": "{:.3f}", "S·η/2": "{:.2f}"}
+           "A_k": "{:.3f}", TABLE_COLUMNS["edge_ratio"]: "{:.2f}"}
     for column, spec in fmt.items():
         if column in out:  # a diverged run's loss is huge: scientific notation there
             out[column] = ["—" if not np.isfinite(v) else
@@ -196,7 +202,7 @@ class SweepView(pn.viewable.Viewer):
         self.series_select.options = list(self._series)
         self.series_select.value = self.series_select.options[0]
         self.series_select.visible = len(points) > 1
-        self.header.object = f"**{name}** · {describe(cube)}\n\n{status_summary(cube)}"
+        self.header.object = f"**`{name}`** · {describe(cube)}\n\n{status_summary(cube)}"
         self._alert("", "info")
         self._quiet = False
         self.refresh()
@@ -233,7 +239,7 @@ class SweepView(pn.viewable.Viewer):
         self.upload.param.watch(self._on_upload, "value")
         self.metric_select = pn.widgets.Select(label="Metric against η", options=METRICS,
                                                value="final_kta", width=200)
-        self.seed_select = pn.widgets.Select(label="Curves and spectrum", options={}, width=180)
+        self.seed_select = pn.widgets.Select(label="Seed (curves, spectrum)", options={}, width=180)
         self.series_select = pn.widgets.Select(label="Series", options=[], width=220,
                                                visible=False)
         for widget in (self.metric_select, self.seed_select, self.series_select):
@@ -265,4 +271,4 @@ class SweepView(pn.viewable.Viewer):
 
 def sweep_tab() -> pn.viewable.Viewable:
     """The Sweep view, built only when its tab is first shown (``pn.Tabs(dynamic=True)``)."""
-    return pn.param.ParamFunction(SweepView, lazy=True, sizing_mode="stretch_width")
+    return pn.param.ParamFunction(lambda: SweepView(), lazy=True, sizing_mode="stretch_width")
