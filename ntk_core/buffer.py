@@ -252,11 +252,15 @@ _SAVE_REASONS = {
 }
 
 
+def save_reason(exc: OSError) -> str:
+    """Why a write failed, in words ("the disk is full")."""
+    return _SAVE_REASONS.get(exc.errno or 0, f"{type(exc).__name__}: {exc}")
+
+
 def save_error(path: Path, exc: OSError) -> SaveError:
     """A SaveError that names the file and the cause of ``exc`` in words."""
-    reason = _SAVE_REASONS.get(exc.errno or 0, f"{type(exc).__name__}: {exc}")
-    return SaveError(exc.errno or 0, f"could not save {path.name}: {reason}; nothing was overwritten "
-                     "and the run is still in memory")
+    return SaveError(exc.errno or 0, f"could not save {path.name}: {save_reason(exc)}; nothing "
+                     "was overwritten and the run is still in memory")
 
 
 def run_bytes(ds: xr.Dataset) -> bytes:

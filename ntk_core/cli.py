@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +42,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .train import Trainer
 
     config = config_from_args(args)
+    if args.out:
+        problem = _unwritable(Path(args.out))
+        if problem:  # before training: a run that cannot be saved is better not started
+            print(f"error: cannot save to {args.out}: {problem}", file=sys.stderr)
+            return 2
     trainer = Trainer(config)
     print(f"ntk-eos run · {config.arch} on {config.dataset} (n={config.n}, "
           f"{trainer.data.num_outputs} output(s)) · η = {config.lr:g} · 2/η = {2 / config.lr:.4g}"
@@ -62,13 +69,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         ds = trainer.dataset
     finally:
         bar.close()
-    if args.out:
-        from .buffer import save_run
-
-        path = save_run(ds, args.out)
-        print(f"saved {path}", file=sys.stderr)
+    saved = _save(ds, Path(args.out)) if args.out else True
     print(summarize(ds))
+    if not saved:
+        return 2
     return 0 if ds.attrs["status"] in ("completed", "reached_target", "stopped") else 3
+
+
+def _unwritable(path: Path) -> str:
+    """Why a run could not be written at ``path`` ('' when it can): a real test file, since
+    permissions alone miss read-only file systems and quotas."""
+    from .buffer import save_reason
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".ntk-eos-check-"):
+            pass
+    except OSError as exc:
+        return save_reason(exc)
+    return ""
+
+
+def _save(ds, path: Path) -> bool:
+    """Save the run; when that fails (disk full ...), save it to the temp folder instead so that
+    nothing computed is lost, and say where."""
+    from .buffer import SaveError, save_run
+
+    try:
+        print(f"saved {save_run(ds, path)}", file=sys.stderr)
+        return True
+    except SaveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    fallback = Path(tempfile.gettempdir()) / f"ntk-eos-{time.strftime('%Y%m%d-%H%M%S')}.nc"
+    try:
+        print(f"the run was saved to {save_run(ds, fallback)} instead", file=sys.stderr)
+    except SaveError as exc:
+        print(f"error: the run could not be saved anywhere ({exc})", file=sys.stderr)
+    return False
 
 
 def summarize(ds) -> str:

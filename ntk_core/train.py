@@ -135,8 +135,20 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------
     def step(self) -> StepRecord:
+        """One step. Any error inside it ends the run as ``failed`` with the error as its reason
+        and the traceback in the ``traceback`` attribute; every step before it is kept (a failed
+        measurement keeps its step's loss too)."""
         if self.finished:
             raise RuntimeError(f"the run has ended ({self.status}); reset to start again")
+        t = self.step_index
+        try:
+            return self._step()
+        except Exception as exc:  # a bug, out of memory, a bad kernel: the log so far stays
+            self.buffer.set_attr("traceback", traceback.format_exc(limit=8))
+            self.buffer.set_status("failed", f"step {t} failed: {type(exc).__name__}: {exc}")
+            return StepRecord(t, {})
+
+    def _step(self) -> StepRecord:
         t0 = time.perf_counter()
         t = self.step_index
         measuring = t % self.config.measure_every == 0
@@ -231,6 +243,8 @@ class Trainer:
                 self.buffer.set_status("stopped", f"stopped by request at step {self.step_index}")
                 break
             record = self.step()
+            if self.status == "failed":
+                break
             if callback is not None and callback(record) is False:
                 self.buffer.set_status("stopped", f"stopped by callback at step {record.step}")
                 break
