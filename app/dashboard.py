@@ -31,8 +31,11 @@ from .runs import (
     read_run_bytes,
     run_config_dict,
 )
+from .server_files import ServerFiles
 from .settings import LIVE_FIELDS, RunSettings
+from .storage import RunStore
 from .sweep_view import sweep_tab
+from .untrusted import clean_query, plain
 
 pn.extension(notifications=False)
 # Canvas, not WebGL: the curves are small, and WebGL draws line joins with specks and is slow
@@ -75,6 +78,7 @@ class Dashboard(pn.viewable.Viewer):
         self._started = False
         self._callback: Any = None
         self._url_message = ""
+        self._file_message: tuple[str, str] = ("", "info")  # shown until the next reset
         self._viewed_note = ""
         self.param.watch(lambda e: self.controller.set_speed(e.new), "speed")
         self._sync_url()
@@ -105,6 +109,7 @@ class Dashboard(pn.viewable.Viewer):
         self._show_config_error(message)
         if message:
             return
+        self._file_message = ("", "info")
         self.controller.reset(self.settings.to_configs(), play=play)
         self.tick()
 
@@ -136,7 +141,8 @@ class Dashboard(pn.viewable.Viewer):
         self.reset(play=run is not None and run.playing)
 
     def _show_config_error(self, message: str) -> None:
-        self.config_alert.object = (f"**These settings cannot run:** {message}. The last valid "
+        self.config_alert.object = (f"**These settings cannot run:** {plain(message, 300)}. "
+                                    "The last valid "
                                     "run is still shown." if message else "")
         self.config_alert.visible = bool(message)
 
@@ -145,13 +151,26 @@ class Dashboard(pn.viewable.Viewer):
         doc = pn.state.curdoc
         if doc is None or doc.session_context is None or pn.state.location is None:
             return
-        pn.state.location.sync(self.settings, self.settings.url_parameters(),
-                               on_error=self._url_error)
-        pn.state.location.sync(self, {"speed": "speed"}, on_error=self._url_error)
+        self.apply_url(pn.state.location)
+
+    def apply_url(self, location: Any) -> None:
+        """Sync the settings with ``location`` (a panel Location). A value that cannot be
+        applied leaves a message, never an error: the query comes from whoever wrote the link."""
+        search, dropped = clean_query(location.search)
+        if dropped:
+            location.search = search
+            self._url_error(dict.fromkeys(dropped, "(unreadable)"))
+        try:
+            location.sync(self.settings, self.settings.url_parameters(),
+                          on_error=self._url_error)
+            location.sync(self, {"speed": "speed"}, on_error=self._url_error)
+        except Exception as exc:  # a page with defaults beats no page
+            self._url_message = (f"**The link's settings could not be read** "
+                                 f"({plain(type(exc).__name__)}); the defaults are shown.")
 
     def _url_error(self, values: dict) -> None:
         self._url_message = ("**The link's settings could not all be applied:** "
-                             + ", ".join(f"{k}={v}" for k, v in values.items())
+                             + plain(", ".join(f"{k}={v}" for k, v in values.items()), 300)
                              + ". Check the values against the bounds of each control.")
 
     # ---- files ---------------------------------------------------------------------------
@@ -169,15 +188,29 @@ class Dashboard(pn.viewable.Viewer):
         name = self.upload.filename or "upload.nc"
         try:
             ds = read_run_bytes(event.new)
+        except RunFileError as exc:
+            self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
+            return
+        self._view_dataset(ds, name)
+
+    def _view_dataset(self, ds: Any, name: str) -> None:
+        """Show a checked run Dataset (an upload, a server file) instead of training."""
+        try:
             buffer = buffer_from_dataset(ds)
         except (RunFileError, ConfigError, ValueError, KeyError) as exc:
-            self.run_alert.param.update(object=f"**Could not open {name}:** {exc}.",
-                                        alert_type="danger", visible=True)
+            self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
             return
+        self._file_message = ("", "info")
         self.controller.view(buffer, name)
         lr = run_config_dict(buffer.attrs).get("lr", buffer.attrs.get("lr"))
-        self._viewed_note = f"Viewing the saved run **{name}** (η = {lr}); Reset trains again."
+        self._viewed_note = (f"Viewing the saved run **{plain(name)}** (η = {plain(lr)}); "
+                             "Reset trains again.")
         self.tick()
+
+    def _report(self, text: str, kind: str) -> None:
+        """A file message (Markdown, untrusted parts escaped) that stays until the next reset."""
+        self._file_message = (text, kind)
+        self.run_alert.param.update(object=text, alert_type=kind, visible=True)
 
     # ---- the pull loop -------------------------------------------------------------------
     def tick(self) -> None:
@@ -237,12 +270,14 @@ class Dashboard(pn.viewable.Viewer):
             alert = (f"**Could not start the run:** {controller.run.error}", "danger")
         elif buffer is not None and buffer.status in RESULT_ALERTS:
             kind, text = RESULT_ALERTS[buffer.status]
-            reason = str(buffer.attrs.get("status_reason", "")).rstrip(".")
+            reason = plain(buffer.attrs.get("status_reason", ""), 400).rstrip(".")
             reason = reason[:1].upper() + reason[1:]
             alert = (text.format(line=controller.status_line, reason=reason), kind)
         if controller.idle_note and not alert[0]:
             alert = (controller.idle_note, "warning")
-        if controller.viewed is not None:
+        if self._file_message[0]:
+            alert = self._file_message
+        elif controller.viewed is not None:
             alert = (self._viewed_note + (" " + alert[0] if alert[0] else ""), "info")
         elif self._url_message:
             alert = (self._url_message, "warning")
@@ -297,6 +332,10 @@ class Dashboard(pn.viewable.Viewer):
                                            sizing_mode="stretch_width")
         self.upload = pn.widgets.FileInput(accept=".nc", sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
+        store = RunStore.from_env()  # None: the server keeps no run files
+        self.server_files = (ServerFiles(store, lambda: self.controller.buffer,
+                                         self._view_dataset, self._report)
+                             if store is not None else None)
         self.status_pane = pn.pane.HTML(self.status, css_classes=["ntk-status"],
                                         styles={"font-size": "1.4em", "font-weight": "600",
                                                 "white-space": "nowrap"})
@@ -315,7 +354,8 @@ class Dashboard(pn.viewable.Viewer):
                     for title, widgets in settings_sections(self.settings)]
         files = pn.Card(self.netcdf, self.csv, pn.pane.Markdown(
             f"Open a saved run (.nc, up to {MAX_UPLOAD_MB} MB):", margin=(5, 10, 0, 10)),
-            self.upload, title="Files", collapsed=True, sizing_mode="stretch_width")
+            self.upload, *([self.server_files] if self.server_files is not None else []),
+            title="Files", collapsed=True, sizing_mode="stretch_width")
         return pn.Column("## ntk-eos", self.preset_select, run_box, *sections, files,
                          width=SIDEBAR_WIDTH, scroll=True)
 

@@ -152,6 +152,13 @@ class TrainingRun:
     def _loop(self) -> None:
         try:
             self._train()
+        except BaseException as exc:  # the thread dies: the run says why and keeps its steps
+            trainer = self.trainer
+            reason = f"the training thread stopped: {type(exc).__name__}: {exc}"
+            if trainer is not None and not trainer.finished:
+                trainer.buffer.set_status("failed", reason)
+            elif trainer is None:
+                self.error = reason
         finally:
             self.slots.release(self)
             self._idle.set()
