@@ -96,7 +96,7 @@ def final_plot(cube: xr.Dataset, metric: str = "final_kta") -> hv.Overlay:
         title += f" · Spearman ρ = {rho:.2f} over runs"
     return hv.Overlay(layers).opts(
         title=title, logx=True, xlabel="learning rate η (log)", ylabel=name, padding=0.08,
-        legend_position="top_left", **SIZE)
+        legend_position="right", **SIZE)
 
 
 def _rows(frame: pd.DataFrame, point: dict) -> pd.DataFrame:

@@ -3,6 +3,10 @@
 Shows final alignment against η with the runs' stop status, KTA and sharpness over steps per η,
 the final alignment spectrum, and a table of runs. The example sweep in ``data/sweeps/`` opens by
 default; a user can upload another ``.nc`` sweep. The plots are built in ``app.sweep_plots``.
+
+Uploads are off in hosted mode (``app.limits``): a sweep holds text variables (run status,
+config) that the isolated strict reader of ``app.runfile`` does not read, so a sweep is opened
+by the netCDF library in this process, which suits files one trusts, not a stranger's.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import xarray as xr
 from ntk_core.buffer import load_run
 from ntk_core.sweep_summary import EXCLUDED, runs_table, series_label, series_points
 
+from . import limits
 from .runs import MAX_UPLOAD_MB
 from .sweep_plots import (
     MEAN,
@@ -253,8 +258,12 @@ class SweepView(pn.viewable.Viewer):
         self.table = pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width")
 
     def _make_layout(self) -> pn.Column:
-        opener = pn.Column(pn.pane.Markdown(f"Open a sweep (.nc, up to {MAX_UPLOAD_MB} MB):",
-                                            margin=(5, 10, 0, 10)), self.upload)
+        if uploads_allowed():
+            opener = pn.Column(pn.pane.Markdown(f"Open a sweep (.nc, up to {MAX_UPLOAD_MB} MB):",
+                                                margin=(5, 10, 0, 10)), self.upload)
+        else:
+            opener = pn.pane.Markdown("Opening your own sweep files needs a local server "
+                                      "(`ntk-eos serve`); this one shows the example.", width=260)
         controls = pn.Row(opener, self.metric_select, self.seed_select, self.series_select)
         grid = pn.GridBox(self.final_pane, self.spectrum_pane, self.kta_pane, self.sharpness_pane,
                           ncols=2, sizing_mode="stretch_width")
@@ -267,6 +276,11 @@ class SweepView(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.Column:
         return self._layout
+
+
+def uploads_allowed() -> bool:
+    """Sweep uploads only off hosted servers (see the module docstring)."""
+    return limits.current().mode != "hosted"
 
 
 def sweep_tab() -> pn.viewable.Viewable:

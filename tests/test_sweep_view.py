@@ -156,6 +156,17 @@ def test_view_opens_uploads_and_says_why_a_file_is_refused(cube: xr.Dataset,
     assert "Still showing mine.nc" in view.alert.object and view.source == "mine.nc"
 
 
+def test_no_uploads_on_a_hosted_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import limits
+
+    for mode, shown in (("hosted", False), ("local", True)):
+        monkeypatch.setattr(limits, "current", lambda m=mode: limits.ServerLimits.defaults(m))
+        view = SweepView()
+        assert view.source == EXAMPLE
+        inputs = view.__panel__().select(type(view.upload))
+        assert (view.upload in inputs) is shown, mode
+
+
 def test_schema_messages(cube: xr.Dataset) -> None:
     run = cube.isel(lr=0, seed=0).drop_vars(["status"]).expand_dims(sample=2)
     with pytest.raises(ValueError, match="single run"):
