@@ -108,6 +108,11 @@ class RunStore:
     def load(self, name: str) -> xr.Dataset:
         """Open run ``name``: a regular file, not a link, at most ``max_mb``, checked like an
         upload. Raises StorageError or RunFileError."""
+        return read_run_bytes(self.read_bytes(name), self.max_mb)
+
+    def read_bytes(self, name: str) -> bytes:
+        """The bytes of file ``name``: a regular file, not a link, at most ``max_mb``. Raises
+        StorageError."""
         path = self.path_for(name)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -120,8 +125,7 @@ class RunStore:
             if info.st_size > self.max_mb * 2**20:
                 raise StorageError(f"{path.stem!r} is {info.st_size / 2**20:.0f} MB; the limit "
                                    f"is {self.max_mb:g} MB")
-            data = f.read(int(self.max_mb * 2**20) + 1)
-        return read_run_bytes(data, self.max_mb)
+            return f.read(int(self.max_mb * 2**20) + 1)
 
 
 def _open_message(stem: str, exc: OSError) -> str:

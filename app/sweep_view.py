@@ -2,9 +2,10 @@
 
 Shows final alignment against η with the runs' stop status, KTA and sharpness over steps per η,
 the final alignment spectrum, and a table of runs. The example sweep in ``data/sweeps/`` opens by
-default; a user can upload another ``.nc`` sweep. The plots are built in ``app.sweep_plots``.
+default; a user can upload another ``.nc`` sweep or open one from the server's run folder
+(``NTK_EOS_RUNS_DIR``, ``app.storage``). The plots are built in ``app.sweep_plots``.
 
-Uploads are off in hosted mode (``app.limits``): a sweep holds text variables (run status,
+Uploads and the folder are off in hosted mode (``app.limits``): a sweep holds text variables (run status,
 config) that the isolated strict reader of ``app.runfile`` does not read, so a sweep is opened
 by the netCDF library in this process, which suits files one trusts, not a stranger's.
 """
@@ -28,6 +29,7 @@ from ntk_core.sweep_summary import EXCLUDED, runs_table, series_label, series_po
 
 from . import limits
 from .runs import MAX_UPLOAD_MB
+from .storage import RunStore, StorageError
 from .sweep_plots import (
     MEAN,
     METRICS,
@@ -37,6 +39,7 @@ from .sweep_plots import (
     sharpness_curves,
     spectrum_plot,
 )
+from .untrusted import plain
 
 EXAMPLE = "eta-ladder-small.nc"
 EXAMPLE_COMMAND = ("ntk-eos sweep --preset eta-ladder --grid lr=0.05,0.1,0.15,0.2,0.4 "
@@ -88,9 +91,9 @@ def check_sweep(ds: xr.Dataset) -> xr.Dataset:
     if "lr" not in ds.dims:
         if "sample" in ds.dims and "status" not in ds.variables:
             raise SweepFileError("this is a single run, not a sweep: open it under Files in the "
-                                 "Live tab, or make a sweep with `ntk-eos sweep --grid lr=...`")
+                                 "Live tab, or make a sweep with: ntk-eos sweep --grid lr=...")
         raise SweepFileError("not a learning-rate sweep: it has no lr dimension (make one with "
-                             "`ntk-eos sweep --grid lr=0.05,0.1,0.2`)")
+                             "ntk-eos sweep --grid lr=0.05,0.1,0.2)")
     missing = [v for v in REQUIRED if v not in ds.variables]
     missing += [d for d in ("step", "eig") if d not in ds.dims]
     if missing:
@@ -207,15 +210,27 @@ class SweepView(pn.viewable.Viewer):
         self.series_select.options = list(self._series)
         self.series_select.value = self.series_select.options[0]
         self.series_select.visible = len(points) > 1
-        self.header.object = f"**`{name}`** · {describe(cube)}\n\n{status_summary(cube)}"
+        self.header.object = (f"**{_code(name)}** · {plain(describe(cube), 400)}\n\n"
+                              f"{status_summary(cube)}")
         self._alert("", "info")
         self._quiet = False
         self.refresh()
 
     def _fail(self, name: str, exc: Exception) -> bool:
-        still = f" Still showing {self.source}." if self.source else ""
-        self._alert(f"**Could not open {name}:** {exc}.{still}", "danger")
+        still = f" Still showing {_code(self.source)}." if self.source else ""
+        self._alert(f"**Could not open {_code(name)}:** {plain(exc, 300)}.{still}", "danger")
         return False
+
+    def _open_from_server(self, *_: Any) -> None:
+        name = self.server_select.value
+        if self.store is None or not name:
+            return
+        try:
+            data = self.store.read_bytes(name)
+        except StorageError as exc:
+            self._fail(name, exc)
+            return
+        self.load_bytes(data, f"{name}.nc")
 
     def _alert(self, text: str, kind: str) -> None:
         self.alert.param.update(object=text, alert_type=kind, visible=bool(text))
@@ -256,6 +271,13 @@ class SweepView(pn.viewable.Viewer):
             pn.pane.HoloViews(sizing_mode="stretch_width", height=PLOT_HEIGHT + 10,
                               linked_axes=False) for _ in range(4))
         self.table = pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width")
+        # the server's run folder (NTK_EOS_RUNS_DIR), listed once per view
+        self.store = RunStore.from_env() if uploads_allowed() else None
+        self.server_select = pn.widgets.Select(
+            label="Open from the server folder", width=220,
+            options=self.store.list() if self.store is not None else [])
+        self.server_button = pn.widgets.Button(label="Open", width=70, align="end")
+        self.server_button.on_click(self._open_from_server)
 
     def _make_layout(self) -> pn.Column:
         if uploads_allowed():
@@ -265,6 +287,8 @@ class SweepView(pn.viewable.Viewer):
             opener = pn.pane.Markdown("Opening your own sweep files needs a local server "
                                       "(`ntk-eos serve`); this one shows the example.", width=260)
         controls = pn.Row(opener, self.metric_select, self.seed_select, self.series_select)
+        if self.store is not None:
+            controls.insert(1, pn.Row(self.server_select, self.server_button))
         grid = pn.GridBox(self.final_pane, self.spectrum_pane, self.kta_pane, self.sharpness_pane,
                           ncols=2, sizing_mode="stretch_width")
         return pn.Column(
@@ -276,6 +300,11 @@ class SweepView(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.Column:
         return self._layout
+
+
+def _code(name: str) -> str:
+    """A file name as inline code (escaped, and not turned into a link like ``x.nc``)."""
+    return f"<code>{plain(name)}</code>"
 
 
 def uploads_allowed() -> bool:

@@ -7,6 +7,8 @@ budget (η = 0.02), the target loss (η = 0.5) and divergence (η = 30).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import holoviews as hv
 import numpy as np
 import pytest
@@ -152,8 +154,8 @@ def test_view_opens_uploads_and_says_why_a_file_is_refused(cube: xr.Dataset,
         with pytest.raises(ValueError, match=message):
             read_sweep_bytes(data, max_mb=max_mb)
     assert not view.load_bytes(b"garbage", "bad.nc")
-    assert "Could not open bad.nc" in view.alert.object and view.alert.visible
-    assert "Still showing mine.nc" in view.alert.object and view.source == "mine.nc"
+    assert "Could not open <code>bad.nc</code>" in view.alert.object and view.alert.visible
+    assert "Still showing <code>mine.nc</code>" in view.alert.object and view.source == "mine.nc"
 
 
 def test_no_uploads_on_a_hosted_server(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,6 +167,33 @@ def test_no_uploads_on_a_hosted_server(monkeypatch: pytest.MonkeyPatch) -> None:
         assert view.source == EXAMPLE
         inputs = view.__panel__().select(type(view.upload))
         assert (view.upload in inputs) is shown, mode
+
+
+def test_server_folder_lists_and_opens_sweeps(cube: xr.Dataset, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    save_run(cube, tmp_path / "ladder.nc")
+    save_run(cube.isel(lr=0, seed=0).drop_vars("status").expand_dims(sample=2), tmp_path / "one.nc")
+    (tmp_path / "link.nc").symlink_to(tmp_path / "ladder.nc")
+    monkeypatch.setenv("NTK_EOS_RUNS_DIR", str(tmp_path))
+    view = SweepView()
+    assert view.server_select.options == ["ladder", "one"], "links are not listed"
+    view.server_select.value = "ladder"
+    view.server_button.clicks += 1
+    assert view.source == "ladder.nc" and not view.alert.visible
+    view.server_select.value = "one"
+    view.server_button.clicks += 1
+    assert "single run" in view.alert.object and view.source == "ladder.nc"
+    view.server_select.param.update(options=["link"], value="link")
+    view._open_from_server()
+    assert "link" in view.alert.object and view.source == "ladder.nc"
+
+
+def test_file_names_are_shown_as_text(sweep_file: bytes) -> None:
+    view = SweepView()
+    view.load_bytes(sweep_file, "<img src=x onerror=alert(1)>*.nc")
+    assert "<img" not in view.header.object and "&lt;img" in view.header.object
+    view.load_bytes(b"junk", "<b>bad</b>.nc")
+    assert "<b>" not in view.alert.object
 
 
 def test_schema_messages(cube: xr.Dataset) -> None:
