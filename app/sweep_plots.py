@@ -32,11 +32,11 @@ SIZE = {"responsive": True, "height": PLOT_HEIGHT, "show_grid": True}
 METRICS = {"final KTA": "final_kta", "top-k mass A_k": "final_topk_mass",
            "top eigenvector a₁": "a1", "centred KTA": "final_kta_centered"}
 STATUS_STYLE = {  # marker, fill alpha and legend text of each run's point
-    "reached_target": ("circle", 0.5, "runs at the target loss"),
-    "completed": ("square", 0.0, "runs that hit the step budget first"),
-    "stopped": ("square", 0.0, "runs stopped early"),
-    "diverged": ("x", 1.0, "diverged runs (not in the mean)"),
-    "failed": ("x", 1.0, "failed runs (not in the mean)"),
+    "reached_target": ("circle", 0.5, "run at target loss"),
+    "completed": ("square", 0.0, "run at step budget"),
+    "stopped": ("square", 0.0, "run stopped early"),
+    "diverged": ("x", 1.0, "diverged (not in mean)"),
+    "failed": ("x", 1.0, "failed (not in mean)"),
 }
 DIVERGED_COLOR = "#d62728"
 
@@ -75,7 +75,7 @@ def final_plot(cube: xr.Dataset, metric: str = "final_kta") -> hv.Overlay:
     for i, point in enumerate(series_points(cube)):
         color = Category10_10[i % 10]
         mine = _rows(stats, point)
-        label = series_label(point) or "mean ± std over seeds"
+        label = series_label(point) or "mean ± std"
         layers += [hv.Curve(mine, "lr", [("mean", name), "std", "runs", "excluded"],
                             label=label).opts(color=color, line_width=2, tools=["hover"]),
                    hv.ErrorBars(mine, "lr", [("mean", name), "std"]).opts(color=color)]
@@ -96,6 +96,7 @@ def final_plot(cube: xr.Dataset, metric: str = "final_kta") -> hv.Overlay:
         title += f" · Spearman ρ = {rho:.2f} over runs"
     return hv.Overlay(layers).opts(
         title=title, logx=True, xlabel="learning rate η (log)", ylabel=name, padding=0.08,
+        xticks=[float(lr) for lr in cube.lr.values],
         legend_position="right", **SIZE)
 
 
