@@ -215,6 +215,21 @@ def test_extra_grid_dims_are_series(cube: xr.Dataset) -> None:
     assert shift[:2] == pytest.approx([0.1, 0.1]) and np.isnan(shift[2]), "η = 30 diverged"
 
 
+def test_sweep_tab_is_built_when_first_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    import panel as pn
+
+    import app.sweep_view as sweep_view
+
+    built: list[int] = []
+    monkeypatch.setattr(sweep_view, "SweepView", lambda: built.append(1) or pn.pane.Markdown("x"))
+    tabs = pn.Tabs(("Live", pn.pane.Markdown("live")), ("Sweep", sweep_view.sweep_tab()),
+                   dynamic=True)
+    tabs.get_root()
+    assert built == [], "a page that never opens the tab pays nothing"
+    tabs.active = 1
+    assert built == [1]
+
+
 def test_example_sweep_is_shipped_small_and_at_matched_loss() -> None:
     path = example_sweep_path()
     assert path is not None and path.stat().st_size < 2 * 2**20
