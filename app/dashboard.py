@@ -20,6 +20,7 @@ import param
 from ntk_core.config import ConfigError
 
 from .controls import SPEEDS, LearningRateControl, settings_sections
+from .limits import has_viewers
 from .plots import PLOT_HEIGHT, LivePlots
 from .runner import RunController
 from .runs import (
@@ -215,14 +216,14 @@ class Dashboard(pn.viewable.Viewer):
     # ---- the pull loop -------------------------------------------------------------------
     def tick(self) -> None:
         """Move new engine rows into the plots; called every PULL_MS by the page."""
+        if not has_viewers(pn.state.curdoc):
+            return  # a closed tab: nothing to send, and bokeh may cull the session in between
         if not self._tick_lock.acquire(blocking=False):
             return  # the previous tick is still sending
         doc = pn.state.curdoc
         if doc is not None and doc.session_context is not None and not pn.state._unblocked(doc):
-            # Called from the server's thread pool: update on the document's own thread, where
-            # HoloViews refreshes each plot inline inside the one model freeze of ``_tick``.
-            # From here it would queue one refresh per plot, each walking the whole document
-            # (measured: 80 % of the server's main thread, starving the training thread).
+            # Called from the server's thread pool: Bokeh models may only change under the
+            # document lock, so the update runs as the document's next-tick callback.
             try:
                 doc.add_next_tick_callback(self._locked_tick)
             except Exception:  # the session is closing
@@ -243,7 +244,7 @@ class Dashboard(pn.viewable.Viewer):
             self.plots.set_kept(controller.kept)
         buffer = controller.buffer
         now = time.monotonic()
-        with pn.io.hold(freeze=True):
+        with pn.io.hold():
             if buffer is not self._source:
                 self._source, self._cursor = buffer, 0
                 self._seen_version = self._matrix_version = -1
@@ -384,17 +385,14 @@ class Dashboard(pn.viewable.Viewer):
 
     def _make_layout(self) -> pn.Row:
         p = self.plots
-        live = [p.loss(), p.sharpness(), p.eigenvalues(), p.alignment_curves(), p.residual(),
-                p.alignment_spectrum(), p.eigenvector_heatmap(), p.u1_heatmap(),
-                p.kernel_heatmap()]
-        grid = pn.GridBox(*[self._pane(obj) for obj in live], ncols=3,
+        grid = pn.GridBox(*[self._pane(fig) for fig in p.live_figures()], ncols=3,
                           sizing_mode="stretch_width")
         compare = pn.Column(
             pn.pane.Markdown(
                 "Press **Keep run** to keep a run; the *eta-ladder* preset keeps each run of its "
                 "ladder. KTA can fall while a₁ and A_k rise: the top eigenvectors can align "
                 "with the labels better even as the whole kernel aligns less."),
-            pn.Row(self._pane(p.comparison_plot()), self._pane(p.alignment_spectrum(legend=True)),
+            pn.Row(self._pane(p.comparison_fig), self._pane(p.spectrum_legend_fig),
                    sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
         tabs = pn.Tabs(("Live", grid), ("Compare runs", compare), ("Sweep", sweep_tab()),
@@ -403,9 +401,8 @@ class Dashboard(pn.viewable.Viewer):
         return pn.Row(self._sidebar(), main, sizing_mode="stretch_width")
 
     @staticmethod
-    def _pane(obj: hv.core.Dimensioned) -> pn.pane.HoloViews:
-        return pn.pane.HoloViews(obj, sizing_mode="stretch_width", height=PLOT_HEIGHT + 10,
-                                 linked_axes=False)
+    def _pane(fig: Any) -> pn.pane.Bokeh:
+        return pn.pane.Bokeh(fig, sizing_mode="stretch_width", height=PLOT_HEIGHT + 10)
 
     # ---- Viewer --------------------------------------------------------------------------
     def __panel__(self) -> pn.Row:

@@ -1,47 +1,61 @@
-"""The dashboard's live HoloViews plots and the streams that feed them.
+"""The dashboard's live plots: Bokeh figures fed straight from the engine's buffer.
 
-Curves read ``hv.streams.Buffer`` frames through DynamicMaps whose callback is the element
-constructor, so Bokeh receives only the rows appended since the last push. Matrices (eigenvectors,
-u₁ history, the NTK) and per-run summaries go through ``hv.streams.Pipe`` and are replaced whole,
-after block-averaging to at most ``MAX_PIXELS`` per side. All values are the engine's; the only
-arithmetic here is display scaling (λ/n, block means, row order).
+Curves live in ``ColumnDataSource`` objects that only ever receive ``stream`` calls with the rows
+appended since the last update, so the browser gets a few hundred bytes per update. Matrices
+(eigenvectors, u₁ history, the NTK) are block-averaged to at most ``MAX_PIXELS`` per side and
+replace one image source each. Everything is built once per page; an update touches data only.
+That keeps a page update at a few milliseconds of server time: the equivalent HoloViews
+DynamicMaps re-ran their element pipeline and walked the whole document per plot per update,
+which at 4 Hz took most of a core and starved the training thread. All values are the engine's;
+the only arithmetic here is display scaling (λ/n, block means, row order).
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
 
-import holoviews as hv
 import numpy as np
 import pandas as pd
+from bokeh.core.properties import value
+from bokeh.models import (
+    ColorBar,
+    ColumnDataSource,
+    FixedTicker,
+    HoverTool,
+    Legend,
+    LegendItem,
+    LinearColorMapper,
+    Range1d,
+)
+from bokeh.palettes import RdBu, interp_palette
+from bokeh.plotting import figure
 
 from ntk_core.buffer import RunBuffer
 
 from .runs import KEPT_COLUMNS, MAX_KEPT, KeptRun, last_measured
 
 K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
-BUFFER_LENGTH = 20_000  # rows kept per curve stream (the most recent steps)
+BUFFER_LENGTH = 20_000  # rows kept per curve source (the most recent steps)
 MAX_PIXELS = 256  # NTK heatmap side after block-averaging
 MAX_VECTOR_COLUMNS = 512
 MAX_HISTORY_ROWS = 128
 PLOT_HEIGHT = 290
-SIZE = {"responsive": True, "height": PLOT_HEIGHT}
 LOG_TICKS = [1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 THRESHOLD_COLOR = "#d62728"
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
               "#bcbd22", "#7f7f7f")
+DIVERGING = interp_palette(RdBu[11], 256)  # blue (negative) to red (positive)
 STEP_COLUMNS = ["step", "loss", "accuracy", "two_over_lr"]
 MEASURE_COLUMNS = ["step", "two_over_lr", "sharpness", "gn_sharpness", "kta", "topk_mass", "a1",
                    "u1_residual"]
 SPECTRUM_COLUMNS = ["step", "two_over_lr", *[f"lam{i + 1}" for i in range(K_SHOW)]]
-EMPTY_KEPT = pd.DataFrame({c: np.array([], dtype=float) for c in KEPT_COLUMNS})
-EMPTY_SPECTRUM = pd.DataFrame({"eigval_normalized": np.array([], float),
-                               "alignment": np.array([], float)})
+ALIGNMENT_COLUMNS = ["eigval_normalized", "alignment"]
+COMPARE_COLUMNS = ["lr", "kta", "a1", "topk_mass"]
+TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 
 
-def empty_frame(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: np.array([], dtype=float) for c in columns})
+def empty_data(columns: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {c: np.array([], dtype=float) for c in columns}
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -73,6 +87,11 @@ def spectrum_frame(rows: dict[str, np.ndarray], n: int) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+def _columns(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {c: np.asarray(frame[c], dtype=float) for c in columns}
+
+
+# ---- matrices for display ----------------------------------------------------------------------
 # ---- matrices for display ----------------------------------------------------------------------
 def display_order(row_data: dict[str, np.ndarray]) -> np.ndarray:
     """Kernel rows grouped by output, then by class (the engine sorts by class, sample-major)."""
@@ -134,14 +153,6 @@ def matrix_payload(buffer: RunBuffer, history: bool) -> dict:
 
 
 # ---- element builders --------------------------------------------------------------------------
-def _edges(class_edges: list, output_edges: list, horizontal: bool = False) -> hv.Overlay:
-    lines = hv.HLines if horizontal else hv.VLines
-    return (lines(np.asarray(class_edges, float), group="NtkClassEdge")
-            * lines(np.asarray(output_edges, float), group="NtkOutputEdge"))
-
-
-def _centers(count: int, f: int) -> np.ndarray:
-    return np.arange(count) * f + f / 2
 
 
 def _symmetric(values: np.ndarray) -> tuple[float, float]:
@@ -150,287 +161,328 @@ def _symmetric(values: np.ndarray) -> tuple[float, float]:
     return (-a, a) if a > 0 else (-1.0, 1.0)
 
 
-def _image(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, kdims: list[str], vdim: str,
-           title: str, data: dict, ticks: str = "x", yticks: list | None = None) -> hv.Overlay:
-    """A diverging heatmap (symmetric colour range) with the class / output boundaries."""
-    order = "rows by output, then class" if data.get("output_edges") else "rows by class"
-    labels = {"xlabel": f"kernel {order}"}
-    if "y" in ticks:
-        labels["ylabel"] = "kernel columns, same order"
-    img = hv.Image((xs, ys, values), kdims=kdims, vdims=[vdim], group="NtkHeatmap").opts(
-        clim=_symmetric(values), invert_yaxis=True, title=title, **labels,
-        xticks=data.get("ticks") if "x" in ticks else None,
-        yticks=data.get("ticks") if "y" in ticks else yticks)
-    layers = img * _edges(data.get("class_edges", []), data.get("output_edges", []))
-    if "y" in ticks:
-        layers = layers * _edges(data.get("class_edges", []), data.get("output_edges", []),
-                                 horizontal=True)
-    return layers
-
-
-def _empty(kdims: list[str], vdim: str, title: str, ticks: str = "x") -> hv.Overlay:
-    return _image(np.array([0.5]), np.array([0.5]), np.zeros((1, 1)), kdims, vdim,
-                  title + " (waiting for a measurement)", {}, ticks)
-
-
-def eigenvector_image(data: dict) -> hv.Overlay:
-    kdims = ["kernel row", "eigenvector i"]
-    if "vectors" not in data:
-        return _empty(kdims, "u_i entry", "Top NTK eigenvectors")
-    step, vectors, f = data["vectors"]
-    k = vectors.shape[0]
-    return _image(_centers(vectors.shape[1], f), np.arange(1, k + 1), vectors, kdims,
-                  "u_i entry", f"Top-{k} NTK eigenvectors at step {step}", data,
-                  yticks=[1, *range(5, k + 1, 5)] if k > 10 else list(range(1, k + 1)))
-
-
-def history_image(data: dict) -> hv.Overlay:
-    kdims = ["kernel row", "step"]
-    if "history" not in data:
-        return _empty(kdims, "u₁ entry", "u₁ over training")
-    steps, values, f = data["history"]
-    return _image(_centers(values.shape[1], f), steps, values, kdims, "u₁ entry",
-                  "u₁ over training (one row per step)", data)
-
-
-def kernel_image(data: dict) -> hv.Overlay:
-    kdims = ["kernel row", "kernel column"]
-    if "kernel" not in data:
-        return _empty(kdims, "K", "NTK sorted by class", ticks="xy")
-    step, k, f = data["kernel"]
-    c = _centers(k.shape[0], f)
-    return _image(c, c, k, kdims, "K", f"NTK at step {step}, sorted by class", data, ticks="xy")
-
-
-def _slots(runs: list) -> list:
-    """Kept runs padded to MAX_KEPT entries: overlays keep a fixed set of layers (HoloViews
-    cannot add layers to a live overlay), empty and unlabelled where no run is kept."""
-    return list(runs[:MAX_KEPT]) + [("", RUN_COLORS[0], None)] * (MAX_KEPT - len(runs))
-
-
-def alignment_spectrum(data: dict) -> hv.Overlay:
-    """a_i against λ_i/‖K‖_F (paper Fig. 1b): the final spectra of the kept runs and the current
-    run's latest one, one marker per eigenpair."""
-    current = data.get("current")
-    title = "Alignment spectrum (top eigenpairs)"
-    runs = _slots(data.get("runs", []))
-    if current is not None:
-        title = f"Alignment spectrum at step {current[0]}"
-    runs.append(("current", "black", current[1] if current is not None else None))
-    layers = []
-    for label, color, frame in runs:
-        frame = frame if frame is not None else EMPTY_SPECTRUM
-        curve = hv.Curve(frame, "eigval_normalized", "alignment", label=label)
-        layers += [curve.opts(color=color, line_width=1, alpha=0.5),
-                   hv.Scatter(curve).opts(color=color, size=8 if label == "current" else 6)]
-    return hv.Overlay(layers).opts(title=title)
-
-
-def compare_overlay(data: dict) -> hv.Overlay:
-    """Final KTA, a₁ and A_k against η over the kept runs."""
-    frame = data.get("frame")
-    if frame is None or frame.empty:
-        frame = pd.DataFrame({"lr": [], "kta": [], "a1": [], "topk_mass": []})
-    frame = frame.sort_values("lr")
-    layers = []
-    for column, label, color in (("kta", "KTA", "#1f77b4"), ("a1", "a₁", "#2ca02c"),
-                                 ("topk_mass", "A_k", "#ff7f0e")):
-        curve = hv.Curve(frame, "lr", (column, "final value"), label=label).opts(color=color)
-        layers += [curve, hv.Scatter(curve).opts(color=color, size=8)]
-    return hv.Overlay(layers)
-
-
-def kept_curves(data: list, column: str, dash: str = "solid", legend: bool = True) -> hv.Overlay:
-    """The kept runs' ``column`` against step, one colour per run (the same in every plot, so
-    one legend, on the loss plot, names them)."""
-    return hv.Overlay([
-        hv.Curve(frame if frame is not None else EMPTY_KEPT, "step", column,
-                 label=label if legend else "").opts(
-            color=color, line_dash=dash, alpha=0.8, tools=["hover"])
-        for label, color, frame in _slots(data)])
-
-
-# ---- the plot set ------------------------------------------------------------------------------
-CURVE_STYLES: dict[str, dict] = {
-    "NtkLoss": {"color": "black", "line_width": 2},
-    "NtkSharpness": {"color": "#1f77b4", "line_width": 2.5},
-    "NtkGNSharpness": {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"},
-    "NtkThreshold": {"color": THRESHOLD_COLOR, "line_dash": "dashed", "line_width": 2.5},
-    "NtkKTA": {"color": "#1f77b4", "line_width": 2},
-    "NtkMass": {"color": "#ff7f0e", "line_width": 2},
-    "NtkAlign": {"color": "#2ca02c", "line_width": 2},
-    "NtkResidual": {"color": "#9467bd", "line_width": 1.5},
-}
-_styles_registered = False
-
-
-def register_styles() -> None:
-    """Curve styles by group, set once for the session: elements rebuilt on every frame pick
-    them up without a per-frame ``.opts`` call (the costliest part of a HoloViews update)."""
-    global _styles_registered
-    if _styles_registered:
-        return
-    styles = {**CURVE_STYLES, **{f"NtkEig{i + 1}": {"color": _shade(i),
-                                                      "line_width": 2.5 if i == 0 else 1.2}
-                                 for i in range(K_SHOW)}}
-    hv.opts.defaults(
-        *[hv.opts.Curve(group, show_grid=True, tools=["hover"], **style)
-          for group, style in styles.items()],
-        hv.opts.Image("NtkHeatmap", cmap="RdBu_r", colorbar=True, tools=["hover"],
-                      framewise=True, responsive=True, height=PLOT_HEIGHT),
-        hv.opts.VLines("NtkClassEdge", color="black", line_width=1, alpha=0.5),
-        hv.opts.VLines("NtkOutputEdge", color="black", line_width=2.5),
-        hv.opts.HLines("NtkClassEdge", color="black", line_width=1, alpha=0.5),
-        hv.opts.HLines("NtkOutputEdge", color="black", line_width=2.5))
-    _styles_registered = True
-
-
-def _live_overlay(data: pd.DataFrame, layers: tuple[tuple[str, str, str], ...]) -> hv.Overlay:
-    """Curves (column, group, label) over the buffer's frame: each keeps ``data`` itself, so
-    Bokeh streams only the new rows."""
-    return hv.Overlay([hv.Curve(data, "step", column, group=group, label=label)
-                       for column, group, label in layers])
-
-
-class LivePlots:
-    """All dashboard plots. ``push_rows`` sends new rows, ``push_matrices`` replaces the
-    matrices, ``set_kept`` redraws the comparison overlays, ``clear`` starts a new run."""
-
-    def __init__(self) -> None:
-        register_styles()
-        self.steps = hv.streams.Buffer(empty_frame(STEP_COLUMNS), length=BUFFER_LENGTH,
-                                       index=False, following=True)
-        self.measures = hv.streams.Buffer(empty_frame(MEASURE_COLUMNS), length=BUFFER_LENGTH,
-                                          index=False, following=True)
-        self.spectrum = hv.streams.Buffer(empty_frame(SPECTRUM_COLUMNS), length=BUFFER_LENGTH,
-                                          index=False, following=True)
-        self.matrices = hv.streams.Pipe(data={})
-        self.kept = hv.streams.Pipe(data=[])
-        self.alignment = hv.streams.Pipe(data={})
-        self.comparison = hv.streams.Pipe(data={})
-        self._pending_spectrum: list[pd.DataFrame] = []
-        self._kept_runs: list[KeptRun] = []
-
-    def _live(self, buffer: hv.streams.Buffer, *layers: tuple[str, str, str]) -> hv.DynamicMap:
-        return hv.DynamicMap(partial(_live_overlay, layers=layers), streams=[buffer])
-
-    def _kept(self, column: str, dash: str = "solid", legend: bool = False) -> hv.DynamicMap:
-        return hv.DynamicMap(partial(kept_curves, column=column, dash=dash, legend=legend),
-                             streams=[self.kept])
-
-    # ---- pushes --------------------------------------------------------------------------
-    def push_rows(self, rows: dict[str, np.ndarray], n: int, spectrum: bool = True) -> None:
-        """Append new engine rows. The eigenvalue plot (many curves) costs the most per push,
-        so with ``spectrum=False`` its rows wait for the next ``flush_spectrum``."""
-        if len(rows["step"]) == 0:
-            return
-        self.steps.send(step_frame(rows))
-        measured = measure_frame(rows)
-        if len(measured):
-            self.measures.send(measured)
-            self._pending_spectrum.append(spectrum_frame(rows, n))
-        if spectrum:
-            self.flush_spectrum()
-
-    def flush_spectrum(self) -> None:
-        if self._pending_spectrum:
-            self.spectrum.send(pd.concat(self._pending_spectrum, ignore_index=True))
-            self._pending_spectrum = []
-
-    def push_matrices(self, buffer: RunBuffer, history: bool = True) -> None:
-        self.matrices.send(matrix_payload(buffer, history))
-        rows = buffer.rows(max(0, len(buffer) - 64))  # the last measurement is recent
-        i = last_measured(rows)
-        if i is not None:
-            frame = pd.DataFrame({"eigval_normalized": rows["eigval_normalized"][i],
-                                  "alignment": rows["alignment"][i]}).dropna()
-            self.alignment.send({**self._kept_spectra(),
-                                 "current": (int(rows["step"][i]), frame)})
-
-    def set_kept(self, kept: list[KeptRun]) -> None:
-        runs = [(k.label, RUN_COLORS[i % len(RUN_COLORS)], k.frame) for i, k in enumerate(kept)]
-        self.kept.send(runs)
-        self._kept_runs = kept
-        self.alignment.send({**self._kept_spectra(), "current": self.alignment.data.get("current")})
-        frame = pd.DataFrame([{"lr": k.lr, "kta": k.final.get("kta", np.nan),
-                               "a1": k.final.get("a1", np.nan),
-                               "topk_mass": k.final.get("topk_mass", np.nan)} for k in kept])
-        self.comparison.send({"frame": frame})
-
-    def _kept_spectra(self) -> dict:
-        kept = self._kept_runs
-        return {"runs": [(k.label, RUN_COLORS[i % len(RUN_COLORS)], k.spectrum)
-                         for i, k in enumerate(kept) if k.spectrum is not None]}
-
-    def clear(self) -> None:
-        for buffer in (self.steps, self.measures, self.spectrum):
-            buffer.clear()
-        self._pending_spectrum = []
-        self.matrices.send({})
-        self.alignment.send(self._kept_spectra())
-
-    # ---- plots ---------------------------------------------------------------------------
-    def loss(self) -> hv.DynamicMap:
-        live = self._live(self.steps, ("loss", "NtkLoss", "current"))
-        return (self._kept("loss", legend=True) * live).opts(hv.opts.Overlay(
-            title="Training loss", logy=True, ylabel="loss L (log)", legend_position="top_right",
-            **SIZE))
-
-    def sharpness(self) -> hv.DynamicMap:
-        live = self._live(self.measures, ("sharpness", "NtkSharpness", "sharpness λ_max(H)"),
-                          ("gn_sharpness", "NtkGNSharpness", "GN sharpness λ₁(K)/n"),
-                          ("two_over_lr", "NtkThreshold", "2/η"))
-        return (self._kept("sharpness") * live).opts(hv.opts.Overlay(
-            title="Sharpness vs the stability threshold 2/η", ylabel="sharpness",
-            legend_position="bottom_right", **SIZE))
-
-    def eigenvalues(self) -> hv.DynamicMap:
-        layers = [(f"lam{i + 1}", f"NtkEig{i + 1}", f"λ{i + 1}/n") for i in range(K_SHOW)]
-        return self._live(self.spectrum, *layers, ("two_over_lr", "NtkThreshold", "2/η")).opts(
-            hv.opts.Overlay(title=f"Top-{K_SHOW} NTK eigenvalues λᵢ/n vs 2/η (dashed)",
-                            ylabel="λᵢ / n", show_legend=False, **SIZE))
-
-    def alignment_curves(self) -> hv.DynamicMap:
-        live = self._live(self.measures, ("kta", "NtkKTA", "KTA"),
-                          ("topk_mass", "NtkMass", "A_k"), ("a1", "NtkAlign", "a₁"))
-        return (self._kept("kta", "dotted") * live).opts(hv.opts.Overlay(
-            title="Label alignment: KTA, A_k, a₁", ylabel="alignment",
-            legend_position="bottom_right", **SIZE))
-
-    def residual(self) -> hv.DynamicMap:
-        return self._live(self.measures, ("u1_residual", "NtkResidual", "u₁ᵀr")).opts(
-            hv.opts.Overlay(title="Residual along u₁: u₁ᵀr (the EoS oscillation)",
-                            ylabel="u₁ᵀr", show_legend=False, **SIZE))
-
-    def eigenvector_heatmap(self) -> hv.DynamicMap:
-        return hv.DynamicMap(eigenvector_image, streams=[self.matrices])
-
-    def u1_heatmap(self) -> hv.DynamicMap:
-        return hv.DynamicMap(history_image, streams=[self.matrices])
-
-    def kernel_heatmap(self) -> hv.DynamicMap:
-        return hv.DynamicMap(kernel_image, streams=[self.matrices])
-
-    def alignment_spectrum(self, legend: bool = False) -> hv.DynamicMap:
-        """Legend outside on the right when ``legend``; else the colours of the loss legend."""
-        where = {"legend_position": "right"} if legend else {"show_legend": False}
-        return hv.DynamicMap(alignment_spectrum, streams=[self.alignment]).opts(
-            hv.opts.Scatter(framewise=True, tools=["hover"]), hv.opts.Curve(framewise=True),
-            hv.opts.Overlay(logx=True, xlabel="λᵢ / ‖K‖_F (log)", ylabel="aᵢ = (uᵢᵀy)²/‖y‖²",
-                            xticks=LOG_TICKS, padding=0.05, **where, **SIZE))
-
-    def comparison_plot(self) -> hv.DynamicMap:
-        return hv.DynamicMap(compare_overlay, streams=[self.comparison]).opts(
-            hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True, tools=["hover"]),
-            hv.opts.Overlay(logx=True, title="Final alignment against η (kept runs)",
-                            xlabel="learning rate η (log)", legend_position="right",
-                            xticks=LOG_TICKS, padding=0.1,
-                            **SIZE))
-
-
 def _shade(i: int) -> str:
     """Dark blue for λ₁ fading to light for λ_K."""
     t = i / max(1, K_SHOW - 1)
     r, g, b = (int(31 + t * (190 - 31)), int(119 + t * (210 - 119)), int(180 + t * (235 - 180)))
     return f"#{r:02x}{g:02x}{b:02x}"
 
+
+# ---- figures -----------------------------------------------------------------------------------
+def _figure(title: str, ylabel: str, xlabel: str = "step", **kwargs: object) -> figure:
+    fig = figure(title=title, x_axis_label=xlabel, y_axis_label=ylabel, tools=TOOLS,
+                 sizing_mode="stretch_width", height=PLOT_HEIGHT,
+                 **kwargs)
+    fig.toolbar.logo = None
+    return fig
+
+
+def _legend(fig: figure, items: list[LegendItem], where: str = "top_right",
+            outside: bool = False) -> Legend:
+    legend = Legend(items=items, click_policy="hide", background_fill_alpha=0.7,
+                    label_text_font_size="9pt", spacing=0, padding=4)
+    if outside:
+        fig.add_layout(legend, "right")
+    else:
+        legend.location = where
+        fig.add_layout(legend)
+    return legend
+
+
+def _step_hover() -> HoverTool:
+    return HoverTool(tooltips=[("step", "@step{0}"), ("value", "$y{0.0000}")])
+
+
+class HeatMap:
+    """One diverging image with class / output boundaries and class tick labels."""
+
+    def __init__(self, title: str, xlabel: str, ylabel: str, square: bool = False) -> None:
+        self.base_title = title
+        self.fig = _figure(title + " (waiting for a measurement)", ylabel, xlabel,
+                           x_range=Range1d(0, 1), y_range=Range1d(1, 0))
+        self.source = ColumnDataSource({"image": [np.zeros((1, 1), np.float32)], "x": [0.0],
+                                        "y": [0.0], "dw": [1.0], "dh": [1.0]})
+        self.mapper = LinearColorMapper(palette=DIVERGING, low=-1.0, high=1.0, nan_color="white")
+        image = self.fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self.source,
+                               color_mapper=self.mapper)
+        self.fig.add_tools(HoverTool(renderers=[image], tooltips=[
+            ("row", "$x{0}"), (ylabel, "$y{0.0}"), ("value", "@image{0.000}")]))
+        self.fig.add_layout(ColorBar(color_mapper=self.mapper, width=10), "right")
+        self.edges = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": [], "w": []})
+        self.fig.segment("x0", "y0", "x1", "y1", line_width="w", color="black", alpha=0.6,
+                         source=self.edges)
+        self.square = square
+        self.fig.xgrid.visible = self.fig.ygrid.visible = False
+        self.xticker, self.yticker = FixedTicker(ticks=[]), FixedTicker(ticks=[])
+        self.fig.xaxis[0].ticker = self.xticker
+        if square:
+            self.fig.yaxis[0].ticker = self.yticker
+
+    def show(self, values: np.ndarray, x_extent: tuple[float, float],
+             y_extent: tuple[float, float], data: dict, title: str,
+             yticks: list[float] | None = None) -> None:
+        x0, x1 = x_extent
+        y0, y1 = y_extent
+        self.source.data = {"image": [np.asarray(values, np.float32)], "x": [x0], "y": [y0],
+                            "dw": [x1 - x0], "dh": [y1 - y0]}
+        self.mapper.update(**dict(zip(("low", "high"), _symmetric(values), strict=True)))
+        self.fig.x_range.update(start=x0, end=x1)
+        self.fig.y_range.update(start=y1, end=y0)  # row 0 at the top
+        self.fig.title.text = title
+        ticks = data.get("ticks", [])
+        self._ticks(self.xticker, self.fig.xaxis[0], ticks)
+        if self.square:
+            self._ticks(self.yticker, self.fig.yaxis[0], ticks)
+        elif yticks is not None:
+            self.yticker.ticks = [float(t) for t in yticks]
+            self.fig.yaxis[0].ticker = self.yticker
+        segments: dict[str, list[float]] = {"x0": [], "y0": [], "x1": [], "y1": [], "w": []}
+        for edges, width in ((data.get("class_edges", []), 1.0),
+                             (data.get("output_edges", []), 2.5)):
+            for e in edges:
+                self._segment(segments, e, e, y0, y1, width)
+                if self.square:
+                    self._segment(segments, x0, x1, e, e, width)
+        self.edges.data = segments
+
+    def clear(self) -> None:
+        self.source.data = {"image": [np.zeros((1, 1), np.float32)], "x": [0.0], "y": [0.0],
+                            "dw": [1.0], "dh": [1.0]}
+        self.edges.data = {"x0": [], "y0": [], "x1": [], "y1": [], "w": []}
+        self.fig.title.text = self.base_title + " (waiting for a measurement)"
+
+    @staticmethod
+    def _segment(out: dict[str, list[float]], x0: float, x1: float, y0: float, y1: float,
+                 width: float) -> None:
+        for key, v in zip(("x0", "x1", "y0", "y1", "w"), (x0, x1, y0, y1, width), strict=True):
+            out[key].append(float(v))
+
+    @staticmethod
+    def _ticks(ticker: FixedTicker, axis: object, ticks: list) -> None:
+        # Tickers are edited in place: assigning new models would make Bokeh re-walk the
+        # document's model graph on every update.
+        if ticks:
+            ticker.ticks = [float(t) for t, _ in ticks]
+            labels = {float(t): str(label) for t, label in ticks}
+            if axis.major_label_overrides != labels:
+                axis.major_label_overrides = labels
+
+
+class LivePlots:
+    """All dashboard plots. ``push_rows`` streams new rows, ``push_matrices`` replaces the
+    matrices and the alignment spectrum, ``set_kept`` redraws the kept runs, ``clear`` starts
+    a new run. The ``figures`` are built once; updates only change data."""
+
+    def __init__(self) -> None:
+        self.steps = ColumnDataSource(empty_data(STEP_COLUMNS))
+        self.measures = ColumnDataSource(empty_data(MEASURE_COLUMNS))
+        self.spectrum = ColumnDataSource(empty_data(SPECTRUM_COLUMNS))
+        self.current_alignment = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
+        self.comparison = ColumnDataSource(empty_data(COMPARE_COLUMNS))
+        self.kept_sources = [ColumnDataSource(empty_data(KEPT_COLUMNS)) for _ in range(MAX_KEPT)]
+        self.kept_spectra = [ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
+                             for _ in range(MAX_KEPT)]
+        self._kept_legends: list[list[LegendItem]] = []
+        self._pending_spectrum: list[pd.DataFrame] = []
+        self._kept_runs: list[KeptRun] = []
+        self._spectrum_renderers: list[list[tuple[object, object]]] = []
+        self._build()
+
+    # ---- construction --------------------------------------------------------------------
+    def _line(self, fig: figure, source: ColumnDataSource, y: str, **style: object) -> object:
+        return fig.line("step", y, source=source, **style)
+
+    def _kept_lines(self, fig: figure, column: str, dash: str = "solid") -> list[object]:
+        return [fig.line("step", column, source=src, color=RUN_COLORS[i % len(RUN_COLORS)],
+                         line_dash=dash, alpha=0.8, visible=False)
+                for i, src in enumerate(self.kept_sources)]
+
+    def _kept_legend_items(self, renderers: list[object]) -> list[LegendItem]:
+        items = [LegendItem(label="", renderers=[r], visible=False) for r in renderers]
+        self._kept_legends.append(items)
+        return items
+
+    def _build(self) -> None:
+        # 1. loss
+        f = _figure("Training loss", "loss L (log)", y_axis_type="log")
+        kept = self._kept_lines(f, "loss")
+        live = self._line(f, self.steps, "loss", color="black", line_width=2)
+        _legend(f, [LegendItem(label="current", renderers=[live]),
+                    *self._kept_legend_items(kept)])
+        f.add_tools(_step_hover())
+        self.loss_fig = f
+        # 2. sharpness against 2/η
+        f = _figure("Sharpness vs the stability threshold 2/η", "sharpness")
+        self._kept_sharp = self._kept_lines(f, "sharpness")
+        items = [LegendItem(label=label, renderers=[self._line(f, self.measures, col, **style)])
+                 for col, label, style in (
+                     ("sharpness", "sharpness λ_max(H)", {"color": "#1f77b4", "line_width": 2.5}),
+                     ("gn_sharpness", "GN sharpness λ₁(K)/n",
+                      {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"}),
+                     ("two_over_lr", "2/η", {"color": THRESHOLD_COLOR, "line_width": 2.5,
+                                             "line_dash": "dashed"}))]
+        _legend(f, items, "bottom_right")
+        f.add_tools(_step_hover())
+        self.sharpness_fig = f
+        # 3. top NTK eigenvalues / n
+        f = _figure(f"Top-{K_SHOW} NTK eigenvalues λᵢ/n vs 2/η (dashed)", "λᵢ / n")
+        for i in reversed(range(K_SHOW)):
+            self._line(f, self.spectrum, f"lam{i + 1}", color=_shade(i),
+                       line_width=2.5 if i == 0 else 1.2)
+        self._line(f, self.spectrum, "two_over_lr", color=THRESHOLD_COLOR, line_width=2.5,
+                   line_dash="dashed")
+        f.add_tools(_step_hover())
+        self.eigenvalues_fig = f
+        # 4. KTA, A_k, a₁
+        f = _figure("Label alignment: KTA, A_k, a₁", "alignment")
+        self._kept_lines(f, "kta", "dotted")
+        items = [LegendItem(label=label, renderers=[self._line(f, self.measures, col,
+                                                               color=color, line_width=2)])
+                 for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "A_k", "#ff7f0e"),
+                                           ("a1", "a₁", "#2ca02c"))]
+        _legend(f, items, "bottom_right")
+        f.add_tools(_step_hover())
+        self.alignment_fig = f
+        # 5. u₁ᵀr
+        f = _figure("Residual along u₁: u₁ᵀr (the EoS oscillation)", "u₁ᵀr")
+        self._line(f, self.measures, "u1_residual", color="#9467bd", line_width=1.5)
+        f.add_tools(_step_hover())
+        self.residual_fig = f
+        # 6.–8. heatmaps
+        self.vectors = HeatMap("Top NTK eigenvectors", "kernel rows by class", "eigenvector i")
+        self.history = HeatMap("u₁ over training", "kernel rows by class", "step")
+        self.kernel = HeatMap("NTK sorted by class", "kernel rows by class",
+                              "kernel columns, same order", square=True)
+        # 9. alignment spectrum (live tab) and its legended twin (compare tab)
+        self.spectrum_fig = self._spectrum_figure(legend=False)
+        self.spectrum_legend_fig = self._spectrum_figure(legend=True)
+        # 10. final alignment against η
+        f = _figure("Final alignment against η (kept runs)", "final value",
+                    "learning rate η (log)", x_axis_type="log")
+        items = []
+        for col, label, color in (("kta", "KTA", "#1f77b4"), ("a1", "a₁", "#2ca02c"),
+                                  ("topk_mass", "A_k", "#ff7f0e")):
+            line = f.line("lr", col, source=self.comparison, color=color, line_width=2)
+            dots = f.scatter("lr", col, source=self.comparison, color=color, size=8)
+            items.append(LegendItem(label=label, renderers=[line, dots]))
+        _legend(f, items, outside=True)
+        f.add_tools(HoverTool(tooltips=[("η", "@lr"), ("value", "$y{0.0000}")]))
+        self.comparison_fig = f
+
+    def _spectrum_figure(self, legend: bool) -> figure:
+        f = _figure("Alignment spectrum (top eigenpairs)", "aᵢ = (uᵢᵀy)²/‖y‖²",
+                    "λᵢ / ‖K‖_F (log)", x_axis_type="log")
+        f.xaxis.ticker = FixedTicker(ticks=LOG_TICKS)
+        kept = []
+        for i, src in enumerate(self.kept_spectra):
+            color = RUN_COLORS[i % len(RUN_COLORS)]
+            line = f.line("eigval_normalized", "alignment", source=src, color=color, alpha=0.5,
+                          visible=False)
+            dots = f.scatter("eigval_normalized", "alignment", source=src, color=color, size=6,
+                             visible=False)
+            kept.append((line, dots))
+        line = f.line("eigval_normalized", "alignment", source=self.current_alignment,
+                      color="black", alpha=0.5)
+        dots = f.scatter("eigval_normalized", "alignment", source=self.current_alignment,
+                         color="black", size=8)
+        f.add_tools(HoverTool(renderers=[dots], tooltips=[("λ/‖K‖", "@eigval_normalized{0.0000}"),
+                                                         ("a", "@alignment{0.0000}")]))
+        self._spectrum_renderers.append(kept)
+        if legend:
+            items = [LegendItem(label="current", renderers=[line, dots]),
+                     *self._kept_legend_items([r for pair in kept for r in pair][::2])]
+            _legend(f, items, outside=True)
+        return f
+
+    # ---- pushes --------------------------------------------------------------------------
+    def push_rows(self, rows: dict[str, np.ndarray], n: int, spectrum: bool = True) -> None:
+        """Append new engine rows. The eigenvalue plot (many curves) is the largest message,
+        so with ``spectrum=False`` its rows wait for the next ``flush_spectrum``."""
+        if len(rows["step"]) == 0:
+            return
+        self.steps.stream(_columns(step_frame(rows), STEP_COLUMNS), rollover=BUFFER_LENGTH)
+        measured = measure_frame(rows)
+        if len(measured):
+            self.measures.stream(_columns(measured, MEASURE_COLUMNS), rollover=BUFFER_LENGTH)
+            self._pending_spectrum.append(spectrum_frame(rows, n))
+        if spectrum:
+            self.flush_spectrum()
+
+    def flush_spectrum(self) -> None:
+        if self._pending_spectrum:
+            frame = pd.concat(self._pending_spectrum, ignore_index=True)
+            self.spectrum.stream(_columns(frame, SPECTRUM_COLUMNS), rollover=BUFFER_LENGTH)
+            self._pending_spectrum = []
+
+    def push_matrices(self, buffer: RunBuffer, history: bool = True) -> None:
+        self.show_matrices(matrix_payload(buffer, history))
+        rows = buffer.rows(max(0, len(buffer) - 64))  # the last measurement is recent
+        i = last_measured(rows)
+        if i is not None:
+            frame = pd.DataFrame({"eigval_normalized": rows["eigval_normalized"][i],
+                                  "alignment": rows["alignment"][i]}).dropna()
+            self.current_alignment.data = _columns(frame, ALIGNMENT_COLUMNS)
+            for fig in (self.spectrum_fig, self.spectrum_legend_fig):
+                fig.title.text = f"Alignment spectrum at step {int(rows['step'][i])}"
+
+    def show_matrices(self, data: dict) -> None:
+        """Draw a ``matrix_payload``; matrices it lacks keep their previous picture."""
+        if "vectors" in data:
+            step, vectors, f = data["vectors"]
+            k, cols = vectors.shape
+            self.vectors.show(vectors, (0.0, float(cols * f)), (0.5, k + 0.5), data,
+                              f"Top-{k} NTK eigenvectors at step {step}",
+                              yticks=[1, *range(5, k + 1, 5)] if k > 10 else list(range(1, k + 1)))
+        if "history" in data:
+            steps, values, f = data["history"]
+            half = (steps[-1] - steps[0]) / max(1, len(steps) - 1) / 2
+            self.history.show(values, (0.0, float(values.shape[1] * f)),
+                              (float(steps[0] - half), float(steps[-1] + half)), data,
+                              "u₁ over training (one row per step)")
+        if "kernel" in data:
+            step, k, f = data["kernel"]
+            side = float(k.shape[0] * f)
+            self.kernel.show(k, (0.0, side), (0.0, side), data,
+                             f"NTK at step {step}, sorted by class")
+
+    def set_kept(self, kept: list[KeptRun]) -> None:
+        self._kept_runs = kept[:MAX_KEPT]
+        for i in range(MAX_KEPT):
+            run = self._kept_runs[i] if i < len(self._kept_runs) else None
+            frame = run.frame if run is not None else None
+            self.kept_sources[i].data = (_columns(frame, KEPT_COLUMNS) if frame is not None
+                                         else empty_data(KEPT_COLUMNS))
+            spectrum = run.spectrum if run is not None else None
+            self.kept_spectra[i].data = (_columns(spectrum, ALIGNMENT_COLUMNS)
+                                         if spectrum is not None else empty_data(ALIGNMENT_COLUMNS))
+            for items in self._kept_legends:
+                items[i].update(label=value(run.label if run is not None else ""),
+                                visible=run is not None)
+        visible = [i < len(self._kept_runs) for i in range(MAX_KEPT)]
+        for fig in (self.loss_fig, self.sharpness_fig, self.alignment_fig):
+            kept_renderers = [r for r in fig.renderers if r.data_source in self.kept_sources]
+            for r in kept_renderers:
+                r.visible = visible[self.kept_sources.index(r.data_source)]
+        for kept_pairs in self._spectrum_renderers:
+            for i, (line, dots) in enumerate(kept_pairs):
+                line.visible = dots.visible = visible[i]
+        frame = pd.DataFrame([{"lr": k.lr, "kta": k.final.get("kta", np.nan),
+                               "a1": k.final.get("a1", np.nan),
+                               "topk_mass": k.final.get("topk_mass", np.nan)}
+                              for k in self._kept_runs], columns=COMPARE_COLUMNS)
+        self.comparison.data = _columns(frame.sort_values("lr"), COMPARE_COLUMNS)
+
+    def clear(self) -> None:
+        for source, columns in ((self.steps, STEP_COLUMNS), (self.measures, MEASURE_COLUMNS),
+                                (self.spectrum, SPECTRUM_COLUMNS),
+                                (self.current_alignment, ALIGNMENT_COLUMNS)):
+            source.data = empty_data(columns)
+        self._pending_spectrum = []
+        for heat in (self.vectors, self.history, self.kernel):
+            heat.clear()
+
+    # ---- the figures, in the order the Live tab shows them -----------------------------------
+    def live_figures(self) -> list[figure]:
+        return [self.loss_fig, self.sharpness_fig, self.eigenvalues_fig, self.alignment_fig,
+                self.residual_fig, self.spectrum_fig, self.vectors.fig, self.history.fig,
+                self.kernel.fig]

@@ -259,8 +259,9 @@ def test_ladder_runs_each_point_and_keeps_it() -> None:
         kept = board.controller.kept
         assert [k.lr for k in kept] == [0.02, 0.05, 0.1, 0.15]
         assert board.settings.lr == 0.15, "the η control shows the ladder run on screen"
-        frame = board.plots.comparison.data["frame"]
-        assert list(frame.lr) == [0.02, 0.05, 0.1, 0.15] and frame.kta.notna().all()
+        data = board.plots.comparison.data
+        assert list(data["lr"]) == [0.02, 0.05, 0.1, 0.15] and np.isfinite(data["kta"]).all()
+        np.testing.assert_allclose(data["kta"], [k.final["kta"] for k in kept])
     finally:
         board.close()
 
@@ -300,18 +301,17 @@ def test_opening_a_saved_run_views_it_without_training(dash: Dashboard) -> None:
     dash.upload.param.update(filename="saved.nc", value=data)
     assert dash.controller.run is None and dash.controller.viewed is not None
     assert dash.status == "step 3 · paused · saved.nc"
-    assert len(dash.plots.steps.data) == 3
+    assert len(dash.plots.steps.data["step"]) == 3
 
 
 # ---- plots -----------------------------------------------------------------------------------
 def test_curves_stream_only_the_new_rows() -> None:
     trainer = Trainer(SMALL_CONFIG)
     plots = LivePlots()
-    plot = hv.renderer("bokeh").get_plot(plots.sharpness())
     doc = Document()
-    doc.add_root(plot.state)
-    streamed: list[int] = []
-    doc.on_change(lambda event: streamed.append(len(event.data["step"]))
+    doc.add_root(plots.sharpness_fig)
+    streamed: list[tuple[str, int]] = []
+    doc.on_change(lambda event: streamed.append((event.model.id, len(event.data["step"])))
                   if type(event).__name__ == "ColumnsStreamedEvent" else None)
     cursor, pushes = 0, []
     for chunk in (3, 2):
@@ -321,13 +321,14 @@ def test_curves_stream_only_the_new_rows() -> None:
         cursor += chunk
         streamed.clear()
         plots.push_rows(rows, n=32)
-        pushes.append(sorted(set(streamed)))
-    sources = {tuple(sorted(sp.handles["source"].data)): sp.handles["source"].data
-               for sp in plot.subplots.values() if "source" in sp.handles}
-    sharp = sources[("sharpness", "step")]
-    np.testing.assert_allclose(sharp["sharpness"], trainer.buffer.rows(0)["sharpness"])
-    assert len(sources[("step", "two_over_lr")]["step"]) == 5
-    assert pushes == [[3], [2]], "each push streams only its new rows, to every curve"
+        pushes.append(sorted({n for model, n in streamed if model == plots.measures.id}))
+    data = plots.measures.data
+    np.testing.assert_allclose(data["sharpness"], trainer.buffer.rows(0)["sharpness"])
+    np.testing.assert_allclose(data["two_over_lr"], 2 / SMALL_CONFIG.lr)
+    assert len(plots.steps.data["step"]) == 5
+    assert pushes == [[3], [2]], "each push streams only its new rows"
+    drawn = {r.glyph.y for r in plots.sharpness_fig.renderers if r.data_source is plots.measures}
+    assert {"sharpness", "gn_sharpness", "two_over_lr"} <= drawn
 
 
 def test_eigenvalues_are_divided_by_n_for_display() -> None:
@@ -368,10 +369,14 @@ def test_kernel_heatmap_is_block_averaged() -> None:
     payload = matrix_payload(buffer, history=True)
     assert payload["kernel"][1].shape == (200, 200) and max(payload["kernel"][1].shape) <= MAX_PIXELS
     plots = LivePlots()
-    plot = hv.renderer("bokeh").get_plot(plots.kernel_heatmap())
-    plots.matrices.send(payload)
-    image = next(sp for sp in plot.subplots.values() if "image" in sp.handles["source"].data)
-    assert image.handles["source"].data["image"][0].shape == (200, 200)
+    plots.show_matrices(payload)
+    image = plots.kernel.source.data["image"][0]
+    assert image.shape == (200, 200)
+    np.testing.assert_allclose(image, payload["kernel"][1])
+    assert plots.kernel.source.data["dw"] == [600.0], "the image spans every kernel row"
+    edges = plots.kernel.edges.data
+    vertical = sorted(x0 for x0, x1 in zip(edges["x0"], edges["x1"], strict=True) if x0 == x1)
+    assert vertical == [200.0, 400.0], "a boundary line between each pair of classes"
 
 
 def test_kept_runs_feed_the_overlays() -> None:
@@ -379,12 +384,17 @@ def test_kept_runs_feed_the_overlays() -> None:
     for _ in range(3):
         trainer.step()
     plots = LivePlots()
-    plot = hv.renderer("bokeh").get_plot(plots.loss())
     kept = keep_run(trainer.buffer, "η=0.1", 0.1)
     plots.set_kept([kept])
-    legend = [item.label["value"] for item in plot.state.legend[0].items]
-    assert "η=0.1" in legend
-    assert plots.comparison.data["frame"].lr.tolist() == [0.1]
+    def legend_labels() -> list[str]:
+        return [item.label.value for item in plots.loss_fig.legend[0].items if item.visible]
+
+    legend = legend_labels()
+    assert legend == ["current", "η=0.1"]
+    assert list(plots.comparison.data["lr"]) == [0.1]
+    np.testing.assert_allclose(plots.kept_sources[0].data["loss"], kept.frame["loss"])
+    plots.set_kept([])
+    assert legend_labels() == ["current"]
 
 
 # ---- app surface -----------------------------------------------------------------------------
