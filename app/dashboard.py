@@ -408,7 +408,11 @@ class Dashboard(pn.viewable.Viewer):
     def __panel__(self) -> pn.Row:
         if not self._started:
             self._started = True
-            self._callback = pn.state.add_periodic_callback(self.tick, period=PULL_MS)
+            # background: the pull loop is no "busy" event (Panel's busy counter is not
+            # thread-safe when many tabs tick on --num-threads workers)
+            self._callback = pn.io.PeriodicCallback(callback=self.tick, period=PULL_MS,
+                                                    background=True)
+            self._callback.start()
             if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
                 pn.state.on_session_destroyed(lambda _: self.close())
         return self._layout

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 from ntk_core.config import ConfigError, RunConfig
 
@@ -246,6 +246,17 @@ class SessionRegistry:
     def count(self) -> int:
         with self._lock:
             return len(self._live)
+
+
+def has_viewers(doc: Any) -> bool:
+    """False when ``doc`` is a served page that no browser is connected to (a closed tab that
+    bokeh will cull); True otherwise, also outside a server. A page with no viewer should not
+    draw: bokeh culls a session only between its document callbacks."""
+    context = getattr(doc, "session_context", None)
+    if context is None:
+        return True
+    return any(session.id == context.id and session.connection_count > 0
+               for session in context.server_context.sessions)
 
 
 # ---- the process-wide instances ----------------------------------------------------------------

@@ -3,6 +3,13 @@
 The module stays importable (tests, ``app.server``): the app is only built when Panel serves it.
 URL parameters (``?preset=catapult&lr=0.2``) set the run; see docs/dashboard.md. Beyond the
 server's session cap (``app.limits``) a tab gets a short "busy" page and starts no training.
+A document built without a browser session (``/liveness?endpoint=/main`` health checks,
+``--warm``) gets a one-line page: a health check must not start a training or take a place.
+
+A served tab builds its Dashboard only once the page has loaded (``defer_load``): bokeh builds
+documents on the server's event loop, and a page of live plots takes a second or more of CPU,
+which twenty tabs opened at once would take from every other tab and from ``/liveness``. The
+deferred build runs on ``panel serve``'s worker threads (``--num-threads``).
 """
 
 from __future__ import annotations
@@ -35,12 +42,15 @@ def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable:
     sessions = sessions or live_sessions()
     doc = pn.state.curdoc
     context = doc.session_context if doc is not None else None
+    if doc is not None and context is None:
+        return pn.pane.Markdown(f"## {TITLE}")  # a health check: the app's code loads
     key = context.id if context is not None else object()
     if not sessions.enter(key):
         return busy_page(sessions.capacity)
-    if context is not None:  # outside a server nothing ends the session: the caller leaves
-        pn.state.on_session_destroyed(lambda _: sessions.leave(key))
-    return Dashboard()
+    if context is None:  # outside a server nothing ends the session: the caller leaves
+        return Dashboard()
+    pn.state.on_session_destroyed(lambda _: sessions.leave(key))
+    return pn.panel(Dashboard, defer_load=True, sizing_mode="stretch_width")
 
 
 if pn.state.served:

@@ -2,9 +2,10 @@
 
 Run as a script (``panel serve`` executes it in the server process), it reads ``app.limits``
 from the environment, sets the process's torch threads (new training threads start from this
-value; each also sets its own), prints the limits, and, when ``NTK_EOS_STATS_SECONDS`` is set,
-prints a JSON line of load figures at that interval (sessions, trainings, queue, training
-threads, memory) for monitoring and the load test. Imported, it only defines the functions.
+value; each also sets its own) and a short GIL switch interval, prints the limits, and, when
+``NTK_EOS_STATS_SECONDS`` is set, prints a JSON line of load figures at that interval (sessions,
+trainings, queue, training threads, memory) for monitoring and the load test. Imported, it only
+defines the functions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from app.limits import ServerLimits, configure, live_sessions, training_slots
 from app.runner import training_threads
 
 STATS_PREFIX = "ntk-eos stats "
+# Training threads hold the GIL between torch calls; a shorter switch interval than Python's
+# 5 ms lets the event loop (pages, /liveness) get it back sooner.
+SWITCH_INTERVAL_S = 0.001
 
 
 def rss_mb() -> float:
@@ -46,6 +50,7 @@ def stats() -> dict[str, float | int]:
 def apply_limits() -> ServerLimits:
     limits = configure()
     torch.set_num_threads(limits.torch_threads)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     print(f"ntk-eos limits: {json.dumps(limits.summary())}", file=sys.stderr, flush=True)
     return limits
 
