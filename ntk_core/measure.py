@@ -26,6 +26,7 @@ from .config import RunConfig
 from .hessian import HessianOperator, top_hessian_eigenpair
 from .ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture
 from .ntk.cost import CostEstimate, estimate_costs
+from .ntk.exact import output_major_order
 from .spectral import explicit_matmat, top_eigenpairs
 
 FRO_PROBES = 8
@@ -48,9 +49,19 @@ def resolve_ntk_mode(config: RunConfig, model: nn.Module, X: torch.Tensor,
 class Measurement:
     scalars: dict[str, float]
     spectrum: dict[str, np.ndarray]
-    vectors: torch.Tensor  # (m, k) float64 eigenvectors, sign-fixed
+    vectors: torch.Tensor  # (m, k) float64 eigenvectors, sign-fixed, rows sample-major
     kernel: torch.Tensor | None  # the explicit K (workspace memory: copy before keeping)
     extras: dict[str, float] = field(default_factory=dict)
+    output_major: int = 0  # C when the explicit K's rows are output-major (c·n + i)
+
+    def sample_major_kernel(self) -> torch.Tensor | None:
+        """The explicit K with rows and columns in the buffer's (sample-major) order: a fresh
+        tensor when it had to be permuted, else the workspace's."""
+        C = self.output_major
+        if self.kernel is None or not C:
+            return self.kernel
+        m = self.kernel.shape[0]
+        return self.kernel.view(C, m // C, C, m // C).permute(1, 0, 3, 2).reshape(m, m)
 
 
 class Measurer:
@@ -60,8 +71,15 @@ class Measurer:
         n, C = Y.shape
         self.full = config.kernel == "full" or C == 1
         # Targets in kernel coordinates: vec(Y) sample-major for the full kernel, Y for traced.
+        # The explicit multi-output kernel is built output-major (contiguous Hadamard products);
+        # every vector the measurement uses is then permuted by ``order`` on the way in, and
+        # the eigenvectors back on the way out.
+        self.order = (output_major_order(n, C, Y.device)
+                      if mode == "exact" and self.full and C > 1 else None)
+        self.inverse = torch.argsort(self.order) if self.order is not None else None
         self.targets = (Y.reshape(-1, 1) if self.full else Y).to(torch.float64)
-        self.sign_ref = self.targets.sum(1)
+        self.kernel_targets = self._internal(self.targets)
+        self.sign_ref = self.kernel_targets.sum(1)
         self.m = self.targets.shape[0]
         self.k = min(config.k, self.m)
         self.workspace = NTKWorkspace()
@@ -83,7 +101,8 @@ class Measurer:
         K = None
         if self.mode == "exact":
             assert capture is not None
-            K = kernel_from_capture(model, X, f, capture, cfg.kernel, self.workspace)
+            K = kernel_from_capture(model, X, f, capture, cfg.kernel, self.workspace,
+                                    output_major=self.order is not None)
             matmat = explicit_matmat(K)
             op = None
         else:
@@ -98,7 +117,7 @@ class Measurer:
         s["ntk_products"] = float(eig.products)
         s["ntk_max_residual"] = float(eig.residuals.max())
 
-        Y = self.targets
+        Y = self.kernel_targets
         ones = torch.ones(self.m, 1, dtype=torch.float64, device=X.device)
         KY, K1 = matmat(torch.cat([Y, ones], 1)).split([Y.shape[1], 1], 1)
         num = float((Y * KY).sum())
@@ -125,7 +144,7 @@ class Measurer:
         s["topk_mass"] = float(a.sum())
         n = f.shape[0]
         s["gn_sharpness"] = float(values[0]) / n if self.full else math.nan
-        R = (r.reshape(-1, 1) if self.full else r).to(torch.float64)
+        R = self._internal((r.reshape(-1, 1) if self.full else r).to(torch.float64))
         proj = self._residual_projection(U, R)
         s["u1_residual"] = float(proj[0])
         s["grad_norm"] = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
@@ -140,7 +159,13 @@ class Measurer:
             "alignment": a.cpu().numpy(),
             "residual_proj": proj.cpu().numpy(),
         }
-        return Measurement(s, spectrum, U, K)
+        U_out = U[self.inverse] if self.inverse is not None else U
+        return Measurement(s, spectrum, U_out, K,
+                           output_major=self.targets.shape[0] // n if self.order is not None else 0)
+
+    def _internal(self, V: torch.Tensor) -> torch.Tensor:
+        """Rows from sample-major to the explicit kernel's row order."""
+        return V[self.order] if self.order is not None else V
 
     def _fix_signs(self, U: torch.Tensor) -> torch.Tensor:
         """Eigenvectors are defined up to sign: orient each so that u_iᵀ y ≥ 0."""
@@ -152,7 +177,7 @@ class Measurer:
         """u_iᵀ r for the full kernel; for the traced kernel the component of U_iᵀR along U_iᵀY."""
         if R.shape[1] == 1:
             return (U.T @ R)[:, 0]
-        ur, uy = U.T @ R, U.T @ self.targets
+        ur, uy = U.T @ R, U.T @ self.kernel_targets
         return (ur * uy).sum(1) / uy.norm(dim=1).clamp_min(1e-300)
 
     # ---- Hessian sharpness ---------------------------------------------------------------
@@ -163,7 +188,8 @@ class Measurer:
         if self.prev_hessian is not None:
             seeds.append(self.prev_hessian)
         if self.full:  # Jᵀu₁ is the Gauss–Newton top eigenvector mapped to parameter space
-            seeds.append(self._pullback(u1, f, params, op))
+            u1_rows = u1[self.inverse] if self.inverse is not None else u1
+            seeds.append(self._pullback(u1_rows, f, params, op))
         start = torch.cat(seeds, dim=1) if seeds else None
         res = top_hessian_eigenpair(hop, start=start, tol=self.config.eig_tol,
                                     guard=0 if len(seeds) >= 2 else 1, generator=self.generator)

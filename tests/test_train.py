@@ -196,3 +196,45 @@ def test_from_dict_rejects_unknown_and_unreadable_values() -> None:
     cfg = RunConfig.from_dict({"lr": "0.5", "classes": "3,8", "target": "binary",
                                "sharpness": "false", "target_loss": "none"})
     assert cfg.lr == 0.5 and cfg.classes == (3, 8) and cfg.sharpness is False
+
+
+@pytest.mark.parametrize("mode", ["exact", "matrix_free"])
+def test_step_measurements_match_dense_references(mode: str) -> None:
+    """One measured step of a 3-output MLP (full kernel) against float64 autograd references:
+    the logged kernel, eigenpairs, KTA, u₁ᵀr, λ₁/n and the sharpness. The exact path builds K
+    output-major internally, so this also checks every vector is mapped back to the log's
+    sample-major rows."""
+    import copy
+
+    from reference import dense_hessian, reference_ntk
+
+    from ntk_core.alignment import kernel_target_alignment
+
+    cfg = RunConfig(dataset="digits", n=24, classes=(0, 1, 2), width=16, depth=2, k=4,
+                    dtype="float64", ntk_mode=mode, kernel="full", eig_tol=1e-10, lr=0.05,
+                    steps=5)
+    trainer = Trainer(cfg)
+    model = copy.deepcopy(trainer.model)  # the weights the first step measures
+    trainer.step()
+    K = reference_ntk(model, trainer.X)
+    y = trainer.Y.reshape(-1)  # sample-major, like the log's rows
+    r = (model(trainer.X) - trainer.Y).detach().reshape(-1)
+    evals, evecs = torch.linalg.eigh(K)
+    top, U = evals.flip(0)[:4], evecs.flip(1)[:, :4]
+    U = U * torch.where(U.T @ y < 0, -1.0, 1.0)  # the log's orientation: u_iᵀy ≥ 0
+    rows = trainer.buffer.rows(0)
+    np.testing.assert_allclose(rows["eigenvalues"][0], top.numpy(), rtol=1e-8)
+    vectors = trainer.buffer.latest_eigenvectors()[1]
+    np.testing.assert_allclose(np.abs(vectors @ U.numpy()).diagonal(), 1.0, atol=1e-6)
+    # matrix-free KTA estimates ‖K‖_F (deflated Hutchinson) and reports its standard error
+    kta_error = abs(rows["kta"][0] - kernel_target_alignment(K, y))
+    assert kta_error <= 1e-8 + 4 * rows["kta_stderr"][0], (kta_error, rows["kta_stderr"][0])
+    np.testing.assert_allclose(trainer.buffer.row_data["target"], y.numpy())
+    assert rows["u1_residual"][0] == pytest.approx(float(U[:, 0] @ r), rel=1e-6, abs=1e-10)
+    assert rows["gn_sharpness"][0] == pytest.approx(float(top[0]) / 24, rel=1e-8)
+    H = dense_hessian(model, trainer.X, trainer.Y)
+    assert rows["sharpness"][0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-4)
+    if mode == "exact":
+        # the log keeps K in float32
+        np.testing.assert_allclose(trainer.buffer.latest_kernel()[1], K.numpy(), rtol=1e-6,
+                                   atol=1e-6)
