@@ -1,5 +1,5 @@
 """ntk-eos dashboard: a Panel app that trains one run per browser tab and streams the engine's
-measurements (sharpness, NTK spectrum, alignment) into live HoloViews plots.
+measurements (sharpness, NTK spectrum, alignment) into live Bokeh plots.
 
 ``app.dashboard.Dashboard`` is the app (served by ``app/main.py``, or shown in a notebook);
 ``app.server.serve`` starts ``panel serve`` for the ``ntk-eos serve`` command.
