@@ -21,6 +21,7 @@ from app.limits import ServerLimits, configure, live_sessions, training_slots
 from app.runner import training_threads
 
 STATS_PREFIX = "ntk-eos stats "
+LIMITS_PREFIX = "ntk-eos limits: "
 # Training threads hold the GIL between torch calls; a shorter switch interval than Python's
 # 5 ms lets the event loop (pages, /liveness) get it back sooner.
 SWITCH_INTERVAL_S = 0.001
@@ -51,7 +52,7 @@ def apply_limits() -> ServerLimits:
     limits = configure()
     torch.set_num_threads(limits.torch_threads)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    print(f"ntk-eos limits: {json.dumps(limits.summary())}", file=sys.stderr, flush=True)
+    print(LIMITS_PREFIX + json.dumps(limits.summary()), file=sys.stderr, flush=True)
     return limits
 
 

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.server import limits_env, serve_command  # noqa: E402
-from app.server_setup import STATS_PREFIX  # noqa: E402
+from app.server_setup import LIMITS_PREFIX, STATS_PREFIX  # noqa: E402
 
 LIVENESS_P95_S = 1.0
 LIVENESS_TIMEOUT_S = 5.0
@@ -112,6 +112,13 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def limits(self) -> dict[str, Any]:
+        """The limits the --setup script applied (its first line)."""
+        for line in self.log().splitlines():
+            if line.startswith(LIMITS_PREFIX):
+                return json.loads(line[len(LIMITS_PREFIX):])
+        return {}
 
     def stats(self) -> list[dict[str, Any]]:
         return [json.loads(line[len(STATS_PREFIX):]) for line in self.log().splitlines()
@@ -270,6 +277,7 @@ def run(sessions: int, seconds: float, mode: str, stats_seconds: float = 1.0) ->
         done.set()
         poller.join(5)
         rss_after = rss_mb(server.proc.pid)
+        limits = server.limits()
         errors = [line for line in server.log().splitlines()
                   if ERROR_PATTERN.search(line) and not line.startswith(STATS_PREFIX)]
     finally:
@@ -280,7 +288,7 @@ def run(sessions: int, seconds: float, mode: str, stats_seconds: float = 1.0) ->
         "sessions": sessions, "seconds": seconds, "mode": mode, "cores": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "open_all_s": round(opened_s, 1),
+        "limits": limits, "open_all_s": round(opened_s, 1),
         "liveness": {"polls": len(latencies), "failures": len(failures),
                      "p50_s": round(percentile(latencies, 0.5), 3),
                      "p95_s": round(percentile(latencies, 0.95), 3),

@@ -4,15 +4,22 @@ idle pausing, and the session cap's busy page."""
 
 from __future__ import annotations
 
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from app import limits as server_limits
 from app.dashboard import Dashboard
-from app.limits import HOSTED_CAPS, ServerLimits, SessionRegistry, TrainingSlots
+from app.limits import HOSTED_CAPS, ServerLimits, SessionRegistry, TrainingSlots, has_viewers
 from app.main import create_app
 from app.runner import RunController, TrainingRun, training_threads
 from app.server import limits_env, serve_command
@@ -340,3 +347,96 @@ def test_stats_line_counts(process_limits) -> None:
     figures = stats()
     assert figures["sessions"] == 1 and figures["trainings"] == 0 and figures["rss_mb"] > 10
     assert figures["training_threads"] == len(training_threads())
+
+
+def test_health_check_document_starts_no_training() -> None:
+    from bokeh.document import Document
+    from panel.io.state import set_curdoc
+
+    sessions = SessionRegistry(1)
+    before = len(training_threads())
+    with set_curdoc(Document()):  # a document without a browser session, as /liveness builds
+        page = create_app(sessions)
+    assert not isinstance(page, Dashboard) and sessions.count == 0
+    assert len(training_threads()) == before
+
+
+class _Session:
+    def __init__(self, id: str, connections: int) -> None:
+        self.id, self.connection_count = id, connections
+
+
+class _Context:
+    def __init__(self, id: str, sessions: list[_Session]) -> None:
+        self.id = id
+        self.server_context = type("ServerContext", (), {"sessions": sessions})()
+
+
+class _Doc:
+    def __init__(self, context: _Context | None) -> None:
+        self.session_context = context
+
+
+def test_pages_without_viewers_are_recognised() -> None:
+    sessions = [_Session("open", 1), _Session("closed", 0)]
+    assert has_viewers(None) and has_viewers(_Doc(None))
+    assert has_viewers(_Doc(_Context("open", sessions)))
+    assert not has_viewers(_Doc(_Context("closed", sessions)))
+    assert not has_viewers(_Doc(_Context("gone", sessions)))
+
+
+# ---- served by ntk-eos serve's command line, in chromium -----------------------------------------
+@pytest.fixture
+def served_one_place(tmp_path) -> Iterator[tuple[str, Path]]:
+    """``panel serve`` as ``ntk-eos serve`` runs it, with room for one tab: (url, log file)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**limits_env(max_sessions=1), "PYTHONPATH": root, "OMP_NUM_THREADS": "1",
+           "BOKEH_ALLOW_WS_ORIGIN": f"127.0.0.1:{port}"}
+    log = (tmp_path / "serve.log").open("w")
+    cmd = serve_command(port=port, address="127.0.0.1")
+    cmd[0] = sys.executable
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/liveness", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, \
+                    (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/main", tmp_path / "serve.log"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_served_page_builds_after_load_and_the_next_tab_is_told_busy(
+        served_one_place: tuple[str, Path], browser) -> None:
+    url, log = served_one_place
+    first = browser.new_page()
+    first.set_default_timeout(120_000)
+    first.goto(f"{url}?preset=catapult&n=64&steps=300")
+    # the deferred dashboard appears, with the URL's settings applied
+    expect(first.get_by_text("The catapult: a learning rate above 2/λ₀")).to_be_visible(
+        timeout=120_000)
+    first.get_by_role("button", name="Play", exact=True).click()
+    expect(first.get_by_text(re.compile(r"^step [1-9]\d* · running$"))).to_be_visible(
+        timeout=120_000)
+    second = browser.new_page()
+    second.goto(url)
+    expect(second.get_by_text("The server is busy")).to_be_visible(timeout=60_000)
+    expect(second.get_by_role("button", name="Play", exact=True)).to_have_count(0)
+    assert "Traceback" not in log.read_text()  # (closing pages may log dropped websockets)
+    second.close()
+    first.close()
