@@ -218,6 +218,8 @@ class Dashboard(pn.viewable.Viewer):
         """Move new engine rows into the plots; called every PULL_MS by the page."""
         if not has_viewers(pn.state.curdoc):
             return  # a closed tab: nothing to send, and bokeh may cull the session in between
+        if not self._has_news():
+            return  # no document work on the event loop: twenty idle tabs would add up
         if not self._tick_lock.acquire(blocking=False):
             return  # the previous tick is still sending
         doc = pn.state.curdoc
@@ -230,6 +232,18 @@ class Dashboard(pn.viewable.Viewer):
                 self._tick_lock.release()
             return
         self._locked_tick()
+
+    def _has_news(self) -> bool:
+        """Whether a tick would change the page: another run, new rows, another status line,
+        or an idle pause now. Cheap, from any thread; a race only delays a tick by one."""
+        controller = self.controller
+        if controller.pause_if_idle():
+            return True
+        buffer = controller.buffer
+        if buffer is not self._source or controller.status_line != self.status:
+            return True
+        return buffer is not None and (buffer.version != self._seen_version
+                                       or buffer.version != self._matrix_version)
 
     def _locked_tick(self) -> None:
         try:
