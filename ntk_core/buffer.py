@@ -20,6 +20,7 @@ Attributes: ``config`` (JSON), ``status``, ``status_reason``, ``lr``, ``versions
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -266,7 +267,19 @@ def save_error(path: Path, exc: OSError) -> SaveError:
 def run_bytes(ds: xr.Dataset) -> bytes:
     """The run as NetCDF-4 bytes (h5netcdf), built in memory."""
     ready = _netcdf_ready(ds)
-    return bytes(ready.to_netcdf(engine="h5netcdf", encoding=_compression(ready)))
+    with _local_write_lock():
+        return bytes(ready.to_netcdf(engine="h5netcdf", encoding=_compression(ready)))
+
+
+def _local_write_lock() -> contextlib.AbstractContextManager:
+    """Inside a Dask worker xarray would guard the write with a cluster-wide lock named after
+    the target, which fails for an in-memory buffer; the data here is all in memory, so the
+    synchronous scheduler's process-local lock is the right one."""
+    try:
+        import dask
+    except ImportError:
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler="synchronous")
 
 
 def _compression(ds: xr.Dataset) -> dict[str, dict]:
