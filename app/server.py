@@ -13,8 +13,10 @@ variables and are applied by the ``--setup`` script ``app/server_setup.py``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from .limits import ENV_PREFIX, ServerLimits
@@ -84,7 +86,25 @@ def serve(port: int = 5006, address: str = "localhost", show: bool = False,
     base = limits if limits is not None else limits_env()
     env = {**base, "PYTHONPATH": os.pathsep.join(
         p for p in (root, base.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.Popen(cmd, env=env)
+    # ``docker stop`` or a supervisor sends SIGTERM to this process: pass it on, or the
+    # ``panel serve`` child would outlive its parent and keep the port.
+    forwarded = (signal.SIGTERM, signal.SIGHUP)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda signum, _: proc.send_signal(signum))
+                    for sig in forwarded}
     try:
-        return subprocess.call(cmd, env=env)
+        return proc.wait()
     except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            proc.terminate()

@@ -87,3 +87,13 @@ def test_dockerfile_command_serves_a_healthy_app(tmp_path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+    # `docker stop` sends SIGTERM to the CMD: the server itself must end, not only its wrapper
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            _get(f"http://127.0.0.1:{port}/liveness", timeout=2)
+        except OSError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("panel serve kept serving after its CMD process was terminated")
