@@ -115,7 +115,18 @@ def test_serve_flags_become_limits(monkeypatch) -> None:
     cmd = serve_command()
     assert cmd[cmd.index("--setup") + 1].endswith("server_setup.py")
     called = []
-    monkeypatch.setattr("app.server.subprocess.call", lambda *a, **k: called.append(k) or 0)
+
+    class FakeServer:  # records the environment ``panel serve`` would get, and exits at once
+        def __init__(self, cmd: list[str], **kwargs: object) -> None:
+            called.append(kwargs)
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr("app.server.subprocess.Popen", FakeServer)
     assert cli_main(["serve", "--max-trainings", "0"]) == 2 and not called
     assert cli_main(["serve", "--hosted", "--max-sessions", "5"]) == 0
     assert called[0]["env"]["NTK_EOS_MODE"] == "hosted"
