@@ -5,9 +5,8 @@ plots' Bokeh data sources after the streams send rows."""
 from __future__ import annotations
 
 import io
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import holoviews as hv
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 import xarray as xr
 from bokeh.document import Document
 from panel.io.location import Location
+from support import wait_for
 
 from app.dashboard import Dashboard
 from app.plots import (
@@ -48,16 +48,6 @@ hv.extension("bokeh")
 
 SMALL = {"n": 32, "classes": "0,1", "width": 16, "k": 4, "steps": 200}
 SMALL_CONFIG = RunConfig(dataset="digits", n=32, classes=(0, 1), width=16, k=4, steps=200)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Wait for a background thread's effect (no UI locator exists at this level)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        pause.wait(0.02)
 
 
 def steps_done(dash: Dashboard, count: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import panel as pn
 import pytest
 import xarray as xr
 from playwright.sync_api import Page, expect
+from support import free_port
 
 from app.dashboard import Dashboard
 from app.runner import stop_all, training_threads
@@ -45,12 +45,6 @@ COLUMN_JS = """
   }
   return best;
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Set ``NTK_EOS_SCREENSHOT=1`` to also regenerate ``docs/sweep-view.png``.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import panel as pn
 import pytest
 import xarray as xr
 from playwright.sync_api import Page, expect
+from support import free_port
 
 from app.dashboard import Dashboard
 from app.runner import stop_all
@@ -42,12 +42,6 @@ COLUMNS_JS = """
   }
   return out;
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

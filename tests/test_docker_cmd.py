@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,12 +29,6 @@ def _dockerfile_instruction(name: str) -> str:
 def _image_env() -> dict[str, str]:
     """The image's ENV values (one ENV instruction of KEY=VALUE pairs)."""
     return dict(item.split("=", 1) for item in shlex.split(_dockerfile_instruction("ENV")))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 5) -> tuple[int, str]:
@@ -55,7 +49,7 @@ def test_dockerfile_declares_what_hosting_needs() -> None:
 @pytest.mark.timeout(180)
 def test_dockerfile_command_serves_a_healthy_app(tmp_path) -> None:
     cmd = json.loads(_dockerfile_instruction("CMD"))
-    port = _free_port()
+    port = free_port()
     cmd[cmd.index("--port") + 1] = str(port)
     # the console script installed beside this interpreter, as on the image's PATH
     cmd[0] = str(Path(sys.executable).parent / cmd[0])
@@ -81,11 +75,7 @@ def test_dockerfile_command_serves_a_healthy_app(tmp_path) -> None:
         log_text = (tmp_path / "serve.log").read_text()
         assert '"mode": "hosted"' in log_text and "Traceback" not in log_text, log_text[-3000:]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
     # `docker stop` sends SIGTERM to the CMD: the server itself must end, not only its wrapper
     deadline = time.monotonic() + 20

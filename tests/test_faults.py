@@ -8,7 +8,6 @@ import errno
 import os
 import pickle
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,13 +39,6 @@ CLI_FLAGS = ["--dataset", "digits", "--n", "16", "--classes", "0,1", "--width", 
 
 class Killed(BaseException):
     """Stands for what ends a thread outside the Exception hierarchy."""
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        threading.Event().wait(0.02)
 
 
 def trained(steps: int = 3) -> Trainer:

@@ -5,7 +5,6 @@ idle pausing, and the session cap's busy page."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
+from support import free_port, stop_process, wait_for
 
 from app import limits as server_limits
 from app.dashboard import Dashboard
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.timeout(120)
 
 SMALL = RunConfig(dataset="digits", n=32, classes=(0, 1), width=16, k=4, steps=400)
 SMALL_SETTINGS = {"n": 32, "classes": "0,1", "width": 16, "k": 4, "steps": 400}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        pause.wait(0.01)
 
 
 class Clock:
@@ -400,9 +391,7 @@ def test_pages_without_viewers_are_recognised() -> None:
 @pytest.fixture
 def served_one_place(tmp_path) -> Iterator[tuple[str, Path]]:
     """``panel serve`` as ``ntk-eos serve`` runs it, with room for one tab: (url, log file)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     root = str(Path(__file__).resolve().parents[1])
     env = {**limits_env(max_sessions=1), "PYTHONPATH": root, "OMP_NUM_THREADS": "1",
            "BOKEH_ALLOW_WS_ORIGIN": f"127.0.0.1:{port}"}
@@ -422,11 +411,7 @@ def served_one_place(tmp_path) -> Iterator[tuple[str, Path]]:
                 time.sleep(0.3)
         yield f"http://127.0.0.1:{port}/main", tmp_path / "serve.log"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 
