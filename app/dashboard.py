@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import holoviews as hv
@@ -65,7 +66,9 @@ class Dashboard(pn.viewable.Viewer):
                            doc="Steps per second cap (0: as fast as the engine goes).")
     status = param.String(default="step 0 · loading data and model")
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, staged: bool = False, **params: Any) -> None:
+        """``staged``: the Live tab's plots start out of the page and join it one by one
+        through ``add_plots`` (see ``app.page_loading``)."""
         params.setdefault("settings", RunSettings())
         super().__init__(**params)
         self.controller = RunController()
@@ -85,6 +88,9 @@ class Dashboard(pn.viewable.Viewer):
         self._sync_url()
         self.settings.param.watch(self._on_settings, "changed")
         self._make_widgets()
+        self._plot_panes = [self._pane(fig) for fig in self.plots.live_figures()]
+        self._grid = pn.GridBox(*([] if staged else self._plot_panes), ncols=3,
+                                sizing_mode="stretch_width")
         self._layout = self._make_layout()
         self.reset()
 
@@ -399,8 +405,6 @@ class Dashboard(pn.viewable.Viewer):
 
     def _make_layout(self) -> pn.Row:
         p = self.plots
-        grid = pn.GridBox(*[self._pane(fig) for fig in p.live_figures()], ncols=3,
-                          sizing_mode="stretch_width")
         compare = pn.Column(
             pn.pane.Markdown(
                 "Press **Keep run** to keep a run; the *eta-ladder* preset keeps each run of its "
@@ -409,10 +413,16 @@ class Dashboard(pn.viewable.Viewer):
             pn.Row(self._pane(p.comparison_fig), self._pane(p.spectrum_legend_fig),
                    sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
-        tabs = pn.Tabs(("Live", grid), ("Compare runs", compare), ("Sweep", sweep_tab()),
+        tabs = pn.Tabs(("Live", self._grid), ("Compare runs", compare), ("Sweep", sweep_tab()),
                        dynamic=True, sizing_mode="stretch_width")
         main = pn.Column(self._header(), tabs, sizing_mode="stretch_width")
         return pn.Row(self._sidebar(), main, sizing_mode="stretch_width")
+
+    def add_plots(self) -> Iterator[None]:
+        """Put the Live tab's plots missing from the page into it, one per iteration."""
+        for pane in self._plot_panes[len(self._grid):]:
+            self._grid.append(pane)
+            yield
 
     @staticmethod
     def _pane(fig: Any) -> pn.pane.Bokeh:

@@ -6,10 +6,8 @@ server's session cap (``app.limits``) a tab gets a short "busy" page and starts 
 A document built without a browser session (``/liveness?endpoint=/main`` health checks,
 ``--warm``) gets a one-line page: a health check must not start a training or take a place.
 
-A served tab builds its Dashboard only once the page has loaded (``defer_load``): bokeh builds
-documents on the server's event loop, and a page of live plots takes a second or more of CPU,
-which twenty tabs opened at once would take from every other tab and from ``/liveness``. The
-deferred build runs on ``panel serve``'s worker threads (``--num-threads``).
+A served tab builds its Dashboard only once the page has loaded, off the event loop and in
+stages (``app.page_loading``), so that twenty tabs opened at once do not stall the server.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ import panel as pn
 
 from app.dashboard import Dashboard
 from app.limits import SessionRegistry, live_sessions
+from app.page_loading import deferred_page
 
 TITLE = "ntk-eos: the Edge of Stability and the NTK, live"
 BUSY_TEXT = """\
@@ -50,7 +49,7 @@ def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable:
     if context is None:  # outside a server nothing ends the session: the caller leaves
         return Dashboard()
     pn.state.on_session_destroyed(lambda _: sessions.leave(key))
-    return pn.panel(Dashboard, defer_load=True, sizing_mode="stretch_width")
+    return deferred_page(lambda: Dashboard(staged=True), Dashboard.add_plots)
 
 
 if pn.state.served:

@@ -279,41 +279,30 @@ class LivePlots:
         self.spectrum = ColumnDataSource(empty_data(SPECTRUM_COLUMNS))
         self.current_alignment = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
         self.comparison = ColumnDataSource(empty_data(COMPARE_COLUMNS))
-        self.kept_sources = [ColumnDataSource(empty_data(KEPT_COLUMNS)) for _ in range(MAX_KEPT)]
-        self.kept_spectra = [ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
-                             for _ in range(MAX_KEPT)]
-        self._kept_legends: list[list[LegendItem]] = []
+        # Kept-run overlays are built when a run is first kept: eight runs' renderers on five
+        # figures would be most of the page's models, and building a page is what twenty tabs
+        # opened at once wait for.
+        self.kept_sources: list[ColumnDataSource] = []
+        self.kept_spectra: list[ColumnDataSource] = []
+        self._kept_renderers: list[list[object]] = []
+        self._kept_legend_items: list[list[LegendItem]] = []
         self._pending_spectrum: list[pd.DataFrame] = []
         self._kept_runs: list[KeptRun] = []
-        self._spectrum_renderers: list[list[tuple[object, object]]] = []
         self._build()
 
     # ---- construction --------------------------------------------------------------------
     def _line(self, fig: figure, source: ColumnDataSource, y: str, **style: object) -> object:
         return fig.line("step", y, source=source, **style)
 
-    def _kept_lines(self, fig: figure, column: str, dash: str = "solid") -> list[object]:
-        return [fig.line("step", column, source=src, color=RUN_COLORS[i % len(RUN_COLORS)],
-                         line_dash=dash, alpha=0.8, visible=False)
-                for i, src in enumerate(self.kept_sources)]
-
-    def _kept_legend_items(self, renderers: list[object]) -> list[LegendItem]:
-        items = [LegendItem(label="", renderers=[r], visible=False) for r in renderers]
-        self._kept_legends.append(items)
-        return items
-
     def _build(self) -> None:
         # 1. loss
         f = _figure("Training loss", "loss L (log)", y_axis_type="log")
-        kept = self._kept_lines(f, "loss")
         live = self._line(f, self.steps, "loss", color="black", line_width=2)
-        _legend(f, [LegendItem(label="current", renderers=[live]),
-                    *self._kept_legend_items(kept)])
+        self._loss_legend = _legend(f, [LegendItem(label="current", renderers=[live])])
         f.add_tools(_step_hover())
         self.loss_fig = f
         # 2. sharpness against 2/η
         f = _figure("Sharpness vs the stability threshold 2/η", "sharpness")
-        self._kept_sharp = self._kept_lines(f, "sharpness")
         items = [LegendItem(label=label, renderers=[self._line(f, self.measures, col, **style)])
                  for col, label, style in (
                      ("sharpness", "sharpness λ_max(H)", {"color": "#1f77b4", "line_width": 2.5}),
@@ -335,7 +324,6 @@ class LivePlots:
         self.eigenvalues_fig = f
         # 4. KTA, A_k, a₁
         f = _figure("Label alignment: KTA, A_k, a₁", "alignment")
-        self._kept_lines(f, "kta", "dotted")
         items = [LegendItem(label=label, renderers=[self._line(f, self.measures, col,
                                                                color=color, line_width=2)])
                  for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "A_k", "#ff7f0e"),
@@ -373,26 +361,47 @@ class LivePlots:
         f = _figure("Alignment spectrum (top eigenpairs)", "aᵢ = (uᵢᵀy)²/‖y‖²",
                     "λᵢ / ‖K‖_F (log)", x_axis_type="log")
         f.xaxis.ticker = FixedTicker(ticks=LOG_TICKS)
-        kept = []
-        for i, src in enumerate(self.kept_spectra):
-            color = RUN_COLORS[i % len(RUN_COLORS)]
-            line = f.line("eigval_normalized", "alignment", source=src, color=color, alpha=0.5,
-                          visible=False)
-            dots = f.scatter("eigval_normalized", "alignment", source=src, color=color, size=6,
-                             visible=False)
-            kept.append((line, dots))
         line = f.line("eigval_normalized", "alignment", source=self.current_alignment,
                       color="black", alpha=0.5)
         dots = f.scatter("eigval_normalized", "alignment", source=self.current_alignment,
                          color="black", size=8)
         f.add_tools(HoverTool(renderers=[dots], tooltips=[("λ/‖K‖", "@eigval_normalized{0.0000}"),
                                                          ("a", "@alignment{0.0000}")]))
-        self._spectrum_renderers.append(kept)
         if legend:
-            items = [LegendItem(label="current", renderers=[line, dots]),
-                     *self._kept_legend_items([r for pair in kept for r in pair][::2])]
-            _legend(f, items, outside=True)
+            self._spectrum_legend = _legend(
+                f, [LegendItem(label="current", renderers=[line, dots])], outside=True)
         return f
+
+    def _add_kept_slot(self) -> None:
+        """The sources, renderers and legend entries of one more kept run, drawn beneath the
+        current run's curves."""
+        i = len(self.kept_sources)
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        source = ColumnDataSource(empty_data(KEPT_COLUMNS))
+        spectrum = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
+        renderers: list[object] = []
+        for fig, column, dash in ((self.loss_fig, "loss", "solid"),
+                                  (self.sharpness_fig, "sharpness", "solid"),
+                                  (self.alignment_fig, "kta", "dotted")):
+            renderers.append(fig.line("step", column, source=source, color=color,
+                                      line_dash=dash, alpha=0.8))
+        for fig in (self.spectrum_fig, self.spectrum_legend_fig):
+            renderers.append(fig.line("eigval_normalized", "alignment", source=spectrum,
+                                      color=color, alpha=0.5))
+            renderers.append(fig.scatter("eigval_normalized", "alignment", source=spectrum,
+                                         color=color, size=6))
+        for fig in (self.loss_fig, self.sharpness_fig, self.alignment_fig, self.spectrum_fig,
+                    self.spectrum_legend_fig):
+            new = [r for r in fig.renderers if r in renderers]
+            fig.renderers = [*new, *[r for r in fig.renderers if r not in renderers]]
+        items = [LegendItem(label="", renderers=[renderers[0]]),
+                 LegendItem(label="", renderers=[renderers[5], renderers[6]])]
+        self._loss_legend.items.append(items[0])
+        self._spectrum_legend.items.append(items[1])
+        self.kept_sources.append(source)
+        self.kept_spectra.append(spectrum)
+        self._kept_renderers.append(renderers)
+        self._kept_legend_items.append(items)
 
     # ---- pushes --------------------------------------------------------------------------
     def push_rows(self, rows: dict[str, np.ndarray], n: int, spectrum: bool = True) -> None:
@@ -447,25 +456,20 @@ class LivePlots:
 
     def set_kept(self, kept: list[KeptRun]) -> None:
         self._kept_runs = kept[:MAX_KEPT]
-        for i in range(MAX_KEPT):
+        while len(self.kept_sources) < len(self._kept_runs):
+            self._add_kept_slot()
+        for i, source in enumerate(self.kept_sources):
             run = self._kept_runs[i] if i < len(self._kept_runs) else None
-            frame = run.frame if run is not None else None
-            self.kept_sources[i].data = (_columns(frame, KEPT_COLUMNS) if frame is not None
-                                         else empty_data(KEPT_COLUMNS))
+            source.data = (_columns(run.frame, KEPT_COLUMNS) if run is not None
+                           else empty_data(KEPT_COLUMNS))
             spectrum = run.spectrum if run is not None else None
             self.kept_spectra[i].data = (_columns(spectrum, ALIGNMENT_COLUMNS)
                                          if spectrum is not None else empty_data(ALIGNMENT_COLUMNS))
-            for items in self._kept_legends:
-                items[i].update(label=value(run.label if run is not None else ""),
-                                visible=run is not None)
-        visible = [i < len(self._kept_runs) for i in range(MAX_KEPT)]
-        for fig in (self.loss_fig, self.sharpness_fig, self.alignment_fig):
-            kept_renderers = [r for r in fig.renderers if r.data_source in self.kept_sources]
-            for r in kept_renderers:
-                r.visible = visible[self.kept_sources.index(r.data_source)]
-        for kept_pairs in self._spectrum_renderers:
-            for i, (line, dots) in enumerate(kept_pairs):
-                line.visible = dots.visible = visible[i]
+            for renderer in self._kept_renderers[i]:
+                renderer.visible = run is not None
+            for item in self._kept_legend_items[i]:
+                item.update(label=value(run.label if run is not None else ""),
+                            visible=run is not None)
         frame = pd.DataFrame([{"lr": k.lr, "kta": k.final.get("kta", np.nan),
                                "a1": k.final.get("a1", np.nan),
                                "topk_mass": k.final.get("topk_mass", np.nan)}

@@ -2,11 +2,12 @@
 
 Serves the app with ``ntk-eos serve``'s command line (hosted mode by default) on 127.0.0.1,
 opens ``--sessions`` Bokeh client sessions (the same websocket protocol a browser tab uses,
-without drawing), presses Play in each, and for ``--seconds`` records:
+without drawing), presses Play in each, and, from the moment every tab has pressed Play, for
+``--seconds`` records:
 
 - per session: every document update received (the largest gap between two), the step reached;
 - ``/liveness`` latency, polled every 0.25 s (the server's event loop), and the app's health
-  check ``/liveness?endpoint=/main`` every 5 s (builds a document);
+  check ``/liveness?endpoint=/main`` every 5 s (builds a document), from a process of its own;
 - the server's own figures (training threads, sessions, queue, memory), from the stats line of
   the ``--setup`` script (``NTK_EOS_STATS_SECONDS``), and its resident memory from /proc;
 - error lines and tracebacks in the server's log.
@@ -21,6 +22,7 @@ It prints the figures as JSON; ``checks`` holds each acceptance criterion and wh
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -50,6 +52,7 @@ from app.server_setup import LIMITS_PREFIX, STATS_PREFIX  # noqa: E402
 LIVENESS_P95_S = 1.0
 LIVENESS_TIMEOUT_S = 5.0
 MAX_UPDATE_GAP_S = 15.0  # a tab that hears nothing for this long looks frozen
+OPEN_TIMEOUT_S = 300.0  # every tab must show its dashboard within this
 MEMORY_BOUND_MB = 3072.0  # the server process, 20 tabs of the default preset
 ERROR_PATTERN = re.compile(r"Traceback|ERROR|Exception|Error:", re.I)
 STEP_PATTERN = re.compile(r"step (\d+)")
@@ -71,6 +74,63 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def probe(url: str, out: Path) -> None:
+    """Poll ``/liveness`` every 0.25 s and the app's check every 5 s, one JSON line per answer.
+    Runs in a process of its own, as a load balancer's or Docker's checks would: in the load
+    test's process it would wait for the GIL behind twenty client sessions and time them."""
+    parent = os.getppid()
+    with out.open("a") as log:
+        for count in itertools.count():
+            if os.getppid() != parent:  # the load test has gone: so does its prober
+                return
+            endpoint = "" if count % 20 else "/main"
+            query = f"?endpoint={endpoint}" if endpoint else ""
+            t0 = time.perf_counter()
+            error = ""
+            try:
+                with urllib.request.urlopen(f"{url}/liveness{query}",
+                                            timeout=LIVENESS_TIMEOUT_S) as r:
+                    r.read()
+            except OSError as exc:  # counted as the timeout in the percentiles
+                error = f"{endpoint or '/'}: {exc}"
+            seconds = LIVENESS_TIMEOUT_S if error else time.perf_counter() - t0
+            log.write(json.dumps({"t": time.monotonic(), "endpoint": endpoint,
+                                  "s": seconds, "error": error}) + "\n")
+            log.flush()
+            time.sleep(0.25 if error else max(0.0, 0.25 - seconds))
+
+
+def start_prober(url: str, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--probe", url, "--probe-log", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def read_probes(path: Path) -> tuple[list[float], list[float], list[float], list[str]]:
+    """(/liveness latencies, app-check latencies, /liveness times, failures) from the log."""
+    latencies: list[float] = []
+    app_latencies: list[float] = []
+    stamps: list[float] = []
+    failures: list[str] = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line)
+        if row["error"]:
+            failures.append(row["error"])
+        if row["endpoint"]:
+            app_latencies.append(row["s"])
+        else:
+            latencies.append(row["s"])
+            stamps.append(row["t"])
+    return latencies, app_latencies, stamps, failures
 
 
 class Server:
@@ -121,8 +181,15 @@ class Server:
         return {}
 
     def stats(self) -> list[dict[str, Any]]:
-        return [json.loads(line[len(STATS_PREFIX):]) for line in self.log().splitlines()
-                if line.startswith(STATS_PREFIX)]
+        decoder = json.JSONDecoder()
+        lines = []
+        for line in self.log().splitlines():
+            if line.startswith(STATS_PREFIX):
+                try:  # another thread's log line can land on the same line
+                    lines.append(decoder.raw_decode(line[len(STATS_PREFIX):])[0])
+                except json.JSONDecodeError:
+                    continue
+        return lines
 
     def wait_stats(self, after: int, timeout: float = 30.0) -> dict[str, Any]:
         """The first stats line after the ``after``-th one."""
@@ -201,7 +268,9 @@ class Tab:
 
     def figures(self, until: float) -> dict[str, Any]:
         stamps = [t for t in self.updates if t <= until]
-        marks = [self.played_at, *stamps, until] if self.played_at else []
+        # gaps count from the Play press: a tab waits for its page before that
+        marks = ([self.played_at, *[t for t in stamps if t > self.played_at], until]
+                 if self.played_at else [])
         gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
         step = STEP_PATTERN.search(self.status)
         if not self.played_at and not self.error:
@@ -219,38 +288,26 @@ def run(sessions: int, seconds: float, mode: str, stats_seconds: float = 1.0) ->
         server.wait_ready()
         baseline = server.wait_stats(0)
         rss_base = rss_mb(server.proc.pid)
-        latencies: list[float] = []
-        app_latencies: list[float] = []
-        stamps: list[float] = []
-        failures: list[str] = []
         rss_peak = rss_base
         done = threading.Event()
 
-        def poll() -> None:
+        def watch_memory() -> None:
             nonlocal rss_peak
-            count = 0
             while not done.wait(0.25):
-                count += 1
-                for endpoint, into in (("", latencies), ("/main", app_latencies)):
-                    if endpoint and count % 20:
-                        continue
-                    try:
-                        into.append(server.liveness(endpoint, LIVENESS_TIMEOUT_S))
-                    except OSError as exc:  # counted as the timeout in the percentiles
-                        into.append(LIVENESS_TIMEOUT_S)
-                        failures.append(f"{endpoint or '/'}: {exc}")
-                    if not endpoint:
-                        stamps.append(time.monotonic())
                 rss_peak = max(rss_peak, rss_mb(server.proc.pid))
 
-        poller = threading.Thread(target=poll, daemon=True)
+        poller = threading.Thread(target=watch_memory, daemon=True)
         poller.start()
+        probe_log = workdir / "liveness.jsonl"
+        prober = start_prober(server.url, probe_log)
         tabs = [Tab(f"{server.url}/main") for _ in range(sessions)]
         t_open = time.monotonic()
         for tab in tabs:
             tab.start()
-        for tab in tabs:
-            tab.opened.wait(180)
+        # the window starts once every tab has its dashboard and has pressed Play
+        while (not all(tab.played_at or tab.error for tab in tabs)
+               and time.monotonic() - t_open < OPEN_TIMEOUT_S):
+            time.sleep(0.2)
         opened_s = time.monotonic() - t_open
         t0 = time.monotonic()
         peak: dict[str, Any] = {}
@@ -276,6 +333,8 @@ def run(sessions: int, seconds: float, mode: str, stats_seconds: float = 1.0) ->
         back_s = time.monotonic() - t_close
         done.set()
         poller.join(5)
+        stop_process(prober)
+        latencies, app_latencies, stamps, failures = read_probes(probe_log)
         rss_after = rss_mb(server.proc.pid)
         limits = server.limits()
         errors = [line for line in server.log().splitlines()
@@ -327,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="training time per tab")
     parser.add_argument("--mode", choices=("hosted", "local"), default="hosted")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)  # the prober process
+    parser.add_argument("--probe-log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe:
+        probe(args.probe, args.probe_log)
+        return 0
     result = run(args.sessions, args.seconds, args.mode)
     text = json.dumps(result, indent=2)
     print(text)
