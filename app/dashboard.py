@@ -79,6 +79,7 @@ class Dashboard(pn.viewable.Viewer):
         self._matrix_version = -1
         self._next_curves = self._next_slow = 0.0
         self._tick_lock = threading.Lock()
+        self._kept_pending = False  # kept runs changed: the next tick redraws them
         self._started = False
         self._callback: Any = None
         self._url_message = ""
@@ -122,11 +123,17 @@ class Dashboard(pn.viewable.Viewer):
 
     def keep(self, *_: Any) -> None:
         if self.controller.keep() is not None:
-            self.plots.set_kept(self.controller.kept)
+            self._redraw_kept()
 
     def clear_kept(self, *_: Any) -> None:
         self.controller.clear_kept()
-        self.plots.set_kept([])
+        self._redraw_kept()
+
+    def _redraw_kept(self) -> None:
+        # Button callbacks run on the server's thread pool; the plots change in the next tick,
+        # which holds the document lock (changing Bokeh models here raised in the server).
+        self._kept_pending = True
+        self.tick()
 
     def close(self, *_: Any) -> None:
         """Stop training (called when the browser session ends)."""
@@ -243,7 +250,7 @@ class Dashboard(pn.viewable.Viewer):
         """Whether a tick would change the page: another run, new rows, another status line,
         or an idle pause now. Cheap, from any thread; a race only delays a tick by one."""
         controller = self.controller
-        if controller.pause_if_idle():
+        if controller.pause_if_idle() or self._kept_pending:
             return True
         buffer = controller.buffer
         if buffer is not self._source or controller.status_line != self.status:
@@ -260,7 +267,8 @@ class Dashboard(pn.viewable.Viewer):
     def _tick(self) -> None:
         controller = self.controller
         controller.pause_if_idle()
-        if controller.advance_ladder():
+        if controller.advance_ladder() or self._kept_pending:
+            self._kept_pending = False
             self.plots.set_kept(controller.kept)
         buffer = controller.buffer
         now = time.monotonic()

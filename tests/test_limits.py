@@ -436,3 +436,30 @@ def test_served_page_builds_after_load_and_the_next_tab_is_told_busy(
     assert "Traceback" not in log.read_text()  # (closing pages may log dropped websockets)
     second.close()
     first.close()
+
+
+LEGEND_JS = """() => { const labels = [];
+  for (const doc of Bokeh.documents) for (const m of doc.all_models)
+    if (m.constructor.__name__ === 'LegendItem' && m.visible && m.label) labels.push(m.label.value);
+  return labels; }"""
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_keep_run_on_the_served_page_draws_the_kept_run(
+        served_one_place: tuple[str, Path], browser) -> None:
+    """Buttons run on panel serve's worker threads there; the kept run's curves must still reach
+    the page (changing Bokeh models outside the document lock raised in the server)."""
+    url, log = served_one_place
+    page = browser.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(f"{url}?n=32&classes=0,1&width=16&k=4&steps=12&lr=0.05")
+    page.get_by_role("button", name="Play", exact=True).click()
+    expect(page.get_by_text("step 12 · completed")).to_be_visible(timeout=120_000)
+    assert "η=0.05" not in page.evaluate(LEGEND_JS)
+    page.get_by_role("button", name="Keep run", exact=True).click()
+    wait_for(lambda: "η=0.05" in page.evaluate(LEGEND_JS), 60)
+    page.get_by_role("button", name="Clear kept", exact=True).click()
+    wait_for(lambda: "η=0.05" not in page.evaluate(LEGEND_JS), 60)
+    assert "Traceback" not in log.read_text()
+    page.close()

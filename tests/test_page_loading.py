@@ -9,9 +9,9 @@ from typing import Any
 
 import panel as pn
 from bokeh.document import Document
+from support import wait_for
 
 from app.page_loading import PageBuilder, PageJob, wait_for_loop
-from tests.support import wait_for
 
 
 class LoopDoc(Document):
