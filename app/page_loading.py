@@ -102,14 +102,11 @@ def deferred_page(build: Callable[[], Any], stages: Callable[[Any], Iterable[Non
     """A placeholder that becomes ``build()`` once the browser has loaded the page.
 
     ``stages(page)`` then adds the rest of the page piece by piece; each iteration's changes
-    get an event-loop turn of their own. Outside a server session (a notebook, a test) the
-    page is built on the spot."""
+    get an event-loop turn of their own. For a served session only: elsewhere (a notebook, a
+    test) nothing loads a page, so build it directly."""
     doc = pn.state.curdoc
     if doc is None or doc.session_context is None:
-        page = build()
-        for _ in stages(page):
-            pass
-        return pn.Column(page, sizing_mode="stretch_width")
+        raise RuntimeError("deferred_page needs a server session")
     holder = pn.Column(pn.pane.HTML(LOADING_HTML.format(ahead="")), sizing_mode="stretch_width")
     job = PageJob(doc, holder, build, stages)
     pn.state.on_session_destroyed(lambda _: job.closed.set())

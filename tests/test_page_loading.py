@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import panel as pn
+import pytest
 from bokeh.document import Document
 from support import wait_for
 
@@ -117,3 +118,10 @@ def test_a_failing_build_does_not_stop_the_pages_behind_it() -> None:
 
 def test_waiting_for_a_loop_that_never_runs_gives_up() -> None:
     assert not wait_for_loop(Document(), timeout=0.2)  # no server runs this document's loop
+
+
+def test_a_deferred_page_needs_a_server_session() -> None:
+    from app.page_loading import deferred_page
+
+    with pytest.raises(RuntimeError, match="server session"):
+        deferred_page(lambda: Page([], "a"), Page.stages)
