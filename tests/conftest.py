@@ -1,5 +1,10 @@
 """Shared test configuration: headless Chromium from the system package for the browser tests
-(pytest-playwright's own browser download is never used)."""
+(pytest-playwright's own browser download is never used), and one torch thread.
+
+The test machines have 2 cores, shared with the browser, the servers the tests start and their
+training threads. A second intra-op thread there oversubscribes the cores: a training step took
+up to 14 times longer with two threads than with one. No test result depends on the count; the
+tests that set thread counts (``test_limits``) set their own."""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import os
 import shutil
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
