@@ -34,3 +34,24 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+# Every Bokeh data source's column of that name, in the page (for ``page.evaluate``).
+COLUMNS_JS = """
+(column) => {
+  const get = (d, k) => (d instanceof Map ? d.get(k) : d[k]);
+  const out = [];
+  for (const doc of Bokeh.documents) {
+    for (const model of doc.all_models) {
+      const data = model.data;
+      if (data && typeof data === 'object') {
+        const values = get(data, column);
+        if (values !== undefined) out.push(Array.from(values));
+      }
+    }
+  }
+  return out;
+}"""
+# The longest of them: live curves stream into their source, so that one is the current run.
+LONGEST_COLUMN_JS = (f"(column) => ({COLUMNS_JS})(column)"
+                     ".reduce((a, b) => (b.length > a.length ? b : a), [])")

@@ -17,7 +17,7 @@ import panel as pn
 import pytest
 import xarray as xr
 from playwright.sync_api import Page, expect
-from support import free_port
+from support import LONGEST_COLUMN_JS, free_port
 
 from app.dashboard import Dashboard
 from app.runner import stop_all, training_threads
@@ -29,22 +29,7 @@ WAIT_MS = 60_000
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 expect.set_options(timeout=WAIT_MS)
 
-# Longest column of that name over the page's Bokeh data sources (curves stream into these).
-COLUMN_JS = """
-(column) => {
-  const get = (d, k) => (d instanceof Map ? d.get(k) : d[k]);
-  let best = [];
-  for (const doc of Bokeh.documents) {
-    for (const model of doc.all_models) {
-      const data = model.data;
-      if (data && typeof data === 'object') {
-        const values = get(data, column);
-        if (values !== undefined && values.length > best.length) best = Array.from(values);
-      }
-    }
-  }
-  return best;
-}"""
+COLUMN_JS = LONGEST_COLUMN_JS
 
 
 @pytest.fixture(scope="module")

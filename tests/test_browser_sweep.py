@@ -15,7 +15,7 @@ import panel as pn
 import pytest
 import xarray as xr
 from playwright.sync_api import Page, expect
-from support import free_port
+from support import COLUMNS_JS, free_port
 
 from app.dashboard import Dashboard
 from app.runner import stop_all
@@ -25,24 +25,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 WAIT_MS = 90_000  # the whole dashboard loads first; slow on a busy machine
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-# Every Bokeh data source's column of that name (the final-KTA plot's mean curve has "mean").
-COLUMNS_JS = """
-(column) => {
-  const get = (d, k) => (d instanceof Map ? d.get(k) : d[k]);
-  const out = [];
-  for (const doc of Bokeh.documents) {
-    for (const model of doc.all_models) {
-      const data = model.data;
-      if (data && typeof data === 'object') {
-        const values = get(data, column);
-        if (values !== undefined) out.push(Array.from(values));
-      }
-    }
-  }
-  return out;
-}"""
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
