@@ -375,32 +375,29 @@ class LivePlots:
     def _add_kept_slot(self) -> None:
         """The sources, renderers and legend entries of one more kept run, drawn beneath the
         current run's curves."""
-        i = len(self.kept_sources)
-        color = RUN_COLORS[i % len(RUN_COLORS)]
+        color = RUN_COLORS[len(self.kept_sources) % len(RUN_COLORS)]
         source = ColumnDataSource(empty_data(KEPT_COLUMNS))
         spectrum = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
-        renderers: list[object] = []
+        drawn: dict[figure, list[object]] = {}
         for fig, column, dash in ((self.loss_fig, "loss", "solid"),
                                   (self.sharpness_fig, "sharpness", "solid"),
                                   (self.alignment_fig, "kta", "dotted")):
-            renderers.append(fig.line("step", column, source=source, color=color,
-                                      line_dash=dash, alpha=0.8))
+            drawn[fig] = [fig.line("step", column, source=source, color=color, line_dash=dash,
+                                   alpha=0.8)]
         for fig in (self.spectrum_fig, self.spectrum_legend_fig):
-            renderers.append(fig.line("eigval_normalized", "alignment", source=spectrum,
-                                      color=color, alpha=0.5))
-            renderers.append(fig.scatter("eigval_normalized", "alignment", source=spectrum,
-                                         color=color, size=6))
-        for fig in (self.loss_fig, self.sharpness_fig, self.alignment_fig, self.spectrum_fig,
-                    self.spectrum_legend_fig):
-            new = [r for r in fig.renderers if r in renderers]
-            fig.renderers = [*new, *[r for r in fig.renderers if r not in renderers]]
-        items = [LegendItem(label="", renderers=[renderers[0]]),
-                 LegendItem(label="", renderers=[renderers[5], renderers[6]])]
+            drawn[fig] = [fig.line("eigval_normalized", "alignment", source=spectrum,
+                                   color=color, alpha=0.5),
+                          fig.scatter("eigval_normalized", "alignment", source=spectrum,
+                                      color=color, size=6)]
+        for fig, mine in drawn.items():  # beneath: earlier renderers are drawn first
+            fig.renderers = [*mine, *[r for r in fig.renderers if r not in mine]]
+        items = [LegendItem(label="", renderers=drawn[self.loss_fig]),
+                 LegendItem(label="", renderers=drawn[self.spectrum_legend_fig])]
         self._loss_legend.items.append(items[0])
         self._spectrum_legend.items.append(items[1])
         self.kept_sources.append(source)
         self.kept_spectra.append(spectrum)
-        self._kept_renderers.append(renderers)
+        self._kept_renderers.append([r for mine in drawn.values() for r in mine])
         self._kept_legend_items.append(items)
 
     # ---- pushes --------------------------------------------------------------------------

@@ -3,11 +3,10 @@
 Run as a script (``panel serve`` executes it in the server process), it reads ``app.limits``
 from the environment, sets the process's torch threads (new training threads start from this
 value; each also sets its own) and a short GIL switch interval, imports the page's modules and
-freezes the objects alive at startup out of the garbage collector's scans, prints the limits,
-and, when
-``NTK_EOS_STATS_SECONDS`` is set, prints a JSON line of load figures at that interval (sessions,
-trainings, queue, training threads, memory) for monitoring and the load test. Imported, it only
-defines the functions.
+freezes the objects alive at startup out of the garbage collector's scans, and prints the
+limits. When ``NTK_EOS_STATS_SECONDS`` is set, it also prints a JSON line of load figures at that
+interval (sessions, trainings, queue, training threads, memory) for monitoring and the load
+test. Imported, it only defines the functions.
 """
 
 from __future__ import annotations

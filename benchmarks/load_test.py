@@ -107,10 +107,11 @@ def start_prober(url: str, out: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop_process(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after ``timeout`` seconds."""
     proc.terminate()
     try:
-        proc.wait(10)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
 
@@ -202,11 +203,7 @@ class Server:
         raise TimeoutError("no stats line from the server")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -222,7 +219,6 @@ class Tab:
         self.session: ClientSession | None = None
         self.loop: IOLoop | None = None
         self.status_model: Any = None
-        self.opened = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
@@ -234,13 +230,11 @@ class Tab:
             self.session = pull_session(url=self.url, io_loop=self.loop)
         except Exception as exc:  # a refused or failed connection is a result, not a crash
             self.error = f"{type(exc).__name__}: {exc}"
-            self.opened.set()
             return
         doc = self.session.document
         doc.on_change(self._on_change)
         # what BokehJS sends once the page is drawn: the app then builds the dashboard
         self._send(DocumentReady())
-        self.opened.set()
         self.session._loop_until_closed()  # bokeh 3 keeps the listening loop private
 
     def _send(self, event: Any) -> None:

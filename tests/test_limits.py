@@ -351,6 +351,19 @@ def test_stats_line_counts(process_limits) -> None:
     assert figures["training_threads"] == len(training_threads())
 
 
+def test_startup_objects_are_frozen_out_of_the_collector() -> None:
+    import gc
+
+    from app.server_setup import freeze_startup_objects
+
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 100_000  # torch, bokeh, panel and the app
+        assert "app.dashboard" in sys.modules
+    finally:
+        gc.unfreeze()  # this process goes on running other tests
+
+
 def test_health_check_document_starts_no_training() -> None:
     from bokeh.document import Document
     from panel.io.state import set_curdoc
