@@ -58,6 +58,13 @@ RESULT_ALERTS = {
 }
 
 
+def _set_if_changed(obj: param.Parameterized, **values: object) -> None:
+    """Assign only the parameters whose value differs (each assignment costs a re-render)."""
+    changed = {k: v for k, v in values.items() if getattr(obj, k) != v}
+    if changed:
+        obj.param.update(**changed)
+
+
 class Dashboard(pn.viewable.Viewer):
     """Train a RunConfig live and watch sharpness, the NTK spectrum and label alignment."""
 
@@ -250,7 +257,7 @@ class Dashboard(pn.viewable.Viewer):
         """Whether a tick would change the page: another run, new rows, another status line,
         or an idle pause now. Cheap, from any thread; a race only delays a tick by one."""
         controller = self.controller
-        if controller.pause_if_idle() or self._kept_pending:
+        if controller.pause_if_idle() or self._kept_pending or self.plots.ranges_stale:
             return True
         buffer = controller.buffer
         if buffer is not self._source or controller.status_line != self.status:
@@ -297,6 +304,7 @@ class Dashboard(pn.viewable.Viewer):
                     self.plots.push_matrices(buffer)
                 self._next_slow = now + max(MATRIX_SECONDS,
                                             BACKOFF * (time.perf_counter() - started))
+            self.plots.apply_stale_ranges()  # the reset tool was used
             self._update_text()
 
     def _update_text(self) -> None:
@@ -306,7 +314,9 @@ class Dashboard(pn.viewable.Viewer):
             status += f" · {controller.viewed_name}"
         if status != self.status:
             self.status = status
-        self.status_pane.object = self.status
+        # Panel re-renders a pane on every assignment, equal or not; at 4 Hz that is most of
+        # a tick, and the event loop shares the GIL with the training thread.
+        _set_if_changed(self.status_pane, object=self.status)
         buffer = controller.buffer
         alert = ("", "info")
         if controller.run is not None and controller.run.error:
@@ -327,10 +337,10 @@ class Dashboard(pn.viewable.Viewer):
         if alert[0] != self.run_alert.object or alert[1] != self.run_alert.alert_type:
             self.run_alert.param.update(object=alert[0], alert_type=alert[1],
                                         visible=bool(alert[0]))
-        self.ladder_pane.object = self._ladder_text()
+        _set_if_changed(self.ladder_pane, object=self._ladder_text())
         lr = controller.run.lr if controller.run is not None else self.settings.lr
-        self.netcdf.filename = f"ntk-eos_{self.settings.preset}_lr{lr:g}.nc"
-        self.csv.filename = f"ntk-eos_{self.settings.preset}_lr{lr:g}.csv"
+        _set_if_changed(self.netcdf, filename=f"ntk-eos_{self.settings.preset}_lr{lr:g}.nc")
+        _set_if_changed(self.csv, filename=f"ntk-eos_{self.settings.preset}_lr{lr:g}.csv")
 
     def _show_ladder_lr(self) -> None:
         """Within a ladder the η control shows the η of the run on screen."""

@@ -32,6 +32,7 @@ from bokeh.plotting import figure
 
 from ntk_core.buffer import RunBuffer
 
+from .ranges import FollowedRanges
 from .runs import KEPT_COLUMNS, MAX_KEPT, KeptRun, last_measured
 
 K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
@@ -101,17 +102,29 @@ def display_order(row_data: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def block_mean(a: np.ndarray, axis: int, max_size: int) -> tuple[np.ndarray, int]:
-    """Average runs of f consecutive entries along ``axis`` so at most ``max_size`` remain."""
+    """Average runs of f consecutive entries along ``axis`` so at most ``max_size`` remain;
+    non-finite entries (padding, a diverged run) are left out of their block's mean."""
     size = a.shape[axis]
     f = max(1, math.ceil(size / max_size))
     if f == 1:
         return a, 1
+    a = np.asarray(a, np.float32)
     pad = (-size) % f
-    a = np.moveaxis(a, axis, -1).astype(np.float32)
     if pad:
-        a = np.concatenate([a, np.full((*a.shape[:-1], pad), np.nan, np.float32)], -1)
-    out = np.nanmean(a.reshape(*a.shape[:-1], -1, f), axis=-1)
-    return np.moveaxis(out, -1, axis), f
+        shape = list(a.shape)
+        shape[axis] = pad
+        a = np.concatenate([a, np.full(shape, np.nan, np.float32)], axis)
+    blocks = a.reshape(*a.shape[:axis], -1, f, *a.shape[axis + 1:])  # a view: no copy
+    if not pad:  # f strided adds: several times faster than a mean over a strided axis
+        index = [slice(None)] * a.ndim
+        total = np.zeros(blocks.shape[:axis + 1] + blocks.shape[axis + 2:], np.float32)
+        for i in range(f):
+            index[axis] = slice(i, None, f)
+            total += a[tuple(index)]
+        out = total / f
+        if np.isfinite(out).all():
+            return out, f
+    return np.nanmean(blocks, axis=axis + 1), f  # padding or non-finite entries: skip them
 
 
 def block_boundaries(row_data: dict[str, np.ndarray], order: np.ndarray) -> tuple[list, list]:
@@ -135,20 +148,23 @@ def matrix_payload(buffer: RunBuffer, history: bool) -> dict:
                  "ticks": ticks}
     latest = buffer.latest_eigenvectors()
     if latest is not None:
-        vectors, f = block_mean(latest[1][:, order], 1, MAX_VECTOR_COLUMNS)
+        vectors, f = block_mean(latest[1].take(order, axis=1), 1, MAX_VECTOR_COLUMNS)
         out["vectors"] = (latest[0], vectors, f)
     if history:
         steps, u1 = buffer.eigenvector_history(0)
         if len(steps) >= 2:
             grid = np.linspace(steps[0], steps[-1], min(MAX_HISTORY_ROWS, len(steps)))
             nearest = np.clip(np.searchsorted(steps, grid), 0, len(steps) - 1)
-            values, f = block_mean(u1[nearest][:, order], 1, MAX_VECTOR_COLUMNS)
+            values, f = block_mean(u1[nearest].take(order, axis=1), 1, MAX_VECTOR_COLUMNS)
             out["history"] = (grid, values, f)
-    kernel = buffer.latest_kernel()
+    kernel = buffer.latest_kernel_stored()
     if kernel is not None:
-        k, f = block_mean(kernel[1][np.ix_(order, order)], 0, MAX_PIXELS)
-        k, _ = block_mean(k, 1, MAX_PIXELS)
-        out["kernel"] = (kernel[0], k, f)
+        step, K, rows = kernel
+        columns = rows[order]  # display row i is stored row columns[i]
+        # rows first (whole-row copies), then the columns of the 4× smaller result
+        k, f = block_mean(K.take(columns, axis=0), 0, MAX_PIXELS)
+        k, _ = block_mean(k.take(columns, axis=1), 1, MAX_PIXELS)
+        out["kernel"] = (step, k, f)
     return out
 
 
@@ -288,6 +304,8 @@ class LivePlots:
         self._kept_legend_items: list[list[LegendItem]] = []
         self._pending_spectrum: list[pd.DataFrame] = []
         self._kept_runs: list[KeptRun] = []
+        # (source, the ranges of a figure drawing it, the source's columns on that figure)
+        self._followers: list[tuple[ColumnDataSource, FollowedRanges, list[str]]] = []
         self._build()
 
     # ---- construction --------------------------------------------------------------------
@@ -336,6 +354,16 @@ class LivePlots:
         self._line(f, self.measures, "u1_residual", color="#9467bd", line_width=1.5)
         f.add_tools(_step_hover())
         self.residual_fig = f
+        self.followed = {fig: FollowedRanges(fig, log_y=fig is self.loss_fig)
+                         for fig in (self.loss_fig, self.sharpness_fig, self.eigenvalues_fig,
+                                     self.alignment_fig, self.residual_fig)}
+        for fig, source, columns in (
+                (self.loss_fig, self.steps, ["loss"]),
+                (self.sharpness_fig, self.measures, ["sharpness", "gn_sharpness", "two_over_lr"]),
+                (self.eigenvalues_fig, self.spectrum, SPECTRUM_COLUMNS[1:]),
+                (self.alignment_fig, self.measures, ["kta", "topk_mass", "a1"]),
+                (self.residual_fig, self.measures, ["u1_residual"])):
+            self._followers.append((source, self.followed[fig], columns))
         # 6.–8. heatmaps
         self.vectors = HeatMap("Top NTK eigenvectors", "kernel rows by class", "eigenvector i")
         self.history = HeatMap("u₁ over training", "kernel rows by class", "step")
@@ -384,6 +412,7 @@ class LivePlots:
                                   (self.alignment_fig, "kta", "dotted")):
             drawn[fig] = [fig.line("step", column, source=source, color=color, line_dash=dash,
                                    alpha=0.8)]
+            self._followers.append((source, self.followed[fig], [column]))
         for fig in (self.spectrum_fig, self.spectrum_legend_fig):
             drawn[fig] = [fig.line("eigval_normalized", "alignment", source=spectrum,
                                    color=color, alpha=0.5),
@@ -406,10 +435,10 @@ class LivePlots:
         so with ``spectrum=False`` its rows wait for the next ``flush_spectrum``."""
         if len(rows["step"]) == 0:
             return
-        self.steps.stream(_columns(step_frame(rows), STEP_COLUMNS), rollover=BUFFER_LENGTH)
+        self._stream(self.steps, _columns(step_frame(rows), STEP_COLUMNS))
         measured = measure_frame(rows)
         if len(measured):
-            self.measures.stream(_columns(measured, MEASURE_COLUMNS), rollover=BUFFER_LENGTH)
+            self._stream(self.measures, _columns(measured, MEASURE_COLUMNS))
             self._pending_spectrum.append(spectrum_frame(rows, n))
         if spectrum:
             self.flush_spectrum()
@@ -417,8 +446,41 @@ class LivePlots:
     def flush_spectrum(self) -> None:
         if self._pending_spectrum:
             frame = pd.concat(self._pending_spectrum, ignore_index=True)
-            self.spectrum.stream(_columns(frame, SPECTRUM_COLUMNS), rollover=BUFFER_LENGTH)
+            self._stream(self.spectrum, _columns(frame, SPECTRUM_COLUMNS))
             self._pending_spectrum = []
+
+    def _stream(self, source: ColumnDataSource, data: dict[str, np.ndarray]) -> None:
+        """Append rows, and widen the ranges of the figures that draw them."""
+        source.stream(data, rollover=BUFFER_LENGTH)
+        touched = set()
+        for drawn, ranges, columns in self._followers:
+            if drawn is source:
+                ranges.include(data["step"], *(data[c] for c in columns))
+                touched.add(ranges)
+        for ranges in touched:
+            ranges.apply()
+
+    def _refit_ranges(self) -> None:
+        """Recompute every followed extent from what the sources hold now (after a new run,
+        or kept runs added or dropped)."""
+        for ranges in self.followed.values():
+            ranges.clear()
+        for source, ranges, columns in self._followers:
+            data = source.data
+            if len(data["step"]):
+                ranges.include(data["step"], *(data[c] for c in columns))
+        for ranges in self.followed.values():
+            ranges.apply()
+
+    @property
+    def ranges_stale(self) -> bool:
+        """A figure's reset tool was used since the last update."""
+        return any(ranges.stale for ranges in self.followed.values())
+
+    def apply_stale_ranges(self) -> None:
+        for ranges in self.followed.values():
+            if ranges.stale:
+                ranges.apply()
 
     def push_matrices(self, buffer: RunBuffer, history: bool = True) -> None:
         self.show_matrices(matrix_payload(buffer, history))
@@ -472,6 +534,7 @@ class LivePlots:
                                "topk_mass": k.final.get("topk_mass", np.nan)}
                               for k in self._kept_runs], columns=COMPARE_COLUMNS)
         self.comparison.data = _columns(frame.sort_values("lr"), COMPARE_COLUMNS)
+        self._refit_ranges()
 
     def clear(self) -> None:
         for source, columns in ((self.steps, STEP_COLUMNS), (self.measures, MEASURE_COLUMNS),
@@ -481,6 +544,7 @@ class LivePlots:
         self._pending_spectrum = []
         for heat in (self.vectors, self.history, self.kernel):
             heat.clear()
+        self._refit_ranges()
 
     # ---- the figures, in the order the Live tab shows them -----------------------------------
     def live_figures(self) -> list[figure]:

@@ -76,6 +76,54 @@ def _wait_live(port: int, timeout: float = 60.0) -> None:
     raise RuntimeError("the dashboard server did not come up")
 
 
+def _server_errors(log: str) -> list[str]:
+    """ERROR lines and the exception line that ends each traceback in the server's log."""
+    errors, in_traceback = [], False
+    for line in log.splitlines():
+        if line.startswith("Traceback"):
+            in_traceback = True
+        elif in_traceback and line and not line[0].isspace():
+            errors.append(line)
+            in_traceback = False
+        elif "ERROR" in line:
+            errors.append(line)
+    return errors
+
+
+def _task_times(pid: int) -> list[tuple[float, float]]:
+    """(seconds on a core, seconds runnable but waiting for one) of each thread of ``pid``,
+    from the scheduler's own accounting (Linux ``schedstat``; exact, unlike tick samples)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                on_cpu, waiting, _ = f.read().split()
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        out.append((int(on_cpu) / 1e9, int(waiting) / 1e9))
+    return out
+
+
+def _cpu_seconds(server_pid: int) -> dict[str, float]:
+    """Core-seconds used so far by the server's busiest thread (training), by its other
+    threads and by every Chromium process, and how long the training thread waited for a
+    core: who shares the two cores."""
+    import psutil
+
+    threads = sorted(_task_times(server_pid), reverse=True)
+    chrome = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if "chrom" in (proc.info["name"] or ""):
+            try:
+                chrome += sum(on_cpu for on_cpu, _ in _task_times(proc.pid))
+            except OSError:
+                continue
+    return {"server_busiest_thread": threads[0][0] if threads else 0.0,
+            "busiest_thread_waiting_for_a_core": threads[0][1] if threads else 0.0,
+            "server_other_threads": sum(on_cpu for on_cpu, _ in threads[1:]),
+            "chromium": chrome}
+
+
 def browser(seconds: float, warmup: float, preset: str) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -116,7 +164,9 @@ def browser(seconds: float, warmup: float, preset: str) -> dict:
                 return time.perf_counter(), int(re.search(r"step (\d+)", text).group(1)), frames
 
             t0, s0, f0 = read()
+            cpu0 = _cpu_seconds(server.pid)
             time.sleep(seconds)
+            cpu1 = _cpu_seconds(server.pid)
             t1, s1, f1 = read()
             final = status.inner_text()
             chrome.close()
@@ -127,12 +177,13 @@ def browser(seconds: float, warmup: float, preset: str) -> dict:
         except subprocess.TimeoutExpired:
             server.kill()
             _, err = server.communicate()
-    errors = [line for line in err.splitlines() if "Traceback" in line or "ERROR" in line]
+    errors = _server_errors(err)
     if os.environ.get("NTK_EOS_DEBUG"):
         print(err)
     return {"mode": "browser", "preset": preset, "seconds": t1 - t0,
             "steps_per_s": (s1 - s0) / (t1 - t0), "updates_per_s": (f1 - f0) / (t1 - t0),
-            "status": final, "server_errors": errors}
+            "status": final, "server_errors": errors,
+            "cores_used": {k: (cpu1[k] - cpu0[k]) / (t1 - t0) for k in cpu0}}
 
 
 def main() -> None:

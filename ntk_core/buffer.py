@@ -76,6 +76,19 @@ class StepRecord:
     spectrum: dict[str, np.ndarray] | None = None
     eigenvectors: np.ndarray | None = None  # (k, m) float32
     kernel: np.ndarray | None = None  # (m, m) float32
+    # C when ``kernel`` is in the engine's output-major row order (c·n + i): the buffer turns it
+    # sample-major only when it is read, which is far rarer than it is replaced.
+    kernel_outputs: int = 0
+
+
+def sample_major(kernel: np.ndarray, outputs: int) -> np.ndarray:
+    """An output-major (c·n + i) kernel reordered to the buffer's sample-major rows (i·C + c)."""
+    if outputs <= 1:
+        return kernel
+    m = kernel.shape[0]
+    n = m // outputs
+    return np.ascontiguousarray(
+        kernel.reshape(outputs, n, outputs, n).transpose(1, 0, 3, 2)).reshape(m, m)
 
 
 class RunBuffer:
@@ -96,7 +109,7 @@ class RunBuffer:
         self._spectrum = {name: np.full((capacity, k), np.nan) for name in SPECTRUM}
         self._snap_steps: list[int] = []
         self._snaps: list[np.ndarray] = []
-        self._kernel: tuple[int, np.ndarray] | None = None
+        self._kernel: tuple[int, np.ndarray, int] | None = None  # step, K, its kernel_outputs
         self.version = 0  # bumps on every change; readers compare it to skip redraws
 
     # ---- writer --------------------------------------------------------------------------
@@ -123,7 +136,7 @@ class RunBuffer:
                     self._snaps = self._snaps[::2]
                     self.eigvec_every *= 2
             if record.kernel is not None:
-                self._kernel = (record.step, record.kernel)
+                self._kernel = (record.step, record.kernel, record.kernel_outputs)
             self._len += 1
             self.version += 1
 
@@ -182,8 +195,34 @@ class RunBuffer:
             return steps, np.stack([s[eig] for s in self._snaps])
 
     def latest_kernel(self) -> tuple[int, np.ndarray] | None:
+        """(step, K) of the last kernel snapshot, rows sample-major."""
         with self._lock:
-            return self._kernel
+            kept = self._kernel
+        return self._reordered(kept)
+
+    def latest_kernel_stored(self) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """(step, K, rows) with K in the order the engine stored it and ``rows[j]`` the row of K
+        that holds sample-major row j: for readers that reorder K anyway (the dashboard's
+        class-sorted picture), one gather instead of two."""
+        with self._lock:
+            kept = self._kernel
+        if kept is None:
+            return None
+        step, K, outputs = kept
+        j = np.arange(self.m)
+        rows = (j % outputs) * (self.m // outputs) + j // outputs if outputs > 1 else j
+        return step, K, rows
+
+    def _reordered(self, kept: tuple[int, np.ndarray, int] | None) -> tuple[int, np.ndarray] | None:
+        if kept is None:
+            return None
+        step, K, outputs = kept
+        if outputs > 1:  # reorder outside the lock, then keep the result for the next reader
+            K = sample_major(K, outputs)
+            with self._lock:
+                if self._kernel is kept:
+                    self._kernel = (step, K, 0)
+        return step, K
 
     def snapshot(self) -> xr.Dataset:
         """A consistent copy of everything so far as an xarray Dataset (CF attributes)."""
@@ -195,8 +234,9 @@ class RunBuffer:
             snap_steps = np.array(self._snap_steps, np.int64)
             snaps = np.stack(self._snaps) if self._snaps else np.zeros((0, self.k, self.m),
                                                                       np.float32)
-            kernel = self._kernel
+            kept_kernel = self._kernel
             attrs = dict(self.attrs)
+        kernel = self._reordered(kept_kernel)
         data_vars: dict[str, Any] = {}
         for name, (long_name, units) in SCALARS.items():
             data_vars[name] = ("step", scalars[name], {"long_name": long_name, "units": units})

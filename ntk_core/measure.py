@@ -54,15 +54,6 @@ class Measurement:
     extras: dict[str, float] = field(default_factory=dict)
     output_major: int = 0  # C when the explicit K's rows are output-major (c·n + i)
 
-    def sample_major_kernel(self) -> torch.Tensor | None:
-        """The explicit K with rows and columns in the buffer's (sample-major) order: a fresh
-        tensor when it had to be permuted, else the workspace's."""
-        C = self.output_major
-        if self.kernel is None or not C:
-            return self.kernel
-        m = self.kernel.shape[0]
-        return self.kernel.view(C, m // C, C, m // C).permute(1, 0, 3, 2).reshape(m, m)
-
 
 class Measurer:
     def __init__(self, config: RunConfig, Y: torch.Tensor, mode: str) -> None:

@@ -187,9 +187,9 @@ class Trainer:
             if wants_vectors:
                 record.eigenvectors = m.vectors.T.float().cpu().numpy()
                 if m.kernel is not None and m.kernel.shape[0] <= KERNEL_KEEP_MAX_ROWS:
-                    K = m.sample_major_kernel()
-                    K = K.float().cpu().numpy()
-                    record.kernel = K.copy() if m.output_major == 0 else K
+                    # a copy: the workspace is overwritten next step
+                    record.kernel = m.kernel.detach().to("cpu", torch.float32, copy=True).numpy()
+                    record.kernel_outputs = m.output_major
         else:
             scalars["grad_norm"] = float(torch.sqrt(sum((g**2).sum() for g in grads)))
         self._update(grads)

@@ -348,6 +348,37 @@ def test_block_mean() -> None:
     np.testing.assert_allclose(out, [[1, 4, 7, 9]])
 
 
+def test_block_mean_matches_nanmean_on_any_axis() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 40)).astype(np.float32)
+    for axis in (0, 1):
+        out, f = block_mean(a, axis, 10)  # 40 → 10 exactly, 12 → 6 exactly
+        ref = np.moveaxis(a, axis, -1)
+        ref = np.moveaxis(ref.reshape(*ref.shape[:-1], -1, f).mean(-1), -1, axis)
+        np.testing.assert_allclose(out, ref, rtol=1e-6)
+    a[3, 5] = np.nan  # a diverged entry is left out of its block, not spread over it
+    out, f = block_mean(a, 1, 10)
+    np.testing.assert_allclose(out[3, 1], np.mean(a[3, [4, 6, 7]]), rtol=1e-6)
+    assert np.isfinite(out).all()
+
+
+def test_kernel_picture_of_a_multi_output_run_matches_the_sample_major_kernel() -> None:
+    """The engine stores the multi-output K output-major; the page reorders it by class in one
+    gather from the stored order. Reference: the sample-major K, sorted and averaged here."""
+    trainer = Trainer(SMALL_CONFIG.replace(classes=(0, 1, 2), target="onehot", n=96))
+    trainer.step()
+    buffer = trainer.buffer
+    _, stored, rows = buffer.latest_kernel_stored()
+    assert stored.shape == (288, 288) and rows[1] == 96, "stored output-major (c·n + i)"
+    payload = matrix_payload(buffer, history=False)
+    order = display_order(buffer.row_data)
+    K = buffer.latest_kernel()[1][np.ix_(order, order)]  # now reordered sample-major
+    f = payload["kernel"][2]
+    assert f == 2, "288 rows are averaged in pairs"
+    ref = K.reshape(288 // f, f, 288 // f, f).mean(axis=(1, 3))
+    np.testing.assert_allclose(payload["kernel"][1], ref, rtol=1e-5, atol=1e-6)
+
+
 def test_kernel_heatmap_is_block_averaged() -> None:
     m = 600
     rows = {"label": np.repeat([0, 1, 2], 200), "target": np.zeros(m),
