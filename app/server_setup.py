@@ -25,9 +25,12 @@ from app.runner import training_threads
 
 STATS_PREFIX = "ntk-eos stats "
 LIMITS_PREFIX = "ntk-eos limits: "
-# Training threads hold the GIL between torch calls; a shorter switch interval than Python's
-# 5 ms lets the event loop (pages, /liveness) get it back sooner.
-SWITCH_INTERVAL_S = 0.001
+# The training thread needs the GIL back after every torch call (about a thousand a step); while
+# the event loop runs Python it waits up to one switch interval each time. At Python's 5 ms, or
+# 1 ms, a page tick all but stops training; at 0.1 ms a thread busy with Python 25 % of the time
+# costs training 15 % instead of 28 % (``benchmarks/dashboard_speed.py --gil``), and the loop
+# (pages, /liveness) also gets the GIL back sooner.
+SWITCH_INTERVAL_S = 0.0001
 
 
 def rss_mb() -> float:

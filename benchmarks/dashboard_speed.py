@@ -1,6 +1,6 @@
 """Training speed of the default preset while the dashboard streams it.
 
-Two modes:
+Three modes:
 
 ``--browser`` (the real thing): serve the app with ``ntk-eos serve``'s command line, open it in
 headless Chromium, press Play, and read for ``--seconds`` the status line's ``step N`` (GD steps
@@ -9,8 +9,15 @@ per second, each with a full measurement) and the Bokeh websocket messages the p
 
     python benchmarks/dashboard_speed.py --browser --seconds 30
 
-Without ``--browser``: the engine alone with a reader in the main thread that pulls new rows,
-eigenvectors and the kernel at the page's rate (``--hz``), as the page's periodic callback does.
+The browser mode also reports who used the two cores over the window (the training thread, the
+server's other threads, Chromium) and how long the training thread waited for a core.
+
+Without ``--browser``: the engine alone (one torch thread, as served) with a reader in the main
+thread that pulls new rows, eigenvectors and the kernel at the page's rate (``--hz``), as the
+page's periodic callback does.
+
+``--gil``: how much a thread that runs Python 25 % of the time (as the page's event loop does)
+slows the training thread, at GIL switch intervals of 1 ms and 0.1 ms.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -30,8 +38,9 @@ from ntk_core import Trainer
 from ntk_core.presets import DEFAULT_PRESET, load_preset
 
 
-def engine_only(seconds: float, hz: float, preset: str) -> dict:
-    trainer = Trainer(load_preset(preset).config.replace(steps=1_000_000))
+def engine_only(seconds: float, hz: float, preset: str, threads: int) -> dict:
+    # the served default: one torch thread per training (app.limits, two slots on two cores)
+    trainer = Trainer(load_preset(preset).config.replace(steps=1_000_000, threads=threads))
     trainer.step()  # the cold first solve is not what a running page sees
     done = threading.Event()
 
@@ -56,7 +65,50 @@ def engine_only(seconds: float, hz: float, preset: str) -> dict:
     thread.join()
     return {"mode": "engine", "preset": preset, "seconds": elapsed,
             "steps_per_s": (len(trainer.buffer) - start_steps) / elapsed,
-            "updates_per_s": polls / elapsed, "status": trainer.status}
+            "updates_per_s": polls / elapsed, "status": trainer.status, "torch_threads": threads}
+
+
+def gil_share(seconds: float, preset: str, duty: float = 0.25,
+              intervals: tuple[float, ...] = (0.001, 0.0001), rounds: int = 3) -> dict:
+    """How much a Python-busy thread (like the page's event loop: ``duty`` of every 200 ms)
+    slows the training thread, at each GIL switch interval. Each figure is the ratio to the
+    engine alone measured right after it, so the machine's drift cancels."""
+    trainer = Trainer(load_preset(preset).config.replace(steps=1_000_000, threads=1))
+    for _ in range(3):
+        trainer.step()
+
+    def steps_per_s(length: float) -> float:
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < length:
+            trainer.step()
+            count += 1
+        return count / (time.perf_counter() - t0)
+
+    def python_work(stop: threading.Event) -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.2 * duty:
+                sum(i * i for i in range(200))
+            stop.wait(0.2 * (1 - duty))
+
+    previous = sys.getswitchinterval()
+    ratios: dict[str, list[float]] = {f"{s * 1e3:g} ms": [] for s in intervals}
+    try:
+        for _ in range(rounds):
+            for interval in intervals:
+                sys.setswitchinterval(interval)
+                stop = threading.Event()
+                worker = threading.Thread(target=python_work, args=(stop,))
+                worker.start()
+                shared = steps_per_s(seconds)
+                stop.set()
+                worker.join()
+                ratios[f"{interval * 1e3:g} ms"].append(shared / steps_per_s(seconds / 2))
+    finally:
+        sys.setswitchinterval(previous)
+    return {"mode": "gil", "preset": preset, "python_duty": duty,
+            "training_speed_ratio": {k: [round(r, 3) for r in v] for k, v in ratios.items()},
+            "mean_ratio": {k: round(sum(v) / len(v), 3) for k, v in ratios.items()}}
 
 
 def _free_port() -> int:
@@ -192,10 +244,17 @@ def main() -> None:
     parser.add_argument("--hz", type=float, default=4.0, help="engine mode: reader polling rate")
     parser.add_argument("--warmup", type=float, default=5.0, help="browser mode: seconds skipped")
     parser.add_argument("--preset", default=DEFAULT_PRESET)
+    parser.add_argument("--threads", type=int, default=1, help="engine mode: torch threads")
     parser.add_argument("--browser", action="store_true", help="serve the app and drive Chromium")
+    parser.add_argument("--gil", action="store_true",
+                        help="slowdown of training by a Python-busy thread, per switch interval")
     args = parser.parse_args()
-    result = (browser(args.seconds, args.warmup, args.preset) if args.browser
-              else engine_only(args.seconds, args.hz, args.preset))
+    if args.gil:
+        result = gil_share(min(args.seconds, 6.0), args.preset)
+    elif args.browser:
+        result = browser(args.seconds, args.warmup, args.preset)
+    else:
+        result = engine_only(args.seconds, args.hz, args.preset, args.threads)
     result["load_average"] = os.getloadavg()
     print(json.dumps(result, indent=2))
 
