@@ -142,38 +142,49 @@ def _server_errors(log: str) -> list[str]:
     return errors
 
 
-def _task_times(pid: int) -> list[tuple[float, float]]:
-    """(seconds on a core, seconds runnable but waiting for one) of each thread of ``pid``,
-    from the scheduler's own accounting (Linux ``schedstat``; exact, unlike tick samples)."""
-    out = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
+def _task_times(pid: int) -> dict[int, tuple[float, float]]:
+    """Per thread of ``pid``: (seconds on a core, seconds runnable but waiting for one), from
+    the scheduler's own accounting (Linux ``schedstat``; exact, unlike tick samples)."""
+    out: dict[int, tuple[float, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out  # the process ended
+    for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 on_cpu, waiting, _ = f.read().split()
         except (OSError, ValueError):
             continue  # the thread ended meanwhile
-        out.append((int(on_cpu) / 1e9, int(waiting) / 1e9))
+        out[int(tid)] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
     return out
 
 
-def _cpu_seconds(server_pid: int) -> dict[str, float]:
-    """Core-seconds used so far by the server's busiest thread (training), by its other
-    threads and by every Chromium process, and how long the training thread waited for a
-    core: who shares the two cores."""
+def _chromium_pids() -> list[int]:
     import psutil
 
-    threads = sorted(_task_times(server_pid), reverse=True)
-    chrome = 0.0
-    for proc in psutil.process_iter(["name"]):
-        if "chrom" in (proc.info["name"] or ""):
-            try:
-                chrome += sum(on_cpu for on_cpu, _ in _task_times(proc.pid))
-            except OSError:
-                continue
-    return {"server_busiest_thread": threads[0][0] if threads else 0.0,
-            "busiest_thread_waiting_for_a_core": threads[0][1] if threads else 0.0,
-            "server_other_threads": sum(on_cpu for on_cpu, _ in threads[1:]),
-            "chromium": chrome}
+    return [p.pid for p in psutil.process_iter(["name"]) if "chrom" in (p.info["name"] or "")]
+
+
+def _cores_used(server_pid: int, seconds: float) -> dict[str, float]:
+    """Sleep ``seconds`` and report who used the two cores meanwhile: the server's busiest
+    thread (training), its other threads and every Chromium process, in cores, and the share
+    of the time the training thread was runnable but waiting for a core."""
+    before = {pid: _task_times(pid) for pid in [server_pid, *_chromium_pids()]}
+    time.sleep(seconds)
+    after = {pid: _task_times(pid) for pid in before}
+    delta = {pid: {tid: (t[0] - before[pid].get(tid, (0.0, 0.0))[0],
+                         t[1] - before[pid].get(tid, (0.0, 0.0))[1])
+                   for tid, t in after[pid].items()} for pid in before}
+    server = delta.pop(server_pid)
+    training = max(server, key=lambda tid: server[tid][0]) if server else None
+    on_cpu = {tid: t[0] for tid, t in server.items()}
+    return {"server_training_thread": on_cpu.pop(training, 0.0) / seconds,
+            "training_thread_waiting_for_a_core": server[training][1] / seconds
+            if training is not None else 0.0,
+            "server_other_threads": sum(on_cpu.values()) / seconds,
+            "chromium": sum(t[0] for threads in delta.values() for t in threads.values())
+            / seconds}
 
 
 def browser(seconds: float, warmup: float, preset: str) -> dict:
@@ -216,9 +227,7 @@ def browser(seconds: float, warmup: float, preset: str) -> dict:
                 return time.perf_counter(), int(re.search(r"step (\d+)", text).group(1)), frames
 
             t0, s0, f0 = read()
-            cpu0 = _cpu_seconds(server.pid)
-            time.sleep(seconds)
-            cpu1 = _cpu_seconds(server.pid)
+            cores = _cores_used(server.pid, seconds)
             t1, s1, f1 = read()
             final = status.inner_text()
             chrome.close()
@@ -235,7 +244,7 @@ def browser(seconds: float, warmup: float, preset: str) -> dict:
     return {"mode": "browser", "preset": preset, "seconds": t1 - t0,
             "steps_per_s": (s1 - s0) / (t1 - t0), "updates_per_s": (f1 - f0) / (t1 - t0),
             "status": final, "server_errors": errors,
-            "cores_used": {k: (cpu1[k] - cpu0[k]) / (t1 - t0) for k in cpu0}}
+            "cores_used": cores}
 
 
 def main() -> None:

@@ -442,3 +442,33 @@ def test_serve_command_and_exit_code() -> None:
     with pytest.raises(ValueError):
         serve_command(port=70000)
     assert serve(extra_args=["--help"]) == 0
+
+
+def test_streamed_figures_follow_their_data_until_the_user_moves_the_view() -> None:
+    """The server sets the curve figures' ranges from what it streams (the browser sends no
+    range patches back); a pan or zoom stops that, the reset tool resumes it."""
+    from bokeh.events import RangesUpdate, Reset
+
+    trainer = Trainer(SMALL_CONFIG)
+    plots = LivePlots()
+    for _ in range(4):
+        trainer.step()
+    rows = trainer.buffer.rows(0)
+    plots.push_rows(rows, n=32)
+    sharp = plots.sharpness_fig
+    values = np.concatenate([rows["sharpness"], rows["gn_sharpness"], rows["two_over_lr"]])
+    assert sharp.x_range.start < 0 < 3 < sharp.x_range.end
+    assert sharp.y_range.start < values.min() and values.max() < sharp.y_range.end
+    loss = plots.loss_fig.y_range
+    assert 0 < loss.start < rows["loss"].min() and rows["loss"].max() < loss.end  # log axis
+    sharp._trigger_event(RangesUpdate(sharp, x0=1.0, x1=2.0, y0=0.0, y1=1.0))
+    sharp.x_range.update(start=1.0, end=2.0)  # what the browser's pan sends
+    for _ in range(3):
+        trainer.step()
+    plots.push_rows(trainer.buffer.rows(4), n=32)
+    assert (sharp.x_range.start, sharp.x_range.end) == (1.0, 2.0), "the user's view is kept"
+    assert plots.residual_fig.x_range.end > 6, "other figures still follow"
+    sharp._trigger_event(Reset(sharp))
+    assert plots.ranges_stale
+    plots.apply_stale_ranges()
+    assert sharp.x_range.start < 0 and sharp.x_range.end > 6 and not plots.ranges_stale
