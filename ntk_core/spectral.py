@@ -46,7 +46,7 @@ def _orthonormalize(W: torch.Tensor, Q: torch.Tensor | None, drop: float = 1e-10
             W = W - Q @ (Q.T @ W)
     Wq, R = torch.linalg.qr(W)
     keep = R.diagonal().abs() > drop * norms0
-    return Wq[:, keep]
+    return Wq if bool(keep.all()) else Wq[:, keep]  # the usual case needs no gather copy
 
 
 def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None = None,
