@@ -3,7 +3,8 @@
 ``Dashboard`` is a ``pn.viewable.Viewer``: ``Dashboard()`` shows in a notebook cell, and
 ``app/main.py`` serves one per browser tab. Each instance owns a ``RunController`` (a background
 training thread) and pulls new rows from the engine's buffer every ``PULL_MS`` milliseconds;
-matrices and comparison views refresh about once a second.
+the eigenvalue and alignment curves, the matrices and the comparison views refresh about once a
+second.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ pn.extension(notifications=False)
 hv.renderer("bokeh").webgl = False
 
 PULL_MS = 200  # curve refresh: 5 Hz when the server keeps up
-MATRIX_SECONDS = 1.0  # matrices, the eigenvalue plot and the alignment spectrum
+MATRIX_SECONDS = 1.0  # matrices, the eigenvalue and alignment curves, the alignment spectrum
 BACKOFF = 2.0  # a push that took t seconds waits ≥ BACKOFF·t: plots take ≤ 1/3 of a core
 SIDEBAR_WIDTH = 330
 

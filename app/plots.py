@@ -47,9 +47,13 @@ RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", 
               "#bcbd22", "#7f7f7f")
 DIVERGING = interp_palette(RdBu[11], 256)  # blue (negative) to red (positive)
 STEP_COLUMNS = ["step", "loss", "accuracy", "two_over_lr"]
-MEASURE_COLUMNS = ["step", "two_over_lr", "sharpness", "gn_sharpness", "kta", "topk_mass", "a1",
-                   "u1_residual"]
-SPECTRUM_COLUMNS = ["step", "two_over_lr", *[f"lam{i + 1}" for i in range(K_SHOW)]]
+# Measured rows are split by how often the page redraws them: the fast curves (sharpness and
+# the u₁ᵀr oscillation) with every update, the slow ones (eigenvalues and alignment, which
+# change over tens of steps) once a second; each redrawn figure costs the browser a paint.
+MEASURE_COLUMNS = ["step", "two_over_lr", "sharpness", "gn_sharpness", "u1_residual"]
+EIGENVALUE_COLUMNS = [f"lam{i + 1}" for i in range(K_SHOW)]
+LABEL_ALIGNMENT_COLUMNS = ["kta", "topk_mass", "a1"]
+SPECTRUM_COLUMNS = ["step", "two_over_lr", *EIGENVALUE_COLUMNS, *LABEL_ALIGNMENT_COLUMNS]
 ALIGNMENT_COLUMNS = ["eigval_normalized", "alignment"]
 COMPARE_COLUMNS = ["lr", "kta", "a1", "topk_mass"]
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
@@ -73,18 +77,19 @@ def step_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
 def measure_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
     """Measured steps only, so that measure_every > 1 still draws connected curves."""
     keep = rows["measured"] == 1
-    data = {c: _finite(rows[c][keep]) for c in MEASURE_COLUMNS if c != "a1"}
-    data["a1"] = _finite(rows["alignment"][keep, 0])
-    return pd.DataFrame({c: data[c] for c in MEASURE_COLUMNS})
+    return pd.DataFrame({c: _finite(rows[c][keep]) for c in MEASURE_COLUMNS})
 
 
 def spectrum_frame(rows: dict[str, np.ndarray], n: int) -> pd.DataFrame:
-    """Measured steps: the top K_SHOW eigenvalues divided by n (comparable with 2/η)."""
+    """Measured steps, the slow curves: the top K_SHOW eigenvalues divided by n (comparable
+    with 2/η), KTA, A_k and a₁."""
     keep = rows["measured"] == 1
     eig = rows["eigenvalues"][keep, :K_SHOW] / n
     data = {"step": rows["step"][keep].astype(float), "two_over_lr": rows["two_over_lr"][keep]}
     for i in range(K_SHOW):
         data[f"lam{i + 1}"] = _finite(eig[:, i]) if i < eig.shape[1] else np.full(len(eig), np.nan)
+    data.update(kta=_finite(rows["kta"][keep]), topk_mass=_finite(rows["topk_mass"][keep]),
+                a1=_finite(rows["alignment"][keep, 0]))
     return pd.DataFrame(data)
 
 
@@ -342,7 +347,7 @@ class LivePlots:
         self.eigenvalues_fig = f
         # 4. KTA, A_k, a₁
         f = _figure("Label alignment: KTA, A_k, a₁", "alignment")
-        items = [LegendItem(label=label, renderers=[self._line(f, self.measures, col,
+        items = [LegendItem(label=label, renderers=[self._line(f, self.spectrum, col,
                                                                color=color, line_width=2)])
                  for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "A_k", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
@@ -360,8 +365,8 @@ class LivePlots:
         for fig, source, columns in (
                 (self.loss_fig, self.steps, ["loss"]),
                 (self.sharpness_fig, self.measures, ["sharpness", "gn_sharpness", "two_over_lr"]),
-                (self.eigenvalues_fig, self.spectrum, SPECTRUM_COLUMNS[1:]),
-                (self.alignment_fig, self.measures, ["kta", "topk_mass", "a1"]),
+                (self.eigenvalues_fig, self.spectrum, ["two_over_lr", *EIGENVALUE_COLUMNS]),
+                (self.alignment_fig, self.spectrum, LABEL_ALIGNMENT_COLUMNS),
                 (self.residual_fig, self.measures, ["u1_residual"])):
             self._followers.append((source, self.followed[fig], columns))
         # 6.–8. heatmaps
@@ -431,8 +436,8 @@ class LivePlots:
 
     # ---- pushes --------------------------------------------------------------------------
     def push_rows(self, rows: dict[str, np.ndarray], n: int, spectrum: bool = True) -> None:
-        """Append new engine rows. The eigenvalue plot (many curves) is the largest message,
-        so with ``spectrum=False`` its rows wait for the next ``flush_spectrum``."""
+        """Append new engine rows. With ``spectrum=False`` the slow curves (eigenvalues,
+        alignment) wait for the next ``flush_spectrum``."""
         if len(rows["step"]) == 0:
             return
         self._stream(self.steps, _columns(step_frame(rows), STEP_COLUMNS))
