@@ -26,9 +26,10 @@ from app.runner import training_threads
 STATS_PREFIX = "ntk-eos stats "
 LIMITS_PREFIX = "ntk-eos limits: "
 # The training thread needs the GIL back after every torch call (about a thousand a step); while
-# the event loop runs Python it waits up to one switch interval each time. At Python's 5 ms, or
-# 1 ms, a page tick all but stops training; at 0.1 ms a thread busy with Python 25 % of the time
-# costs training 15 % instead of 28 % (``benchmarks/dashboard_speed.py --gil``), and the loop
+# the event loop runs Python it waits up to one switch interval each time, so a page tick all but
+# stops training at Python's 5 ms. With a thread busy with Python 25 % of the time
+# (``benchmarks/dashboard_speed.py --gil``, nine paired runs) training kept 0.70 of its speed at
+# 1 ms and 0.83 at 0.1 ms on average, though one run of three showed no difference. The loop
 # (pages, /liveness) also gets the GIL back sooner.
 SWITCH_INTERVAL_S = 0.0001
 
