@@ -120,7 +120,9 @@ def kernel_from_capture(model: nn.Module, X: torch.Tensor, f: torch.Tensor,
             continue
         covered.update(id(p) for p in rec.module.parameters(recurse=False))
         module = rec.module
-        if isinstance(module, nn.Linear) and rec.inputs.dim() == 2:
+        if isinstance(module, nn.Linear) and rec.inputs.dim() == 2 and rec.output is f:
+            _add_readout_rule(K, rec.inputs, C, module.bias is not None, ws, output_major)
+        elif isinstance(module, nn.Linear) and rec.inputs.dim() == 2:
             _add_dense_rule(K, rec.inputs, layer_deltas, module.bias is not None, kernel, ws,
                             output_major)
         else:
@@ -187,6 +189,24 @@ def _add_dense_rule(K: torch.Tensor, A: torch.Tensor, deltas: list[torch.Tensor]
         K.view(n, C, n, C).addcmul_(gram_a.view(n, 1, n, 1), gram_d.view(n, C, n, C))
     else:
         K.addcmul_(gram_a, gram_d)
+
+
+def _add_readout_rule(K: torch.Tensor, A: torch.Tensor, C: int, bias: bool, ws: NTKWorkspace,
+                      output_major: bool) -> None:
+    """The layer whose output is the model's output: output c's Δ is e_c for every sample, so
+    Δ Δᵀ is the identity over outputs and the layer adds its input Gram A Aᵀ (+1) to each
+    output's diagonal block only (the traced kernel: C times it). No n·C × n·C product."""
+    n = A.shape[0]
+    gram_a = ws.get("gram_a", (n, n), K)
+    torch.mm(A, A.T, out=gram_a)
+    if bias:
+        gram_a.add_(1.0)
+    if K.shape[0] == n:
+        K.add_(gram_a, alpha=C)
+    elif output_major:
+        K.view(C, n, C, n).diagonal(dim1=0, dim2=2).add_(gram_a[..., None])
+    else:
+        K.view(n, C, n, C).diagonal(dim1=1, dim2=3).add_(gram_a[..., None])
 
 
 def _add_gram(K: torch.Tensor, grads: torch.Tensor, kernel: str,
