@@ -457,6 +457,9 @@ class LivePlots:
     def _stream(self, source: ColumnDataSource, data: dict[str, np.ndarray]) -> None:
         """Append rows, and widen the ranges of the figures that draw them."""
         source.stream(data, rollover=BUFFER_LENGTH)
+        if len(source.data["step"]) >= BUFFER_LENGTH:  # the oldest rows rolled off
+            self._refit_ranges()
+            return
         touched = set()
         for drawn, ranges, columns in self._followers:
             if drawn is source:

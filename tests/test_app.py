@@ -472,3 +472,17 @@ def test_streamed_figures_follow_their_data_until_the_user_moves_the_view() -> N
     assert plots.ranges_stale
     plots.apply_stale_ranges()
     assert sharp.x_range.start < 0 and sharp.x_range.end > 6 and not plots.ranges_stale
+
+
+def test_followed_ranges_shrink_when_old_rows_roll_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.plots as plots_module
+
+    monkeypatch.setattr(plots_module, "BUFFER_LENGTH", 5)
+    plots = LivePlots()
+    rows = {"step": np.arange(8.0), "loss": np.linspace(1.0, 0.1, 8),
+            "accuracy": np.zeros(8), "two_over_lr": np.full(8, 20.0)}
+    plots._stream(plots.steps, {k: v[:4] for k, v in rows.items()})
+    assert plots.loss_fig.x_range.start < 0
+    plots._stream(plots.steps, {k: v[4:] for k, v in rows.items()})
+    assert list(plots.steps.data["step"]) == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert 2.5 < plots.loss_fig.x_range.start < 3.0 and plots.loss_fig.x_range.end > 7.0
