@@ -27,11 +27,12 @@ STATS_PREFIX = "ntk-eos stats "
 LIMITS_PREFIX = "ntk-eos limits: "
 # The training thread needs the GIL back after every torch call (about a thousand a step); while
 # the event loop runs Python it waits up to one switch interval each time, so a page tick all but
-# stops training at Python's 5 ms. With a thread busy with Python 25 % of the time
-# (``benchmarks/dashboard_speed.py --gil``, nine paired runs) training kept 0.70 of its speed at
-# 1 ms and 0.83 at 0.1 ms on average, though one run of three showed no difference. The loop
-# (pages, /liveness) also gets the GIL back sooner.
-SWITCH_INTERVAL_S = 0.0001
+# stops training at Python's 5 ms. 1 ms is kept: with a thread busy with Python 25 % of the time
+# (``benchmarks/dashboard_speed.py --gil``, nine paired runs) 0.1 ms kept training at 0.83 of its
+# speed against 0.70, but one run of three showed no difference, a served page's loop now needs
+# only a tenth of a core, and a shorter interval multiplies the GIL hand-offs between twenty
+# sessions' event loop and the training threads.
+SWITCH_INTERVAL_S = 0.001
 
 
 def rss_mb() -> float:
