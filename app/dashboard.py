@@ -335,9 +335,8 @@ class Dashboard(pn.viewable.Viewer):
             alert = (self._viewed_note + (" " + alert[0] if alert[0] else ""), "info")
         elif self._url_message:
             alert = (self._url_message, "warning")
-        if alert[0] != self.run_alert.object or alert[1] != self.run_alert.alert_type:
-            self.run_alert.param.update(object=alert[0], alert_type=alert[1],
-                                        visible=bool(alert[0]))
+        _set_if_changed(self.run_alert, object=alert[0], alert_type=alert[1],
+                        visible=bool(alert[0]))
         _set_if_changed(self.ladder_pane, object=self._ladder_text())
         lr = controller.run.lr if controller.run is not None else self.settings.lr
         _set_if_changed(self.netcdf, filename=f"ntk-eos_{self.settings.preset}_lr{lr:g}.nc")

@@ -457,27 +457,27 @@ class LivePlots:
     def _stream(self, source: ColumnDataSource, data: dict[str, np.ndarray]) -> None:
         """Append rows, and widen the ranges of the figures that draw them."""
         source.stream(data, rollover=BUFFER_LENGTH)
-        if len(source.data["step"]) >= BUFFER_LENGTH:  # the oldest rows rolled off
-            self._refit_ranges()
+        touched = {ranges for drawn, ranges, _ in self._followers if drawn is source}
+        if len(source.data["step"]) >= BUFFER_LENGTH:  # the oldest rows rolled off: shrink
+            self._refit_ranges(touched)
             return
-        touched = set()
         for drawn, ranges, columns in self._followers:
             if drawn is source:
                 ranges.include(data["step"], *(data[c] for c in columns))
-                touched.add(ranges)
         for ranges in touched:
             ranges.apply()
 
-    def _refit_ranges(self) -> None:
-        """Recompute every followed extent from what the sources hold now (after a new run,
-        or kept runs added or dropped)."""
-        for ranges in self.followed.values():
+    def _refit_ranges(self, which: set[FollowedRanges] | None = None) -> None:
+        """Recompute followed extents (all, or ``which``) from what the sources hold now: after
+        a new run, kept runs added or dropped, or rows rolled off."""
+        which = set(self.followed.values()) if which is None else which
+        for ranges in which:
             ranges.clear()
         for source, ranges, columns in self._followers:
             data = source.data
-            if len(data["step"]):
+            if ranges in which and len(data["step"]):
                 ranges.include(data["step"], *(data[c] for c in columns))
-        for ranges in self.followed.values():
+        for ranges in which:
             ranges.apply()
 
     @property
