@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import panel as pn
 
+from app import browser_patches
 from app.dashboard import Dashboard
 from app.limits import SessionRegistry, live_sessions
 from app.page_loading import deferred_page
@@ -49,6 +50,7 @@ def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable:
     if context is None:  # outside a server nothing ends the session: the caller leaves
         return Dashboard()
     pn.state.on_session_destroyed(lambda _: sessions.leave(key))
+    browser_patches.install(doc)
     return deferred_page(lambda: Dashboard(staged=True), Dashboard.add_plots)
 
 

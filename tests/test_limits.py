@@ -476,3 +476,37 @@ def test_keep_run_on_the_served_page_draws_the_kept_run(
     wait_for(lambda: "η=0.05" not in page.evaluate(LEGEND_JS), 60)
     assert "Traceback" not in log.read_text()
     page.close()
+
+
+SAME_CSS_JS = """() => {
+  const dom = Bokeh.require("core/dom");
+  const sheet = new dom.InlineStyleSheet(":host { left: 1px; }");
+  let writes = 0;
+  new MutationObserver((records) => { writes += records.length; })
+    .observe(sheet.el, {childList: true, characterData: true, subtree: true});
+  sheet.replace(":host { left: 1px; }");  // the same text: nothing written
+  const same = sheet.el.textContent;
+  sheet.replace(":host { left: 2px; }");  // changed text: written as before
+  return new Promise((resolve) => setTimeout(() => resolve(
+    {marker: dom.InlineStyleSheet.prototype.__ntk_eos_skip_same_css === true, writes, same,
+     changed: sheet.el.textContent}), 0));
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_served_page_skips_rewriting_identical_bokeh_stylesheets(
+        served_one_place: tuple[str, Path], browser) -> None:
+    """``app.browser_patches``: an unchanged stylesheet is not written again (each write made
+    Chromium recompute styles at every paint); a changed one still is."""
+    url, _ = served_one_place
+    page = browser.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(f"{url}?n=32&classes=0,1&width=16&k=4&steps=12")
+    expect(page.get_by_role("button", name="Play", exact=True)).to_be_visible(timeout=120_000)
+    page.wait_for_function("() => Bokeh.require('core/dom').InlineStyleSheet.prototype"
+                           ".__ntk_eos_skip_same_css === true")
+    result = page.evaluate(SAME_CSS_JS)
+    assert result == {"marker": True, "writes": 1, "same": ":host { left: 1px; }",
+                      "changed": ":host { left: 2px; }"}
+    page.close()
