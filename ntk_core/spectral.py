@@ -69,7 +69,9 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
     parts = [given] if given is not None else []
     if fill:
         parts.append(torch.randn(dim, fill, generator=generator, **f64))
-    Q = _orthonormalize(torch.cat(parts, dim=1), None)
+    Q = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    if not _is_orthonormal(Q):  # last step's Ritz block already is: no QR
+        Q = _orthonormalize(Q, None)
     while Q.shape[1] < block:  # degenerate seeds: refill with random directions
         Q = torch.cat([Q, _orthonormalize(torch.randn(dim, block - Q.shape[1], generator=generator,
                                                       **f64), Q)], dim=1)
@@ -105,10 +107,16 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
         Q, AQ = torch.cat([Q, W], dim=1), torch.cat([AQ, AW], dim=1)
 
 
+def _is_orthonormal(Q: torch.Tensor, tol: float = 1e-12) -> bool:
+    G = Q.T @ Q
+    G.diagonal().sub_(1.0)
+    return bool(G.abs().max() <= tol)
+
+
 def _error_bound(rnorm: torch.Tensor, theta: torch.Tensor, nb: int) -> torch.Tensor:
     """min(‖r‖, ‖r‖²/gap) per Ritz pair; the gap is to the nearest other Ritz value."""
     diff = (theta[:nb, None] - theta[None, :]).abs()
-    diff[torch.arange(nb), torch.arange(nb)] = float("inf")
+    diff.fill_diagonal_(float("inf"))  # (nb ≤ len(theta): the diagonal is each pair's own)
     gap = diff.min(dim=1).values
     # A lone Ritz value has no gap estimate: only ‖r‖ bounds its error (r²/∞ would claim 0).
     quadratic = torch.where(torch.isfinite(gap), rnorm**2 / gap.clamp_min(1e-300), rnorm)
