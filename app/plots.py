@@ -21,6 +21,7 @@ from bokeh.models import (
     ColorBar,
     ColumnDataSource,
     FixedTicker,
+    GlyphRenderer,
     HoverTool,
     Legend,
     LegendItem,
@@ -210,6 +211,20 @@ def _legend(fig: figure, items: list[LegendItem], where: str = "top_right",
     return legend
 
 
+def _streamed_entry(fig: figure, label: str, line: GlyphRenderer) -> LegendItem:
+    """A legend entry for a streamed line, drawn from a data-less twin of it.
+
+    BokehJS rebuilds a legend's items (DOM elements and a canvas per item) whenever any model
+    its items reference changes, and streaming rows into a line's source changes that line's
+    view: at 4 Hz that was a rebuild, and the style recalculations it forces, per legend per
+    update. The twin shares the line's glyph style, never changes, and passes its visibility on
+    to the line, so clicking the entry still hides the line."""
+    twin = fig.add_glyph(ColumnDataSource({"step": [], "y": []}),
+                         line.glyph.clone(x="step", y="y"))
+    twin.js_link("visible", line, "visible")
+    return LegendItem(label=label, renderers=[twin])
+
+
 def _step_hover() -> HoverTool:
     return HoverTool(tooltips=[("step", "@step{0}"), ("value", "$y{0.0000}")])
 
@@ -321,12 +336,12 @@ class LivePlots:
         # 1. loss
         f = _figure("Training loss", "loss L (log)", y_axis_type="log")
         live = self._line(f, self.steps, "loss", color="black", line_width=2)
-        self._loss_legend = _legend(f, [LegendItem(label="current", renderers=[live])])
+        self._loss_legend = _legend(f, [_streamed_entry(f, "current", live)])
         f.add_tools(_step_hover())
         self.loss_fig = f
         # 2. sharpness against 2/η
         f = _figure("Sharpness vs the stability threshold 2/η", "sharpness")
-        items = [LegendItem(label=label, renderers=[self._line(f, self.measures, col, **style)])
+        items = [_streamed_entry(f, label, self._line(f, self.measures, col, **style))
                  for col, label, style in (
                      ("sharpness", "sharpness λ_max(H)", {"color": "#1f77b4", "line_width": 2.5}),
                      ("gn_sharpness", "GN sharpness λ₁(K)/n",
@@ -347,8 +362,8 @@ class LivePlots:
         self.eigenvalues_fig = f
         # 4. KTA, A_k, a₁
         f = _figure("Label alignment: KTA, A_k, a₁", "alignment")
-        items = [LegendItem(label=label, renderers=[self._line(f, self.spectrum, col,
-                                                               color=color, line_width=2)])
+        items = [_streamed_entry(f, label, self._line(f, self.spectrum, col, color=color,
+                                                      line_width=2))
                  for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "A_k", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
         _legend(f, items, "bottom_right")

@@ -400,6 +400,29 @@ def test_kernel_heatmap_is_block_averaged() -> None:
     assert vertical == [200.0, 400.0], "a boundary line between each pair of classes"
 
 
+def test_legends_of_streamed_lines_use_static_twins() -> None:
+    """Streamed lines get legend entries from data-less twins (BokehJS rebuilds a legend each
+    time a model its items reference changes): same look, visibility passed on to the line."""
+    plots = LivePlots()
+    streamed = {plots.steps, plots.measures, plots.spectrum}
+    for fig in (plots.loss_fig, plots.sharpness_fig, plots.alignment_fig):
+        for item in fig.legend[0].items:
+            (twin,) = item.renderers
+            assert twin.data_source not in streamed and not len(twin.data_source.data["step"])
+            (link,) = twin.js_property_callbacks["change:visible"]
+            line = link.args["other"]
+            assert line.data_source in streamed and line in fig.renderers
+            for prop in ("line_color", "line_width", "line_dash"):
+                assert getattr(twin.glyph, prop) == getattr(line.glyph, prop)
+    trainer = Trainer(SMALL_CONFIG)
+    for _ in range(3):
+        trainer.step()
+    plots.push_rows(trainer.buffer.rows(0), n=32)
+    assert len(plots.measures.data["step"]) == 3
+    assert all(len(item.renderers[0].data_source.data["step"]) == 0
+               for item in plots.sharpness_fig.legend[0].items)
+
+
 def test_kept_runs_feed_the_overlays() -> None:
     trainer = Trainer(SMALL_CONFIG)
     for _ in range(3):

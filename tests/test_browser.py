@@ -98,6 +98,23 @@ def test_play_streams_rows_and_lr_changes_keep_training(server: str, page: Page)
     assert column(page, "two_over_lr")[0] == 20, "the steps before the change stay: no reset"
     wait_column(page, "lam1", "return c.length >= arg;", 3)
     expect(page).to_have_url(re.compile(r"lr=0\.05"))
+    # the legend's entry is a data-less twin of the streamed line; hiding it hides the line
+    assert page.evaluate(HIDE_BY_LEGEND_JS, "sharpness λ_max(H)") is True
+    page.wait_for_function("() => window.__line.visible === false")  # CustomJS runs async
+
+
+HIDE_BY_LEGEND_JS = """(label) => {
+  for (const doc of Bokeh.documents) for (const item of doc.all_models) {
+    if (item.constructor.__name__ !== 'LegendItem' || item.label?.value !== label) continue;
+    const twin = item.renderers[0];
+    const line = [...doc.all_models].find((m) => m.constructor.__name__ === 'GlyphRenderer'
+      && m !== twin && m.glyph.y?.field === 'sharpness');
+    window.__line = line;
+    const before = line.visible;
+    twin.visible = false;
+    return before;
+  }
+}"""
 
 
 def test_pause_step_download_and_reset(server: str, page: Page, tmp_path: Path) -> None:
