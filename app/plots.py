@@ -219,7 +219,8 @@ def _streamed_entry(fig: figure, label: str, line: GlyphRenderer) -> LegendItem:
     view: at 4 Hz that was a rebuild, and the style recalculations it forces, per legend per
     update. The twin shares the line's glyph style, never changes, and passes its visibility on
     to the line, so clicking the entry still hides the line."""
-    twin = fig.add_glyph(ColumnDataSource({"step": [], "y": []}),
+    # one NaN point: nothing drawn, but BokehJS draws no legend sample for an empty source
+    twin = fig.add_glyph(ColumnDataSource({"step": [math.nan], "y": [math.nan]}),
                          line.glyph.clone(x="step", y="y"))
     twin.js_link("visible", line, "visible")
     return LegendItem(label=label, renderers=[twin])
