@@ -7,6 +7,8 @@ next renderer's colour lookup (``getComputedStyle``) forces a style recalculatio
 page that was about 120 recalculations a second, 0.15 of a core of Chromium's time, for three
 streamed curve figures. Skipping unchanged text removes three quarters of them (Chromium's own
 ``Performance`` counters; ``docs/dashboard.md``). A changed stylesheet is written as before.
+Served pages get it (``app/main.py``); a Dashboard shown in a notebook renders without it, only
+with more work for the browser.
 """
 
 from __future__ import annotations
