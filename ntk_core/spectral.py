@@ -108,6 +108,7 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
 
 
 def _is_orthonormal(Q: torch.Tensor, tol: float = 1e-12) -> bool:
+    """Whether QᵀQ = I to ``tol``: one small Gram instead of a QR."""
     G = Q.T @ Q
     G.diagonal().sub_(1.0)
     return bool(G.abs().max() <= tol)

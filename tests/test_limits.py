@@ -18,6 +18,7 @@ from playwright.sync_api import expect
 from support import free_port, stop_process, wait_for
 
 from app import limits as server_limits
+from app.browser_patches import MARKER
 from app.dashboard import Dashboard
 from app.limits import HOSTED_CAPS, ServerLimits, SessionRegistry, TrainingSlots, has_viewers
 from app.main import create_app
@@ -488,7 +489,7 @@ SAME_CSS_JS = """() => {
   const same = sheet.el.textContent;
   sheet.replace(":host { left: 2px; }");  // changed text: written as before
   return new Promise((resolve) => setTimeout(() => resolve(
-    {marker: dom.InlineStyleSheet.prototype.__ntk_eos_skip_same_css === true, writes, same,
+    {marker: dom.InlineStyleSheet.prototype.MARKER === true, writes, same,
      changed: sheet.el.textContent}), 0));
 }"""
 
@@ -505,8 +506,8 @@ def test_served_page_skips_rewriting_identical_bokeh_stylesheets(
     page.goto(f"{url}?n=32&classes=0,1&width=16&k=4&steps=12")
     expect(page.get_by_role("button", name="Play", exact=True)).to_be_visible(timeout=120_000)
     page.wait_for_function("() => Bokeh.require('core/dom').InlineStyleSheet.prototype"
-                           ".__ntk_eos_skip_same_css === true")
-    result = page.evaluate(SAME_CSS_JS)
+                           f".{MARKER} === true")
+    result = page.evaluate(SAME_CSS_JS.replace("MARKER", MARKER))
     assert result == {"marker": True, "writes": 1, "same": ":host { left: 1px; }",
                       "changed": ":host { left: 2px; }"}
     page.close()
