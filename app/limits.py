@@ -29,6 +29,7 @@ from typing import Any, Literal
 from ntk_core.config import ConfigError, RunConfig
 
 Mode = Literal["hosted", "local"]
+Training = Literal["process", "thread"]
 ENV_PREFIX = "NTK_EOS_"
 # Per-run caps of hosted mode (0: no cap). The default preset has n = 256, p ≈ 25k: n·p ≈ 6.5M.
 HOSTED_CAPS = {"max_n": 1024, "max_width": 512, "max_depth": 6, "max_steps": 5000,
@@ -49,6 +50,10 @@ class ServerLimits:
     ``idle_minutes``)."""
 
     mode: Mode = "local"
+    # "process": each run trains in a child process (``ntk_core.process_trainer``), so the
+    # server's own Python never holds up a training step; "thread": in this process (a test
+    # or a notebook that reaches into the live trainer)
+    training: Training = "process"
     max_sessions: int = 100
     max_trainings: int = 2
     torch_threads: int = 1
@@ -63,12 +68,15 @@ class ServerLimits:
     def __post_init__(self) -> None:
         if self.mode not in ("hosted", "local"):
             raise ConfigError(f"{ENV_PREFIX}MODE: expected hosted or local, got {self.mode!r}")
+        if self.training not in ("process", "thread"):
+            raise ConfigError(f"{ENV_PREFIX}TRAINING: expected process or thread, "
+                              f"got {self.training!r}")
         for name in ("max_sessions", "max_trainings", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be ≥ 1, "
                                   f"got {getattr(self, name)}")
         for f in fields(self):
-            if f.name != "mode" and getattr(self, f.name) < 0:
+            if f.name not in ("mode", "training") and getattr(self, f.name) < 0:
                 raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: must be ≥ 0, "
                                   f"got {getattr(self, f.name)}")
         if self.slice_seconds <= 0:
@@ -95,10 +103,13 @@ class ServerLimits:
         if mode not in ("hosted", "local"):
             raise ConfigError(f"{ENV_PREFIX}MODE: expected hosted or local, got {mode!r}")
         base = cls.defaults(mode)  # type: ignore[arg-type]
-        values: dict[str, float | int] = {}
+        values: dict[str, float | int | str] = {}
         for f in fields(cls):
             text = env.get(ENV_PREFIX + f.name.upper(), "").strip()
             if f.name == "mode" or not text:
+                continue
+            if f.name == "training":
+                values[f.name] = text.lower()
                 continue
             kind = float if f.type in ("float", float) else int
             try:

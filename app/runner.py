@@ -1,8 +1,12 @@
 """Background training for one dashboard session.
 
-``TrainingRun`` owns one ``Trainer`` and the daemon thread that steps it; the page never waits on
+``TrainingRun`` owns one trainer and the daemon thread that steps it; the page never waits on
 it. The thread builds the trainer (data and model loading happen off the UI thread), then steps
 while playing or while single steps are pending, sleeping between steps to respect the speed cap.
+The trainer is a ``ProcessTrainer`` (the default, ``ServerLimits.training = "process"``): the
+steps run in a child process and this thread only mirrors their records, so the page's Python
+and the training never compete for one GIL. With ``"thread"`` it is a ``Trainer`` in this
+process.
 ``RunController`` is the session's view: the current run, the preset's ladder of runs still to go,
 the runs kept for comparison, and a saved run opened for viewing. Nothing here imports panel: the
 page polls ``buffer`` / ``status_line`` from its periodic callback.
@@ -26,6 +30,7 @@ import torch
 
 from ntk_core.buffer import RunBuffer
 from ntk_core.config import ConfigError, RunConfig
+from ntk_core.process_trainer import ProcessTrainer, TrainingProcessError
 from ntk_core.train import TERMINAL, Trainer
 
 from . import limits as server_limits
@@ -33,6 +38,9 @@ from .limits import ServerLimits, TrainingSlots
 from .runs import MAX_KEPT, KeptRun, keep_run
 
 THREAD_PREFIX = "ntk-eos-train-"
+# Steps queued in a training process beyond the one being collected: with two, the child has
+# its next step in hand while this process copies out the last one, however busy its GIL is
+STEPS_AHEAD = 2
 _ids = itertools.count(1)
 _live_runs: weakref.WeakSet[TrainingRun] = weakref.WeakSet()
 
@@ -65,7 +73,7 @@ class TrainingRun:
         self.limits = limits or server_limits.current()
         self.slots = slots or server_limits.training_slots()
         self.label = label or f"η={config.lr:g}"
-        self.trainer: Trainer | None = None
+        self.trainer: Trainer | ProcessTrainer | None = None
         self.error = ""
         self.steps_per_second = steps_per_second  # 0: as fast as the engine goes
         self._lr = config.lr
@@ -167,24 +175,34 @@ class TrainingRun:
         # read without the lock: acquire() calls this while holding the slots' lock
         return not self._stop.is_set() and (self._playing or self._pending > 0)
 
-    def _build(self) -> Trainer | None:
+    def _build(self) -> Trainer | ProcessTrainer | None:
         """Build the trainer inside a slot (data loading and the model cost CPU too)."""
         if not self.slots.acquire(self, lambda: not self._stop.is_set()):
             return None
-        # OpenMP threads are a per-thread setting in torch: this thread's share of the cores
-        torch.set_num_threads(self.limits.torch_threads)
+        trainer: Trainer | ProcessTrainer | None = None
         try:
-            trainer = Trainer(self.config)
-            self.limits.check_size(trainer.data.n, sum(p.numel() for p in trainer.params))
+            trainer = self._new_trainer()
+            self.limits.check_size(*trainer.size)
         except ConfigError as exc:
             self.error = str(exc)
-            return None
+        except TrainingProcessError as exc:
+            self.error = "" if self._stop.is_set() else str(exc)
         except Exception as exc:  # bad data folder, unknown dataset files, out of memory ...
             self.error = f"{type(exc).__name__}: {exc}"
-            return None
         finally:
             self.slots.release(self)
-        return trainer
+        if self.error and isinstance(trainer, ProcessTrainer):
+            trainer.close()
+        return None if self.error else trainer
+
+    def _new_trainer(self) -> Trainer | ProcessTrainer:
+        if self.limits.training == "process":
+            return ProcessTrainer(self.config, threads=self.limits.torch_threads,
+                                  cancelled=self._stop.is_set,
+                                  name=self.thread.name.removeprefix(THREAD_PREFIX))
+        # OpenMP threads are a per-thread setting in torch: this thread's share of the cores
+        torch.set_num_threads(self.limits.torch_threads)
+        return Trainer(self.config)
 
     def _train(self) -> None:
         trainer = self._build()
@@ -193,12 +211,21 @@ class TrainingRun:
         with self._lock:
             trainer.set_lr(self._lr)
             self.trainer = trainer
+        try:
+            self._drive(trainer)
+        finally:
+            if isinstance(trainer, ProcessTrainer):
+                trainer.close()  # the mirrored buffer stays with the run
+
+    def _drive(self, trainer: Trainer | ProcessTrainer) -> None:
         while not self._stop.is_set() and not trainer.finished:
             with self._lock:
                 playing = self._playing
                 work = playing or self._pending > 0
                 if not work:
                     self._go.clear()
+                    if isinstance(trainer, ProcessTrainer):
+                        trainer.sync()  # the paused page shows the kernel of its last step
                     self._idle.set()
                     if trainer.status == "running":
                         trainer.buffer.set_status("paused")
@@ -218,14 +245,20 @@ class TrainingRun:
                     self._pending -= 1
             self._advance(trainer, playing)
 
-    def _advance(self, trainer: Trainer, playing: bool) -> None:
+    def _advance(self, trainer: Trainer | ProcessTrainer, playing: bool) -> None:
         t0 = time.perf_counter()
         if playing and trainer.status != "running":
             trainer.buffer.set_status("running")
         elif not playing and trainer.status in ("ready", "running"):
             trainer.buffer.set_status("paused")
         try:
-            trainer.step()
+            if isinstance(trainer, ProcessTrainer):
+                # a playing run keeps the child's next step queued, unless others wait for a
+                # slot or a speed cap paces it
+                queue = playing and not self.slots.queued and self.steps_per_second <= 0
+                trainer.step(ahead=STEPS_AHEAD if queue else 0)
+            else:
+                trainer.step()
         except Exception as exc:  # the engine records measurement failures itself
             trainer.buffer.set_status("failed", f"{type(exc).__name__}: {exc}")
             return

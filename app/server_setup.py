@@ -22,6 +22,7 @@ import torch
 
 from app.limits import ServerLimits, configure, live_sessions, training_slots
 from app.runner import training_threads
+from ntk_core.process_trainer import prestart, training_processes
 
 STATS_PREFIX = "ntk-eos stats "
 LIMITS_PREFIX = "ntk-eos limits: "
@@ -53,6 +54,7 @@ def stats() -> dict[str, float | int]:
     slots = training_slots()
     return {"sessions": live_sessions().count, "trainings": slots.running,
             "queued": slots.queued, "training_threads": len(training_threads()),
+            "training_processes": len(training_processes()),
             "rss_mb": round(rss_mb(), 1)}
 
 
@@ -93,6 +95,7 @@ def start_stats_log(seconds: float) -> threading.Thread | None:
 
 
 if __name__ != "app.server_setup":  # executed by panel serve --setup, not imported
-    apply_limits()
+    if apply_limits().training == "process":
+        prestart()  # the fork server's torch import, before the first Play rather than after
     freeze_startup_objects()
     start_stats_log(float(os.environ.get("NTK_EOS_STATS_SECONDS", "0") or 0))

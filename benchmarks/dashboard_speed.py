@@ -166,25 +166,50 @@ def _chromium_pids() -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if "chrom" in (p.info["name"] or "")]
 
 
+def _server_pids(server_pid: int) -> list[int]:
+    """The server and its descendants (the fork server and the training processes)."""
+    import psutil
+
+    try:
+        return [server_pid, *(p.pid for p in psutil.Process(server_pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [server_pid]
+
+
+def _machine_times() -> tuple[float, float]:
+    """(idle, steal) seconds summed over the cores since boot (Linux ``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (fields[3] + fields[4]) / tick, (fields[7] if len(fields) > 7 else 0) / tick
+
+
 def _cores_used(server_pid: int, seconds: float) -> dict[str, float]:
-    """Sleep ``seconds`` and report who used the two cores meanwhile: the server's busiest
-    thread (training), its other threads and every Chromium process, in cores, and the share
-    of the time the training thread was runnable but waiting for a core."""
-    before = {pid: _task_times(pid) for pid in [server_pid, *_chromium_pids()]}
+    """Sleep ``seconds`` and report who used the two cores meanwhile, in cores: the busiest
+    thread of the server's processes (training: in a child process, or a server thread), the
+    server's other threads, and every Chromium process; and the share of the time the training
+    thread was runnable but waiting for a core."""
+    server_pids = _server_pids(server_pid)
+    before = {pid: _task_times(pid) for pid in [*server_pids, *_chromium_pids()]}
+    machine_before = _machine_times()
     time.sleep(seconds)
+    machine_after = _machine_times()
     after = {pid: _task_times(pid) for pid in before}
-    delta = {pid: {tid: (t[0] - before[pid].get(tid, (0.0, 0.0))[0],
-                         t[1] - before[pid].get(tid, (0.0, 0.0))[1])
-                   for tid, t in after[pid].items()} for pid in before}
-    server = delta.pop(server_pid)
-    training = max(server, key=lambda tid: server[tid][0]) if server else None
-    on_cpu = {tid: t[0] for tid, t in server.items()}
-    return {"server_training_thread": on_cpu.pop(training, 0.0) / seconds,
+    delta = {(pid, tid): (t[0] - before[pid].get(tid, (0.0, 0.0))[0],
+                          t[1] - before[pid].get(tid, (0.0, 0.0))[1])
+             for pid in before for tid, t in after[pid].items()}
+    server = {key: t for key, t in delta.items() if key[0] in server_pids}
+    training = max(server, key=lambda key: server[key][0]) if server else None
+    on_cpu = {key: t[0] for key, t in server.items()}
+    return {"training_thread": on_cpu.pop(training, 0.0) / seconds,
             "training_thread_waiting_for_a_core": server[training][1] / seconds
             if training is not None else 0.0,
+            "training_in_child_process": training is not None and training[0] != server_pid,
             "server_other_threads": sum(on_cpu.values()) / seconds,
-            "chromium": sum(t[0] for threads in delta.values() for t in threads.values())
-            / seconds}
+            "chromium": sum(t[0] for key, t in delta.items() if key[0] not in server_pids)
+            / seconds,
+            "idle": (machine_after[0] - machine_before[0]) / seconds,
+            "steal": (machine_after[1] - machine_before[1]) / seconds}
 
 
 def browser(seconds: float, warmup: float, preset: str) -> dict:

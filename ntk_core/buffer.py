@@ -152,6 +152,12 @@ class RunBuffer:
             new[: len(arr)] = arr
             self._spectrum[name] = new
 
+    def set_kernel(self, step: int, kernel: np.ndarray, outputs: int = 0) -> None:
+        """Replace the kept kernel with step ``step``'s (a mirror catching up with its source)."""
+        with self._lock:
+            self._kernel = (step, kernel, outputs)
+            self.version += 1
+
     def set_status(self, status: str, reason: str = "") -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
@@ -168,6 +174,11 @@ class RunBuffer:
     # ---- readers -------------------------------------------------------------------------
     def __len__(self) -> int:
         return self._len
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated so far (grows by doubling)."""
+        return len(self._steps)
 
     @property
     def status(self) -> str:

@@ -49,6 +49,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def checked_lr(lr: float) -> float:
+    """``lr`` as a float; ValueError unless it is a positive finite number."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr: the learning rate must be a positive number, got {lr!r}")
+    return float(lr)
+
+
 class Trainer:
     """Trains ``config`` step by step and logs every step into ``self.buffer``.
 
@@ -75,6 +82,11 @@ class Trainer:
         self._stop_event = threading.Event()
         self.step_index = 0
         self.initial_loss: float | None = None
+        # False: records carry no kernel copy; ``latest_kernel`` still points at the last one
+        # (a view of the measurement's workspace, valid until the next step) for a reader that
+        # copies it out on demand, as ``ProcessTrainer``'s child does
+        self.copy_kernels = True
+        self.latest_kernel: tuple[int, torch.Tensor, int] | None = None
         self.buffer = RunBuffer(self.measurer.k, self._row_data(), self._attrs(),
                                 eigvec_every=config.eigvec_every,
                                 max_snapshots=config.eigvec_max_snapshots,
@@ -121,14 +133,17 @@ class Trainer:
         return self.status in TERMINAL
 
     @property
+    def size(self) -> tuple[int, int]:
+        """(training examples, trainable parameters)."""
+        return self.data.n, sum(p.numel() for p in self.params)
+
+    @property
     def dataset(self) -> xr.Dataset:
         return self.buffer.snapshot()
 
     def set_lr(self, lr: float) -> None:
         """Change η from the next step on, keeping the current weights."""
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr: the learning rate must be a positive number, got {lr!r}")
-        self.lr = float(lr)
+        self.lr = checked_lr(lr)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -187,9 +202,11 @@ class Trainer:
             if wants_vectors:
                 record.eigenvectors = m.vectors.T.float().cpu().numpy()
                 if m.kernel is not None and m.kernel.shape[0] <= KERNEL_KEEP_MAX_ROWS:
-                    # a copy: the workspace is overwritten next step
-                    record.kernel = m.kernel.detach().to("cpu", torch.float32, copy=True).numpy()
-                    record.kernel_outputs = m.output_major
+                    self.latest_kernel = (t, m.kernel.detach(), m.output_major)
+                    if self.copy_kernels:  # a copy: the workspace is overwritten next step
+                        record.kernel = m.kernel.detach().to("cpu", torch.float32,
+                                                             copy=True).numpy()
+                        record.kernel_outputs = m.output_major
         else:
             scalars["grad_norm"] = float(torch.sqrt(sum((g**2).sum() for g in grads)))
         self._update(grads)

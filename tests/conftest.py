@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -30,3 +31,14 @@ def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
             pytest.fail(message)
         pytest.skip(message)
     return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture
+def thread_training() -> Iterator[None]:
+    """Runs train in this process (``ServerLimits.training = "thread"``), for tests that reach
+    into the live trainer; the served default trains each run in a child process."""
+    from app import limits
+
+    limits.configure(limits.ServerLimits(training="thread"))
+    yield
+    limits.configure(None)

@@ -143,7 +143,15 @@ def test_status_line_words() -> None:
 
 
 # ---- the run ---------------------------------------------------------------------------------
-def test_lr_change_continues_from_the_current_weights(dash: Dashboard) -> None:
+def test_lr_change_continues_from_the_current_weights(thread_training: None) -> None:
+    dash = Dashboard(settings=RunSettings(**SMALL))
+    try:
+        check_lr_change_keeps_weights(dash)
+    finally:
+        dash.close()
+
+
+def check_lr_change_keeps_weights(dash: Dashboard) -> None:
     steps_done(dash, 3)
     run, trainer = dash.controller.run, dash.controller.run.trainer
     weights = [p.detach().clone() for p in trainer.params]

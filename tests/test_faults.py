@@ -86,7 +86,8 @@ def test_an_error_outside_the_measurement_also_fails_the_run(monkeypatch) -> Non
         trainer.step()
 
 
-def test_dashboard_shows_a_failed_measurement_and_keeps_serving(monkeypatch) -> None:
+def test_dashboard_shows_a_failed_measurement_and_keeps_serving(monkeypatch,
+                                                                  thread_training: None) -> None:
     dash = Dashboard(settings=RunSettings(**SMALL))
     try:
         for _ in range(3):
@@ -110,7 +111,8 @@ def test_dashboard_shows_a_failed_measurement_and_keeps_serving(monkeypatch) -> 
 
 
 # ---- a training thread that dies ---------------------------------------------------------------
-def test_a_killed_training_thread_leaves_a_failed_run_with_its_steps() -> None:
+def test_a_killed_training_thread_leaves_a_failed_run_with_its_steps(thread_training: None
+                                                                     ) -> None:
     run = TrainingRun(CONFIG)
     try:
         run.step(3)

@@ -270,11 +270,17 @@ def test_each_training_thread_sets_its_torch_threads(runs: list[TrainingRun],
     before = torch.get_num_threads()
     for threads in (1, 3):
         run = TrainingRun(SMALL, slots=TrainingSlots(1),
-                          limits=ServerLimits(torch_threads=threads))
+                          limits=ServerLimits(torch_threads=threads, training="thread"))
         runs.append(run)
         wait_for(lambda r=run: r.trainer is not None or bool(r.error))
     assert seen == [1, 3]
     assert torch.get_num_threads() == before  # this thread's setting is its own
+    for threads in (1, 3):  # a training process sets its own count too
+        run = TrainingRun(SMALL, slots=TrainingSlots(1),
+                          limits=ServerLimits(torch_threads=threads, training="process"))
+        runs.append(run)
+        wait_for(lambda r=run: r.trainer is not None or bool(r.error))
+        assert run.trainer.threads == threads
 
 
 # ---- sessions --------------------------------------------------------------------------------
