@@ -204,7 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     env = limits_env(hosted=args.hosted, max_sessions=args.max_sessions,
                      max_trainings=args.max_trainings, torch_threads=args.torch_threads,
-                     idle_minutes=args.idle_minutes)
+                     idle_minutes=args.idle_minutes, training=args.training)
     return serve(port=args.port, address=args.address, show=args.show,
                  allow_websocket_origin=args.allow_websocket_origin, extra_args=args.extra,
                  limits=env)
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--torch-threads", type=int, default=None, help="torch threads per run")
     g.add_argument("--idle-minutes", type=float, default=None,
                    help="pause a run after this long without input (0: never)")
+    g.add_argument("--training", choices=["process", "thread"], default=None,
+                   help="train each run in a child process (default) or in the server process")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -21,6 +21,7 @@ from support import LONGEST_COLUMN_JS, free_port
 
 from app.dashboard import Dashboard
 from app.runner import stop_all, training_threads
+from ntk_core.process_trainer import training_processes
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
@@ -160,15 +161,20 @@ def test_invalid_url_settings_show_a_message(server: str, page: Page) -> None:
 
 def test_closing_the_page_ends_its_training_thread(server: str, page: Page) -> None:
     before = set(training_threads())
+    processes_before = set(training_processes())
     open_app(page, f"{server}?{SMALL}")
     press(page, "Play")
     expect(status(page, at_least(2), "running")).to_be_visible()
     ours = [t for t in training_threads() if t not in before]
     assert ours, "the session trains in a thread named ntk-eos-train-*"
+    processes = [p for p in training_processes() if p not in processes_before]
+    assert len(processes) == 1, "the run trains in a process named ntk-eos-trainer-*"
     page.close()
     for thread in ours:
         thread.join(WAIT_MS / 1000)
         assert not thread.is_alive(), f"{thread.name} still runs after its session ended"
+    processes[0].join(10)
+    assert not processes[0].is_alive(), f"{processes[0].name} still runs after its session ended"
 
 
 @pytest.mark.slow

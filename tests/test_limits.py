@@ -123,6 +123,11 @@ def test_serve_flags_become_limits(monkeypatch) -> None:
     assert cli_main(["serve", "--hosted", "--max-sessions", "5"]) == 0
     assert called[0]["env"]["NTK_EOS_MODE"] == "hosted"
     assert called[0]["env"]["NTK_EOS_MAX_SESSIONS"] == "5"
+    assert ServerLimits.from_env(called[0]["env"]).training == "process"  # the default
+    assert cli_main(["serve", "--training", "thread"]) == 0
+    assert ServerLimits.from_env(called[1]["env"]).training == "thread"
+    with pytest.raises(ConfigError, match="NTK_EOS_TRAINING: expected process or thread"):
+        ServerLimits.from_env({"NTK_EOS_TRAINING": "gpu"})
 
 
 # ---- the queue -----------------------------------------------------------------------------

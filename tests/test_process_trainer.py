@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +177,22 @@ def test_stopping_mid_step_kills_the_child_and_keeps_the_status() -> None:
         wait_for(lambda: not mirror.process.is_alive(), timeout=10)
     finally:
         mirror.close()
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_in_the_child(tmp_path) -> None:
+    script = tmp_path / "serve_it.py"
+    script.write_text(
+        "from ntk_core import RunConfig\n"
+        "from ntk_core.process_trainer import ProcessTrainer\n"
+        "print('script body runs', flush=True)\n"
+        f"trainer = ProcessTrainer(RunConfig.from_json({CONFIG.replace(steps=3).to_json()!r}))\n"
+        "for _ in range(3):\n"
+        "    trainer.step()\n"
+        "print('status', trainer.status, len(trainer.buffer), flush=True)\n"
+        "trainer.close()\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("script body runs") == 1, done.stdout
+    assert "status completed 3" in done.stdout
