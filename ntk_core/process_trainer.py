@@ -7,14 +7,16 @@ waits for it after every torch call, about a thousand times a step. ``ProcessTra
 blocking pipe read per step.
 
 It has the ``Trainer`` interface that a driver loop uses: ``step()``, ``set_lr()``, ``buffer``,
-``status``, ``finished``, ``size``, plus ``close()``. The parent sends one command per step and
-waits for the step's record, which it appends to its mirror buffer; so the caller still decides
-when each step happens (training slots, pauses, speed caps stay in the caller).
+``status``, ``finished``, ``size``, plus ``sync()`` and ``close()``. The parent sends one command
+per step and waits for the step's record, which it appends to its mirror buffer; so the caller
+still decides when each step happens (training slots, pauses, speed caps stay in the caller).
+``step(ahead=2)`` leaves two more steps queued in the child, so that it starts the next step
+while the parent is still waiting for its GIL to collect the last one; ``sync()`` collects them.
 
 The NTK itself (m × m floats, 4 MB at m = 1024) does not travel with every record. The child
-copies it into a shared memory map only when the parent asks, at most every
-``KERNEL_INTERVAL_S`` while stepping, on every single step, at the end of the run and on
-``sync()`` (a pause), so the mirror's kernel is never more than a page refresh old.
+copies it into a shared memory map only when the parent asks: at most every
+``KERNEL_INTERVAL_S`` while stepping, at the end of the run and on ``sync()`` (a pause or a
+single step), so the mirror's kernel is at most a quarter of a second behind its last step.
 
 Children start from a fork server that has imported torch once, so a new run starts in a
 fraction of a second. A child that dies (killed, out of memory) ends the run as ``failed``;
@@ -44,7 +46,8 @@ from .buffer import RunBuffer, StepRecord
 from .config import ConfigError, RunConfig
 from .train import KERNEL_KEEP_MAX_ROWS, TERMINAL, Trainer, checked_lr
 
-KERNEL_INTERVAL_S = 0.1  # the dashboard redraws at 4-5 Hz: a fresher kernel is never seen
+# the dashboard redraws its matrices once a second: a fresher kernel would never be seen
+KERNEL_INTERVAL_S = 0.25
 PROCESS_PREFIX = "ntk-eos-trainer-"
 POLL_S = 0.1  # how often a blocked wait checks ``cancelled``
 
