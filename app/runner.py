@@ -41,6 +41,9 @@ THREAD_PREFIX = "ntk-eos-train-"
 # Steps queued in a training process beyond the one being collected: with two, the child has
 # its next step in hand while this process copies out the last one, however busy its GIL is
 STEPS_AHEAD = 2
+# Niceness of a hosted server's training processes: at 5 the kernel gives the server's threads
+# three times their weight, so pages open and answer while every core trains
+HOSTED_TRAINING_NICE = 5
 _ids = itertools.count(1)
 _live_runs: weakref.WeakSet[TrainingRun] = weakref.WeakSet()
 
@@ -197,9 +200,13 @@ class TrainingRun:
 
     def _new_trainer(self) -> Trainer | ProcessTrainer:
         if self.limits.training == "process":
+            # A lecturer's laptop: the run gets its own share of the cores against the browser.
+            # A hosted server trains on every core: its runs yield to the event loop instead.
+            hosted = self.limits.mode == "hosted"
             return ProcessTrainer(self.config, threads=self.limits.torch_threads,
                                   cancelled=self._stop.is_set,
-                                  name=self.thread.name.removeprefix(THREAD_PREFIX))
+                                  name=self.thread.name.removeprefix(THREAD_PREFIX),
+                                  own_session=not hosted, nice=HOSTED_TRAINING_NICE if hosted else 0)
         # OpenMP threads are a per-thread setting in torch: this thread's share of the cores
         torch.set_num_threads(self.limits.torch_threads)
         return Trainer(self.config)
@@ -224,12 +231,16 @@ class TrainingRun:
                 work = playing or self._pending > 0
                 if not work:
                     self._go.clear()
-                    if isinstance(trainer, ProcessTrainer):
-                        trainer.sync()  # the paused page shows the kernel of its last step
-                    self._idle.set()
-                    if trainer.status == "running":
-                        trainer.buffer.set_status("paused")
             if not work:
+                if isinstance(trainer, ProcessTrainer):
+                    # outside the lock (the page's controls take it): collect the queued steps,
+                    # so the paused page shows its last step and that step's kernel
+                    trainer.sync()
+                with self._lock:
+                    if not self._go.is_set():  # no play or step came in meanwhile
+                        self._idle.set()
+                        if trainer.status == "running":
+                            trainer.buffer.set_status("paused")
                 self.slots.release(self)
                 self._go.wait()
                 continue

@@ -129,17 +129,22 @@ class ProcessTrainer:
     Building happens in the child and the constructor waits for it: a ``ConfigError`` there is
     raised here as one, any other failure as ``TrainingProcessError``. ``cancelled()`` is
     polled while waiting, and a cancelled build kills the child and raises
-    ``TrainingProcessError``. ``threads``: the child's torch threads.
+    ``TrainingProcessError``. ``threads``: the child's torch threads. ``own_session``: the
+    child starts a session of its own (its own share of the cores where the scheduler groups by
+    session); ``nice``: added to its niceness (a server that must stay responsive while every
+    core trains).
     """
 
     def __init__(self, config: RunConfig, threads: int = 1,
-                 cancelled: Callable[[], bool] = lambda: False, name: str = "") -> None:
+                 cancelled: Callable[[], bool] = lambda: False, name: str = "",
+                 own_session: bool = True, nice: int = 0) -> None:
         self.config = config
         self.lr = config.lr
         self._cancelled = cancelled
         context = _context()
         self._conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_child_main, args=(child_conn, config, threads),
+        self.process = context.Process(target=_child_main,
+                                       args=(child_conn, config, threads, own_session, nice),
                                        name=PROCESS_PREFIX + (name or "run"), daemon=True)
         _start_without_main(self.process)
         child_conn.close()
@@ -315,15 +320,20 @@ class ProcessTrainer:
 
 
 # ---- the child -----------------------------------------------------------------------------
-def _child_main(conn: Connection, config: RunConfig, threads: int) -> None:
+def _child_main(conn: Connection, config: RunConfig, threads: int, own_session: bool,
+                nice: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    # A session of its own: where Linux groups the scheduler by session (autogroup, the default
-    # on desktops), the run gets its own share of the cores instead of splitting one with the
-    # server's event loop, and a browser's bursts preempt it less (0.91-0.93 of a core and
-    # 18-21 steps/s served, against 0.83-0.85 and 16 in the same minutes). A child whose server
-    # dies still ends: its next read of the pipe fails.
-    with contextlib.suppress(OSError):
-        os.setsid()
+    if own_session:
+        # Where Linux groups the scheduler by session (autogroup, the default on desktops), the
+        # run gets its own share of the cores instead of splitting one with the server and the
+        # browser, whose bursts preempt it less (0.91-0.93 of a core and 18-21 steps/s served,
+        # against 0.83-0.85 and 15.8-16 without). A child whose server dies still ends: its
+        # next read of the pipe fails.
+        with contextlib.suppress(OSError):
+            os.setsid()
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     torch.set_num_threads(threads)
     try:
         trainer = Trainer(config)

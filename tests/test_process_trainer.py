@@ -196,3 +196,20 @@ def test_a_script_without_a_main_guard_is_not_run_again_in_the_child(tmp_path) -
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("script body runs") == 1, done.stdout
     assert "status completed 3" in done.stdout
+
+
+def test_session_and_niceness_of_the_child() -> None:
+    """Local servers give each run a session of its own (its own share of the cores where the
+    scheduler groups by session); hosted servers keep runs in theirs, at a lower priority."""
+    own = ProcessTrainer(CONFIG, own_session=True)
+    shared = ProcessTrainer(CONFIG, own_session=False, nice=5)
+    try:
+        assert os.getsid(own.process.pid) == own.process.pid != os.getsid(0)
+        assert os.getsid(shared.process.pid) == os.getsid(0)
+        assert os.getpriority(os.PRIO_PROCESS, shared.process.pid) == os.getpriority(
+            os.PRIO_PROCESS, 0) + 5
+        assert os.getpriority(os.PRIO_PROCESS, own.process.pid) == os.getpriority(
+            os.PRIO_PROCESS, 0)
+    finally:
+        own.close()
+        shared.close()
