@@ -323,7 +323,7 @@ class ProcessTrainer:
 def _child_main(conn: Connection, config: RunConfig, threads: int, own_session: bool,
                 nice: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    if own_session:
+    if own_session and hasattr(os, "setsid"):  # not on Windows
         # Where Linux groups the scheduler by session (autogroup, the default on desktops), the
         # run gets its own share of the cores instead of splitting one with the server and the
         # browser, whose bursts preempt it less (0.91-0.93 of a core and 18-21 steps/s served,
@@ -331,7 +331,7 @@ def _child_main(conn: Connection, config: RunConfig, threads: int, own_session: 
         # next read of the pipe fails.
         with contextlib.suppress(OSError):
             os.setsid()
-    if nice:
+    if nice and hasattr(os, "nice"):
         with contextlib.suppress(OSError):
             os.nice(nice)
     torch.set_num_threads(threads)
