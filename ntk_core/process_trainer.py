@@ -44,7 +44,7 @@ import torch
 
 from .buffer import RunBuffer, StepRecord
 from .config import ConfigError, RunConfig
-from .train import KERNEL_KEEP_MAX_ROWS, TERMINAL, Trainer, checked_lr
+from .train import KERNEL_KEEP_MAX_ROWS, TERMINAL, LoggedRun, Trainer, checked_lr
 
 # the dashboard redraws its matrices once a second: a fresher kernel would never be seen
 KERNEL_INTERVAL_S = 0.25
@@ -125,7 +125,7 @@ def _shared_dir(nbytes: int) -> str:
     return tempfile.gettempdir()
 
 
-class ProcessTrainer:
+class ProcessTrainer(LoggedRun):
     """A ``Trainer`` that trains ``config`` in a child process.
 
     Building happens in the child and the constructor waits for it: a ``ConfigError`` there is
@@ -184,14 +184,6 @@ class ProcessTrainer:
         self._kernel = np.frombuffer(self._kernel_map, np.float32).reshape(rows, rows)
 
     # ---- the Trainer interface -------------------------------------------------------------
-    @property
-    def status(self) -> str:
-        return self.buffer.status
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL
-
     def set_lr(self, lr: float) -> None:
         """η from the next step on (checked here, applied by the child with the next step)."""
         self.lr = checked_lr(lr)
@@ -239,7 +231,7 @@ class ProcessTrainer:
         self._in_flight.popleft()
         _, record, kernel, status, reason, traceback = reply
         if kernel is not None:
-            self._take_kernel(record, kernel)
+            record.kernel, record.kernel_outputs = self._take_kernel(kernel)
         if record is not None:
             self.buffer.append(record)
         if traceback:
@@ -266,17 +258,15 @@ class ProcessTrainer:
                 self.buffer.set_status("failed", str(exc))
             return
         if kernel is not None and kernel[0] > self._last_kernel_step:
-            record = StepRecord(kernel[0], {})
-            self._take_kernel(record, kernel)
-            self.buffer.set_kernel(kernel[0], record.kernel, record.kernel_outputs)
+            self.buffer.set_kernel(kernel[0], *self._take_kernel(kernel))
 
-    def _take_kernel(self, record: StepRecord, kernel: tuple[int, int]) -> None:
+    def _take_kernel(self, kernel: tuple[int, int]) -> tuple[np.ndarray, int]:
+        """(K, its row order) copied out of the map for the child's (step, outputs) reply."""
         step, outputs = kernel
         assert self._kernel is not None
-        record.kernel = self._kernel.copy()  # the child overwrites the map on a later request
-        record.kernel_outputs = outputs
         self._kernel_sent = time.monotonic()
         self._last_kernel_step = step
+        return self._kernel.copy(), outputs  # the child overwrites the map on a later request
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the child (after the step in progress, or killed after a second) and free
@@ -345,16 +335,10 @@ def _child_main(conn: Connection, config: RunConfig, threads: int, own_session: 
         return
     trainer.copy_kernels = False
     rows = trainer.buffer.m
-    kernel_path = None
-    kernel = None
-    if trainer.mode == "exact" and rows <= KERNEL_KEEP_MAX_ROWS:  # an explicit K is kept
-        fd, kernel_path = tempfile.mkstemp(prefix="ntk-eos-kernel-",
-                                           dir=_shared_dir(rows * rows * 4))
-        os.ftruncate(fd, rows * rows * 4)
-        kernel_map = mmap.mmap(fd, rows * rows * 4)
-        os.close(fd)
-        kernel = torch.from_numpy(np.frombuffer(kernel_map, np.float32).reshape(rows, rows))
+    kernel_path, kernel = None, None
     try:
+        if trainer.mode == "exact" and rows <= KERNEL_KEEP_MAX_ROWS:  # an explicit K is kept
+            kernel_path, kernel = _kernel_map(rows)
         buffer = trainer.buffer
         conn.send(("ready", {"k": buffer.k, "rows": buffer.row_data, "attrs": buffer.attrs,
                              "eigvec_every": buffer.eigvec_every,
@@ -369,6 +353,25 @@ def _child_main(conn: Connection, config: RunConfig, threads: int, own_session: 
         if kernel_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(kernel_path)
+
+
+def _kernel_map(rows: int) -> tuple[str | None, torch.Tensor | None]:
+    """A shared file of rows × rows float32 and the child's view of it; (None, None) when it
+    cannot be made (a full disk): the run then trains without sending its kernel."""
+    nbytes = rows * rows * 4
+    try:
+        fd, path = tempfile.mkstemp(prefix="ntk-eos-kernel-", dir=_shared_dir(nbytes))
+    except OSError:
+        return None, None
+    try:
+        os.ftruncate(fd, nbytes)
+        view = np.frombuffer(mmap.mmap(fd, nbytes), np.float32).reshape(rows, rows)
+    except OSError:
+        os.unlink(path)
+        return None, None
+    finally:
+        os.close(fd)
+    return path, torch.from_numpy(view)
 
 
 def _serve(conn: Connection, trainer: Trainer, kernel: torch.Tensor | None) -> None:

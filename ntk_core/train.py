@@ -49,6 +49,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class LoggedRun:
+    """The state a driver reads from a run's log: ``Trainer`` and ``ProcessTrainer`` share it."""
+
+    buffer: RunBuffer
+
+    @property
+    def status(self) -> str:
+        return self.buffer.status
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
 def checked_lr(lr: float) -> float:
     """``lr`` as a float; ValueError unless it is a positive finite number."""
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -56,7 +70,7 @@ def checked_lr(lr: float) -> float:
     return float(lr)
 
 
-class Trainer:
+class Trainer(LoggedRun):
     """Trains ``config`` step by step and logs every step into ``self.buffer``.
 
     ``step()`` advances one step and returns its record; ``run()`` loops until a stop;
@@ -124,14 +138,6 @@ class Trainer:
         }
 
     # ---- control -------------------------------------------------------------------------
-    @property
-    def status(self) -> str:
-        return self.buffer.status
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL
-
     @property
     def size(self) -> tuple[int, int]:
         """(training examples, trainable parameters)."""

@@ -213,3 +213,15 @@ def test_session_and_niceness_of_the_child() -> None:
     finally:
         own.close()
         shared.close()
+
+
+def test_a_kernel_map_that_cannot_be_made_is_skipped(monkeypatch, tmp_path) -> None:
+    from ntk_core import process_trainer
+
+    path, view = process_trainer._kernel_map(8)
+    try:
+        assert view.shape == (8, 8) and os.path.exists(path)
+    finally:
+        os.unlink(path)
+    monkeypatch.setattr(process_trainer, "_shared_dir", lambda nbytes: str(tmp_path / "gone"))
+    assert process_trainer._kernel_map(8) == (None, None)  # no folder: no map, no stray file
