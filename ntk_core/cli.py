@@ -39,6 +39,7 @@ def _fmt(x: float, spec: str = ".4g") -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .allocator import keep_freed_memory
     from .train import Trainer
 
     config = config_from_args(args)
@@ -47,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if problem:  # before training: a run that cannot be saved is better not started
             print(f"error: cannot save to {args.out}: {problem}", file=sys.stderr)
             return 2
+    keep_freed_memory()  # this process trains one run, then exits
     trainer = Trainer(config)
     print(f"ntk-eos run · {config.arch} on {config.dataset} (n={config.n}, "
           f"{trainer.data.num_outputs} output(s)) · η = {config.lr:g} · 2/η = {2 / config.lr:.4g}"

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .buffer import RunBuffer, StepRecord
 from .config import ConfigError, RunConfig
 from .train import KERNEL_KEEP_MAX_ROWS, TERMINAL, LoggedRun, Trainer, checked_lr
@@ -326,6 +327,7 @@ def _child_main(conn: Connection, config: RunConfig, threads: int, own_session: 
     if nice and hasattr(os, "nice"):
         with contextlib.suppress(OSError):
             os.nice(nice)
+    keep_freed_memory()
     torch.set_num_threads(threads)
     try:
         trainer = Trainer(config)

@@ -39,14 +39,59 @@ class EigResult:
 
 
 def _orthonormalize(W: torch.Tensor, Q: torch.Tensor | None, drop: float = 1e-10) -> torch.Tensor:
-    """Columns of W made orthonormal and orthogonal to Q (classical Gram–Schmidt, twice)."""
+    """Columns of W made orthonormal and orthogonal to the columns of Q (classical Gram–Schmidt,
+    twice)."""
     norms0 = W.norm(dim=0).clamp_min(1e-300)
-    for _ in range(2):
-        if Q is not None and Q.shape[1]:
+    if Q is not None and Q.shape[1]:
+        for _ in range(2):
             W = W - Q @ (Q.T @ W)
     Wq, R = torch.linalg.qr(W)
     keep = R.diagonal().abs() > drop * norms0
     return Wq if bool(keep.all()) else Wq[:, keep]  # the usual case needs no gather copy
+
+
+class _Basis:
+    """The search space Q, its images AQ and the small matrices T = QᵀAQ and G = (AQ)ᵀAQ.
+
+    Everything of length ``dim`` lives in buffers allocated once per solve, each vector a
+    contiguous row; T and G grow by the new block's rows only. Allocating and concatenating
+    fresh (dim × q) arrays each iteration cost more than the arithmetic at dim ≈ 25 000 (the
+    Hessian's), mostly in page faults.
+    """
+
+    def __init__(self, dim: int, capacity: int, **f64: object) -> None:
+        self.Q = torch.empty(capacity, dim, **f64)
+        self.AQ = torch.empty(capacity, dim, **f64)
+        self.T = torch.empty(capacity, capacity, **f64)
+        self.G = torch.empty(capacity, capacity, **f64)
+        self.size = 0
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        return self.Q[:self.size].T  # (dim, q) view
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.AQ[:self.size].T
+
+    def append(self, W: torch.Tensor, AW: torch.Tensor) -> None:
+        q, b = self.size, W.shape[1]
+        self.Q[q:q + b] = W.T
+        self.AQ[q:q + b] = AW.T
+        self.size = q + b
+        for M, rows in ((self.T, self.Q), (self.G, self.AQ)):
+            C = rows[:q + b] @ AW  # (q + b, b): the new columns, and by symmetry the new rows
+            M[:q + b, q:q + b] = C
+            M[q:q + b, :q] = C[:q].T
+
+    def restart(self, X: torch.Tensor, AX: torch.Tensor, theta: torch.Tensor) -> None:
+        """Thick restart on the Ritz vectors X (orthonormal), whose T is diag(θ)."""
+        nb = X.shape[1]
+        self.Q[:nb] = X.T
+        self.AQ[:nb] = AX.T
+        self.T[:nb, :nb] = torch.diag(theta)
+        self.G[:nb, :nb] = AX.T @ AX
+        self.size = nb
 
 
 def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None = None,
@@ -75,36 +120,44 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
     while Q.shape[1] < block:  # degenerate seeds: refill with random directions
         Q = torch.cat([Q, _orthonormalize(torch.randn(dim, block - Q.shape[1], generator=generator,
                                                       **f64), Q)], dim=1)
-    AQ = matmat(Q)
+    basis = _Basis(dim, max(max_basis, block), **f64)
+    basis.append(Q, matmat(Q))
     products = Q.shape[1]
     while True:
-        T = Q.T @ AQ
-        theta, S = torch.linalg.eigh(0.5 * (T + T.T))
+        q = basis.size
+        theta, S = torch.linalg.eigh(basis.T[:q, :q])
         theta, S = theta.flip(0), S.flip(1)
-        nb = min(block, S.shape[1])
-        X, AX = Q @ S[:, :nb], AQ @ S[:, :nb]
-        R = AX - X * theta[:nb]
-        rnorm = R.norm(dim=0)
+        nb = min(block, q)
+        Sb = S[:, :nb]
+        # ‖A x − θ x‖² = sᵀ G s − θ² for x = Q s (Q orthonormal, sᵀ T s = θ): the residual
+        # norms without forming a single Ritz vector.
+        r2 = ((basis.G[:q, :q] @ Sb) * Sb).sum(0) - theta[:nb] ** 2
+        rnorm = r2.clamp_min(0).sqrt()
         rel = _error_bound(rnorm, theta, nb) / theta[:nb].abs().clamp_min(1e-300)
         done = bool((rel[:k] <= tol).all())
-        if done or products >= max_products or Q.shape[1] >= dim:
-            return EigResult(theta[:k].clone(), X[:, :k].clone(), rel[:k].clone(), products,
-                             done or Q.shape[1] >= dim, Q, AQ, X)
+        if done or products >= max_products or q >= dim:
+            X = basis.vectors @ Sb
+            return EigResult(theta[:k].clone(), X[:, :k], rel[:k].clone(), products,
+                             done or q >= dim, basis.vectors, basis.images, X)
         # expand along the unconverged pairs and the guards (seed columns past k + guard are
         # kept in the basis but not expanded, so a 2-vector seed costs 1 product per iteration)
         active = torch.cat([torch.nonzero(rel[:k] > tol).flatten(),
                             torch.arange(k, min(nb, k + guard))])
-        if Q.shape[1] + active.numel() > max_basis:  # thick restart on the Ritz vectors
-            Q, AQ = X, AX
-        W = _orthonormalize(R[:, active], Q)
+        Sa = S[:, active]
+        R = basis.images @ Sa - (basis.vectors @ Sa) * theta[active]
+        restarted = q + active.numel() > max_basis
+        if restarted:  # thick restart on the Ritz vectors
+            basis.restart(basis.vectors @ Sb, basis.images @ Sb, theta[:nb])
+        W = _orthonormalize(R, basis.vectors)
         if W.shape[1] == 0:  # the residuals lie in the basis: an invariant subspace
-            W = _orthonormalize(torch.randn(dim, 1, generator=generator, **f64), Q)
+            W = _orthonormalize(torch.randn(dim, 1, generator=generator, **f64), basis.vectors)
             if W.shape[1] == 0:
-                return EigResult(theta[:k].clone(), X[:, :k].clone(), rel[:k].clone(), products,
-                                 True, Q, AQ, X)
-        AW = matmat(W)
+                X = basis.vectors.clone() if restarted else basis.vectors @ Sb
+                return EigResult(theta[:k].clone(), X[:, :k], rel[:k].clone(), products,
+                                 True, basis.vectors, basis.images, X)
+        W = W[:, :basis.Q.shape[0] - basis.size]
+        basis.append(W, matmat(W))
         products += W.shape[1]
-        Q, AQ = torch.cat([Q, W], dim=1), torch.cat([AQ, AW], dim=1)
 
 
 def _is_orthonormal(Q: torch.Tensor, tol: float = 1e-12) -> bool:
