@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
@@ -56,14 +57,15 @@ class _Basis:
     Everything of length ``dim`` lives in buffers allocated once per solve, each vector a
     contiguous row; T and G grow by the new block's rows only. Allocating and concatenating
     fresh (dim × q) arrays each iteration cost more than the arithmetic at dim ≈ 25 000 (the
-    Hessian's), mostly in page faults.
+    Hessian's), mostly in page faults. T and G are small and live in numpy, where the
+    Rayleigh–Ritz step's dozen tiny operations cost microseconds instead of torch's dispatch.
     """
 
     def __init__(self, dim: int, capacity: int, **f64: object) -> None:
         self.Q = torch.empty(capacity, dim, **f64)
         self.AQ = torch.empty(capacity, dim, **f64)
-        self.T = torch.empty(capacity, capacity, **f64)
-        self.G = torch.empty(capacity, capacity, **f64)
+        self.T = np.empty((capacity, capacity))
+        self.G = np.empty((capacity, capacity))
         self.size = 0
 
     @property
@@ -80,28 +82,48 @@ class _Basis:
         self.AQ[q:q + b] = AW.T
         self.size = q + b
         for M, rows in ((self.T, self.Q), (self.G, self.AQ)):
-            C = rows[:q + b] @ AW  # (q + b, b): the new columns, and by symmetry the new rows
+            C = (rows[:q + b] @ AW).cpu().numpy()  # the new columns, and by symmetry the rows
             M[:q + b, q:q + b] = C
             M[q:q + b, :q] = C[:q].T
 
-    def restart(self, X: torch.Tensor, AX: torch.Tensor, theta: torch.Tensor) -> None:
+    def restart(self, X: torch.Tensor, AX: torch.Tensor, theta: np.ndarray) -> None:
         """Thick restart on the Ritz vectors X (orthonormal), whose T is diag(θ)."""
         nb = X.shape[1]
         self.Q[:nb] = X.T
         self.AQ[:nb] = AX.T
-        self.T[:nb, :nb] = torch.diag(theta)
-        self.G[:nb, :nb] = AX.T @ AX
+        self.T[:nb, :nb] = np.diag(theta)
+        self.G[:nb, :nb] = (AX.T @ AX).cpu().numpy()
         self.size = nb
+
+    def ritz(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ritz values (descending), their coefficient vectors S, and the residual norms of
+        the first ``block``: ‖A x − θ x‖² = sᵀ G s − θ² for x = Q s (Q orthonormal,
+        sᵀ T s = θ), so not a single Ritz vector is formed to judge convergence."""
+        q = self.size
+        theta, S = np.linalg.eigh(self.T[:q, :q])
+        theta, S = theta[::-1], S[:, ::-1]
+        Sb = S[:, :block]
+        r2 = np.einsum("ij,ij->j", self.G[:q, :q] @ Sb, Sb) - theta[:block] ** 2
+        return theta, S, np.sqrt(np.maximum(r2, 0.0))
+
+    def combine(self, S: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vectors Q S and their images AQ S."""
+        S_t = torch.from_numpy(np.array(S, order="C")).to(self.Q.device)  # (flipped: copy)
+        return self.vectors @ S_t, self.images @ S_t
 
 
 def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None = None,
                    tol: float = 1e-4, guard: int = 2, max_products: int | None = None,
                    max_basis: int | None = None, generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu") -> EigResult:
+                   device: torch.device | str = "cpu", max_gap: float | None = None) -> EigResult:
     """Largest-k eigenpairs of the symmetric operator ``matmat`` on R^dim.
 
     ``start`` (dim, s): seed directions, e.g. the previous step's eigenvectors. Everything
     inside the solver is float64; ``matmat`` receives and must return float64 (dim, b).
+    ``max_gap``: an estimate of the spectral gap known from elsewhere. A basis of two or three
+    vectors places its lower Ritz values far below the true next eigenvalue, so the gap between
+    Ritz values can overstate the true gap many times over; the error bound then uses the
+    smaller of the two.
     """
     k = min(k, dim)
     block = min(dim, max(k + guard, start.shape[1] if start is not None else 0))
@@ -125,39 +147,38 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
     products = Q.shape[1]
     while True:
         q = basis.size
-        theta, S = torch.linalg.eigh(basis.T[:q, :q])
-        theta, S = theta.flip(0), S.flip(1)
         nb = min(block, q)
-        Sb = S[:, :nb]
-        # ‖A x − θ x‖² = sᵀ G s − θ² for x = Q s (Q orthonormal, sᵀ T s = θ): the residual
-        # norms without forming a single Ritz vector.
-        r2 = ((basis.G[:q, :q] @ Sb) * Sb).sum(0) - theta[:nb] ** 2
-        rnorm = r2.clamp_min(0).sqrt()
-        rel = _error_bound(rnorm, theta, nb) / theta[:nb].abs().clamp_min(1e-300)
+        theta, S, rnorm = basis.ritz(nb)
+        rel = _error_bound(rnorm, theta, nb, max_gap) / np.maximum(np.abs(theta[:nb]), 1e-300)
         done = bool((rel[:k] <= tol).all())
         if done or products >= max_products or q >= dim:
-            X = basis.vectors @ Sb
-            return EigResult(theta[:k].clone(), X[:, :k], rel[:k].clone(), products,
-                             done or q >= dim, basis.vectors, basis.images, X)
+            return _result(basis.combine(S[:, :nb])[0], theta, rel, k, products, done or q >= dim,
+                           basis)
         # expand along the unconverged pairs and the guards (seed columns past k + guard are
         # kept in the basis but not expanded, so a 2-vector seed costs 1 product per iteration)
-        active = torch.cat([torch.nonzero(rel[:k] > tol).flatten(),
-                            torch.arange(k, min(nb, k + guard))])
-        Sa = S[:, active]
-        R = basis.images @ Sa - (basis.vectors @ Sa) * theta[active]
-        restarted = q + active.numel() > max_basis
+        active = np.concatenate([np.flatnonzero(rel[:k] > tol), np.arange(k, min(nb, k + guard))])
+        X_a, AX_a = basis.combine(S[:, active])
+        R = AX_a - X_a * torch.from_numpy(theta[active].copy()).to(X_a.device)
+        restarted = q + active.size > max_basis
         if restarted:  # thick restart on the Ritz vectors
-            basis.restart(basis.vectors @ Sb, basis.images @ Sb, theta[:nb])
+            basis.restart(*basis.combine(S[:, :nb]), theta[:nb])
         W = _orthonormalize(R, basis.vectors)
         if W.shape[1] == 0:  # the residuals lie in the basis: an invariant subspace
             W = _orthonormalize(torch.randn(dim, 1, generator=generator, **f64), basis.vectors)
             if W.shape[1] == 0:
-                X = basis.vectors.clone() if restarted else basis.vectors @ Sb
-                return EigResult(theta[:k].clone(), X[:, :k], rel[:k].clone(), products,
-                                 True, basis.vectors, basis.images, X)
+                X = basis.vectors.clone() if restarted else basis.combine(S[:, :nb])[0]
+                return _result(X, theta, rel, k, products, True, basis)
         W = W[:, :basis.Q.shape[0] - basis.size]
         basis.append(W, matmat(W))
         products += W.shape[1]
+
+
+def _result(X: torch.Tensor, theta: np.ndarray, rel: np.ndarray, k: int, products: int,
+            converged: bool, basis: _Basis) -> EigResult:
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a[:k].copy()).to(X.device)
+    return EigResult(tensor(theta), X[:, :k], tensor(rel), products, converged, basis.vectors,
+                     basis.images, X)
 
 
 def _is_orthonormal(Q: torch.Tensor, tol: float = 1e-12) -> bool:
@@ -167,14 +188,19 @@ def _is_orthonormal(Q: torch.Tensor, tol: float = 1e-12) -> bool:
     return bool(G.abs().max() <= tol)
 
 
-def _error_bound(rnorm: torch.Tensor, theta: torch.Tensor, nb: int) -> torch.Tensor:
-    """min(‖r‖, ‖r‖²/gap) per Ritz pair; the gap is to the nearest other Ritz value."""
-    diff = (theta[:nb, None] - theta[None, :]).abs()
-    diff.fill_diagonal_(float("inf"))  # (nb ≤ len(theta): the diagonal is each pair's own)
-    gap = diff.min(dim=1).values
+def _error_bound(rnorm: np.ndarray, theta: np.ndarray, nb: int,
+                 max_gap: float | None = None) -> np.ndarray:
+    """min(‖r‖, ‖r‖²/gap) per Ritz pair; the gap is to the nearest other Ritz value, and at
+    most ``max_gap``."""
+    diff = np.abs(theta[:nb, None] - theta[None, :])
+    np.fill_diagonal(diff, np.inf)  # (nb ≤ len(theta): the diagonal is each pair's own)
+    gap = diff.min(axis=1)
+    if max_gap is not None:
+        gap = np.minimum(gap, max_gap)
     # A lone Ritz value has no gap estimate: only ‖r‖ bounds its error (r²/∞ would claim 0).
-    quadratic = torch.where(torch.isfinite(gap), rnorm**2 / gap.clamp_min(1e-300), rnorm)
-    return torch.minimum(rnorm, quadratic)
+    with np.errstate(divide="ignore"):
+        quadratic = np.where(np.isfinite(gap), rnorm**2 / np.maximum(gap, 1e-300), rnorm)
+    return np.minimum(rnorm, quadratic)
 
 
 def explicit_matmat(K: torch.Tensor) -> MatMat:

@@ -137,3 +137,38 @@ def test_warm_hessian_seed_reaches_dense_sharpness() -> None:
     res = top_hessian_eigenpair(op, start=seed, tol=1e-4, guard=0)
     assert abs(float(res.values[0]) - ref) / abs(ref) <= 1e-4, (float(res.values[0]), ref)
     assert op.products == res.products
+
+
+def _near_degenerate(dim: int = 200, gap: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """A symmetric matrix whose top two eigenvalues are 1 and 1 − gap, the rest in [0, 0.5]."""
+    g = torch.Generator().manual_seed(3)
+    U = torch.linalg.qr(torch.randn(dim, dim, dtype=torch.float64, generator=g))[0]
+    values = torch.cat([torch.tensor([1.0, 1.0 - gap], dtype=torch.float64),
+                        0.5 * torch.rand(dim - 2, dtype=torch.float64, generator=g)])
+    seed = U[:, :1] + 0.3 * U[:, 1:2] + 0.05 * torch.randn(dim, 1, dtype=torch.float64,
+                                                           generator=g)
+    return (U * values) @ U.T, seed
+
+
+def test_gap_cap_keeps_the_bound_honest_at_near_degenerate_top_eigenvalues() -> None:
+    """With one seed, the Ritz values of a two-vector Krylov space put the second far below
+    1 − gap, so the r²/gap bound accepts an eigenvalue that is off by far more than ``tol``;
+    capping the gap at the true one restores the tolerance."""
+    A, seed = _near_degenerate()
+    tol = 1e-6
+    loose = top_eigenpairs(explicit_matmat(A), 200, 1, start=seed, tol=tol, guard=0)
+    capped = top_eigenpairs(explicit_matmat(A), 200, 1, start=seed, tol=tol, guard=0,
+                            max_gap=1e-3)
+    assert abs(float(loose.values[0]) - 1.0) > 10 * tol  # what the cap is for
+    assert abs(float(capped.values[0]) - 1.0) <= tol
+    assert capped.products > loose.products
+
+
+def test_exact_seed_converges_on_its_first_product() -> None:
+    """An eigenvector seed: one product, a one-vector basis, and a result built from it."""
+    A, _ = _near_degenerate()
+    top = torch.linalg.eigh(A)[1][:, -1:]
+    res = top_eigenpairs(explicit_matmat(A), 200, 1, start=top, tol=1e-8, guard=0, max_gap=1e-3)
+    assert res.products == 1 and res.converged
+    assert abs(float(res.values[0]) - 1.0) <= 1e-12
+    assert _subspace_gap(res.vectors, top) < 1e-6
