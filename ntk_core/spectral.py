@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
@@ -57,15 +56,15 @@ class _Basis:
     Everything of length ``dim`` lives in buffers allocated once per solve, each vector a
     contiguous row; T and G grow by the new block's rows only. Allocating and concatenating
     fresh (dim × q) arrays each iteration cost more than the arithmetic at dim ≈ 25 000 (the
-    Hessian's), mostly in page faults. T and G are small and live in numpy, where the
-    Rayleigh–Ritz step's dozen tiny operations cost microseconds instead of torch's dispatch.
+    Hessian's), mostly in page faults. (The small matrices stay in torch: numpy's BLAS threads
+    would spin on the core the browser needs.)
     """
 
     def __init__(self, dim: int, capacity: int, **f64: object) -> None:
         self.Q = torch.empty(capacity, dim, **f64)
         self.AQ = torch.empty(capacity, dim, **f64)
-        self.T = np.empty((capacity, capacity))
-        self.G = np.empty((capacity, capacity))
+        self.T = torch.empty(capacity, capacity, **f64)
+        self.G = torch.empty(capacity, capacity, **f64)
         self.size = 0
 
     @property
@@ -82,34 +81,33 @@ class _Basis:
         self.AQ[q:q + b] = AW.T
         self.size = q + b
         for M, rows in ((self.T, self.Q), (self.G, self.AQ)):
-            C = (rows[:q + b] @ AW).cpu().numpy()  # the new columns, and by symmetry the rows
+            C = rows[:q + b] @ AW  # (q + b, b): the new columns, and by symmetry the new rows
             M[:q + b, q:q + b] = C
             M[q:q + b, :q] = C[:q].T
 
-    def restart(self, X: torch.Tensor, AX: torch.Tensor, theta: np.ndarray) -> None:
+    def restart(self, X: torch.Tensor, AX: torch.Tensor, theta: torch.Tensor) -> None:
         """Thick restart on the Ritz vectors X (orthonormal), whose T is diag(θ)."""
         nb = X.shape[1]
         self.Q[:nb] = X.T
         self.AQ[:nb] = AX.T
-        self.T[:nb, :nb] = np.diag(theta)
-        self.G[:nb, :nb] = (AX.T @ AX).cpu().numpy()
+        self.T[:nb, :nb] = torch.diag(theta)
+        self.G[:nb, :nb] = AX.T @ AX
         self.size = nb
 
-    def ritz(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def ritz(self, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ritz values (descending), their coefficient vectors S, and the residual norms of
         the first ``block``: ‖A x − θ x‖² = sᵀ G s − θ² for x = Q s (Q orthonormal,
         sᵀ T s = θ), so not a single Ritz vector is formed to judge convergence."""
         q = self.size
-        theta, S = np.linalg.eigh(self.T[:q, :q])
-        theta, S = theta[::-1], S[:, ::-1]
+        theta, S = torch.linalg.eigh(self.T[:q, :q])
+        theta, S = theta.flip(0), S.flip(1)
         Sb = S[:, :block]
-        r2 = np.einsum("ij,ij->j", self.G[:q, :q] @ Sb, Sb) - theta[:block] ** 2
-        return theta, S, np.sqrt(np.maximum(r2, 0.0))
+        r2 = ((self.G[:q, :q] @ Sb) * Sb).sum(0) - theta[:block] ** 2
+        return theta, S, r2.clamp_min(0).sqrt()
 
-    def combine(self, S: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def combine(self, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The vectors Q S and their images AQ S."""
-        S_t = torch.from_numpy(np.array(S, order="C")).to(self.Q.device)  # (flipped: copy)
-        return self.vectors @ S_t, self.images @ S_t
+        return self.vectors @ S, self.images @ S
 
 
 def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None = None,
@@ -149,17 +147,19 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
         q = basis.size
         nb = min(block, q)
         theta, S, rnorm = basis.ritz(nb)
-        rel = _error_bound(rnorm, theta, nb, max_gap) / np.maximum(np.abs(theta[:nb]), 1e-300)
+        rel = _error_bound(rnorm, theta, nb, max_gap) / theta[:nb].abs().clamp_min(1e-300)
         done = bool((rel[:k] <= tol).all())
         if done or products >= max_products or q >= dim:
-            return _result(basis.combine(S[:, :nb])[0], theta, rel, k, products, done or q >= dim,
-                           basis)
+            X = basis.combine(S[:, :nb])[0]
+            return EigResult(theta[:k].clone(), X[:, :k], rel[:k].clone(), products,
+                             done or q >= dim, basis.vectors, basis.images, X)
         # expand along the unconverged pairs and the guards (seed columns past k + guard are
         # kept in the basis but not expanded, so a 2-vector seed costs 1 product per iteration)
-        active = np.concatenate([np.flatnonzero(rel[:k] > tol), np.arange(k, min(nb, k + guard))])
+        active = torch.cat([torch.nonzero(rel[:k] > tol).flatten(),
+                            torch.arange(k, min(nb, k + guard), device=rel.device)])
         X_a, AX_a = basis.combine(S[:, active])
-        R = AX_a - X_a * torch.from_numpy(theta[active].copy()).to(X_a.device)
-        restarted = q + active.size > max_basis
+        R = AX_a - X_a * theta[active]
+        restarted = q + active.numel() > max_basis
         if restarted:  # thick restart on the Ritz vectors
             basis.restart(*basis.combine(S[:, :nb]), theta[:nb])
         W = _orthonormalize(R, basis.vectors)
@@ -167,18 +167,11 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
             W = _orthonormalize(torch.randn(dim, 1, generator=generator, **f64), basis.vectors)
             if W.shape[1] == 0:
                 X = basis.vectors.clone() if restarted else basis.combine(S[:, :nb])[0]
-                return _result(X, theta, rel, k, products, True, basis)
+                return EigResult(theta[:k].clone(), X[:, :k], rel[:k].clone(), products, True,
+                                 basis.vectors, basis.images, X)
         W = W[:, :basis.Q.shape[0] - basis.size]
         basis.append(W, matmat(W))
         products += W.shape[1]
-
-
-def _result(X: torch.Tensor, theta: np.ndarray, rel: np.ndarray, k: int, products: int,
-            converged: bool, basis: _Basis) -> EigResult:
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a[:k].copy()).to(X.device)
-    return EigResult(tensor(theta), X[:, :k], tensor(rel), products, converged, basis.vectors,
-                     basis.images, X)
 
 
 def _is_orthonormal(Q: torch.Tensor, tol: float = 1e-12) -> bool:
@@ -188,19 +181,18 @@ def _is_orthonormal(Q: torch.Tensor, tol: float = 1e-12) -> bool:
     return bool(G.abs().max() <= tol)
 
 
-def _error_bound(rnorm: np.ndarray, theta: np.ndarray, nb: int,
-                 max_gap: float | None = None) -> np.ndarray:
+def _error_bound(rnorm: torch.Tensor, theta: torch.Tensor, nb: int,
+                 max_gap: float | None = None) -> torch.Tensor:
     """min(‖r‖, ‖r‖²/gap) per Ritz pair; the gap is to the nearest other Ritz value, and at
     most ``max_gap``."""
-    diff = np.abs(theta[:nb, None] - theta[None, :])
-    np.fill_diagonal(diff, np.inf)  # (nb ≤ len(theta): the diagonal is each pair's own)
-    gap = diff.min(axis=1)
+    diff = (theta[:nb, None] - theta[None, :]).abs()
+    diff.fill_diagonal_(float("inf"))  # (nb ≤ len(theta): the diagonal is each pair's own)
+    gap = diff.min(dim=1).values
     if max_gap is not None:
-        gap = np.minimum(gap, max_gap)
+        gap = gap.clamp_max(max_gap)
     # A lone Ritz value has no gap estimate: only ‖r‖ bounds its error (r²/∞ would claim 0).
-    with np.errstate(divide="ignore"):
-        quadratic = np.where(np.isfinite(gap), rnorm**2 / np.maximum(gap, 1e-300), rnorm)
-    return np.minimum(rnorm, quadratic)
+    quadratic = torch.where(torch.isfinite(gap), rnorm**2 / gap.clamp_min(1e-300), rnorm)
+    return torch.minimum(rnorm, quadratic)
 
 
 def explicit_matmat(K: torch.Tensor) -> MatMat:
