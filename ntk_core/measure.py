@@ -185,8 +185,7 @@ class Measurer:
             # 3.0, and no sampled step off by more than the tolerance (1 in 140 was, by 3.8e-4).
             u1_rows = u1[self.inverse] if self.inverse is not None else u1
             seeds = [self._pullback(u1_rows, f, params, op)]
-            if ntk_values.numel() > 1:
-                max_gap = float(ntk_values[0] - ntk_values[1]) / f.shape[0]
+            max_gap = self._gauss_newton_gap(ntk_values, f.shape[0])
         else:  # cross-entropy or the traced kernel: no GN eigenvector at hand
             seeds = [self.prev_hessian] if self.prev_hessian is not None else []
             if self.full:
@@ -199,6 +198,16 @@ class Measurer:
         self.prev_hessian = res.vectors[:, :1]
         return {"sharpness": float(res.values[0]), "hvp_products": float(res.products),
                 "hessian_residual": float(res.residuals[0])}
+
+    def _gauss_newton_gap(self, ntk_values: torch.Tensor, n: int) -> float | None:
+        """λ₁ − λⱼ of the Gauss–Newton matrix (spectrum λ(K)/n) to its first eigenvalue more
+        than the tolerance below λ₁. Eigenvalues closer than that count as one: any of them
+        is within the tolerance of λ₁ (at initialisation a C-output MLP's top eigenvalue of K
+        is nearly C-fold, and the gap to λ₂ alone would be almost zero). None when all k are
+        that close."""
+        gaps = (ntk_values[0] - ntk_values[1:]) / n
+        far = gaps[gaps > self.config.eig_tol * float(ntk_values[0]) / n]
+        return float(far[0]) if far.numel() else None
 
     def _pullback(self, u: torch.Tensor, f: torch.Tensor, params: list[torch.Tensor],
                   op: NTKOperator | None) -> torch.Tensor:
