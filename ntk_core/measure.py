@@ -177,19 +177,18 @@ class Measurer:
                    ntk_values: torch.Tensor) -> dict[str, float]:
         hop = HessianOperator(grads, params)
         max_gap = None
+        u1_rows = u1[self.inverse] if self.inverse is not None else u1  # back to sample-major
         if self.full and self.config.loss == "mse":
             # Jᵀu₁ is the top eigenvector of the Gauss–Newton part JᵀJ/n, whose spectrum is
             # λᵢ(K)/n: the Krylov space it starts is the seed, and the GN gap caps the gap the
             # error bound assumes. Against [last step's eigenvector, Jᵀu₁] with Ritz gaps, on
             # the default preset past step 300: 2.7 Hessian-vector products a step instead of
             # 3.0, and no sampled step off by more than the tolerance (1 in 140 was, by 3.8e-4).
-            u1_rows = u1[self.inverse] if self.inverse is not None else u1
             seeds = [self._pullback(u1_rows, f, params, op)]
             max_gap = self._gauss_newton_gap(ntk_values, f.shape[0])
         else:  # cross-entropy or the traced kernel: no GN eigenvector at hand
             seeds = [self.prev_hessian] if self.prev_hessian is not None else []
             if self.full:
-                u1_rows = u1[self.inverse] if self.inverse is not None else u1
                 seeds.append(self._pullback(u1_rows, f, params, op))
         start = torch.cat(seeds, dim=1) if seeds else None
         guard = 0 if len(seeds) >= 2 or max_gap is not None else 1
