@@ -212,6 +212,9 @@ def _cores_used(server_pid: int, seconds: float) -> dict[str, float]:
             "steal": (machine_after[1] - machine_before[1]) / seconds}
 
 
+BROWSER_STEPS = 100_000
+
+
 def browser(seconds: float, warmup: float, preset: str) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -240,7 +243,9 @@ def browser(seconds: float, warmup: float, preset: str) -> dict:
                 ws.on("framereceived", count)
 
             page.on("websocket", on_socket)
-            page.goto(f"http://127.0.0.1:{port}/main?preset={preset}")
+            # Steps enough that the run cannot end inside the window at any speed: a run that
+            # completes early would count idle seconds as training time.
+            page.goto(f"http://127.0.0.1:{port}/main?preset={preset}&steps={BROWSER_STEPS}")
             status = page.get_by_text(re.compile(r"^step \d+ · "))
             status.wait_for(timeout=120_000)
             page.get_by_role("button", name="Play", exact=True).click()
@@ -266,6 +271,9 @@ def browser(seconds: float, warmup: float, preset: str) -> dict:
     errors = _server_errors(err)
     if os.environ.get("NTK_EOS_DEBUG"):
         print(err)
+    if not final.endswith("running"):
+        raise SystemExit(f"the run stopped inside the measured window ({final!r}): "
+                         "its steps per second would be understated")
     return {"mode": "browser", "preset": preset, "seconds": t1 - t0,
             "steps_per_s": (s1 - s0) / (t1 - t0), "updates_per_s": (f1 - f0) / (t1 - t0),
             "status": final, "server_errors": errors,
