@@ -14,10 +14,11 @@ import math
 
 import numpy as np
 from bokeh.events import RangesUpdate, Reset
-from bokeh.models import Range1d
+from bokeh.models import FixedTicker, Range1d
 from bokeh.plotting import figure
 
 PADDING = 0.05  # of the span, on each side (DataRange1d's default range_padding is 0.1 in all)
+MAX_LOG_LABELS = 8
 
 
 class FollowedRanges:
@@ -28,6 +29,11 @@ class FollowedRanges:
         fig.y_range = Range1d(0.1, 1) if log_y else Range1d(0, 1)
         self.fig = fig
         self.log_y = log_y
+        # BokehJS's log ticker falls back to linear ticks on a range under a few decades, which
+        # crowd the top of a log axis (0.3 … 0.7 overlapping) and leave its bottom unlabelled.
+        self.y_ticker = FixedTicker(ticks=[]) if log_y else None
+        if self.y_ticker is not None:
+            fig.yaxis[0].ticker = self.y_ticker
         self.following = True
         self.stale = False  # the reset tool was used: apply the extent even without new data
         self.clear()
@@ -53,7 +59,12 @@ class FollowedRanges:
                 or self.y_extent[0] > self.y_extent[1]:
             return
         self.fig.x_range.update(**_padded(*self.x_extent, log=False))
-        self.fig.y_range.update(**_padded(*self.y_extent, log=self.log_y))
+        y = _padded(*self.y_extent, log=self.log_y)
+        self.fig.y_range.update(**y)
+        if self.y_ticker is not None:
+            ticks = log_ticks(y["start"], y["end"])
+            if ticks != self.y_ticker.ticks:  # an equal assignment would still be sent
+                self.y_ticker.ticks = ticks
 
     def _moved(self, event: RangesUpdate) -> None:
         self.following = False
@@ -77,3 +88,38 @@ def _padded(low: float, high: float, log: bool) -> dict[str, float]:
     span = high - low
     pad = PADDING * span if span > 0 else max(0.5, 0.1 * abs(low))
     return {"start": low - pad, "end": high + pad}
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Tick positions for a log axis on [low, high]: 1-2-3-5 or 1-2-5 in each decade when the
+    range spans a few decades, one per decade (or per few decades) when it spans more, and
+    evenly spaced ticks inside a single narrow decade: at least two, at most about
+    ``MAX_LOG_LABELS``."""
+    if not (0 < low < high and math.isfinite(high)):
+        return []
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    for mantissas in ((1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):
+        ticks = _in_range(low, high, [m * 10.0**e for e in range(first, last + 1)
+                                      for m in mantissas])
+        if len(ticks) <= MAX_LOG_LABELS:
+            break
+    else:  # many decades: every few powers of ten
+        every = math.ceil(len(ticks) / MAX_LOG_LABELS)
+        ticks = _in_range(low, high, [10.0**e for e in range(first, last + 1) if e % every == 0])
+    return ticks if len(ticks) >= 2 else _linear_ticks(low, high)
+
+
+def _linear_ticks(low: float, high: float, count: int = 3) -> list[float]:
+    """At least ``count`` ticks (at most 2.5 times as many) at a 1-2-5 step, for a range too
+    narrow for powers of ten."""
+    raw = (high - low) / count
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (5, 2, 1) if m * magnitude <= raw)
+    start = math.ceil(low / step)
+    return _in_range(low, high, [(start + i) * step
+                                 for i in range(int((high - low) / step) + 2)])
+
+
+def _in_range(low: float, high: float, values: list[float]) -> list[float]:
+    # Rounded to 12 significant digits so 3 × 0.1 is labelled 0.3, not 0.30000000000000004.
+    return [float(f"{v:.12g}") for v in values if low <= v <= high]

@@ -492,6 +492,8 @@ def test_streamed_figures_follow_their_data_until_the_user_moves_the_view() -> N
     assert sharp.y_range.start < values.min() and values.max() < sharp.y_range.end
     loss = plots.loss_fig.y_range
     assert 0 < loss.start < rows["loss"].min() and rows["loss"].max() < loss.end  # log axis
+    ticks = plots.loss_fig.yaxis[0].ticker.ticks  # the server labels the log axis itself
+    assert len(ticks) >= 2 and all(loss.start <= t <= loss.end for t in ticks)
     sharp._trigger_event(RangesUpdate(sharp, x0=1.0, x1=2.0, y0=0.0, y1=1.0))
     sharp.x_range.update(start=1.0, end=2.0)  # what the browser's pan sends
     for _ in range(3):
