@@ -35,7 +35,7 @@ from ntk_core.train import TERMINAL, Trainer
 
 from . import limits as server_limits
 from .limits import ServerLimits, TrainingSlots
-from .runs import MAX_KEPT, KeptRun, keep_run
+from .runs import MAX_KEPT, KeptRun, keep_run, lr_label
 
 THREAD_PREFIX = "ntk-eos-train-"
 # Steps queued in a training process beyond the one being collected: with two, the child has
@@ -70,12 +70,11 @@ class TrainingRun:
     thread-safe and return at once. The thread builds and steps only while it holds a slot of
     ``slots`` (the process's training slots unless given)."""
 
-    def __init__(self, config: RunConfig, label: str = "", steps_per_second: float = 0.0,
+    def __init__(self, config: RunConfig, steps_per_second: float = 0.0,
                  slots: TrainingSlots | None = None, limits: ServerLimits | None = None) -> None:
         self.config = config
         self.limits = limits or server_limits.current()
         self.slots = slots or server_limits.training_slots()
-        self.label = label or f"η={config.lr:g}"
         self.trainer: Trainer | ProcessTrainer | None = None
         self.error = ""
         self.steps_per_second = steps_per_second  # 0: as fast as the engine goes
@@ -394,11 +393,12 @@ class RunController:
         buffer = self.buffer
         if buffer is None or len(buffer) == 0:
             return None
-        if self.run is not None:
-            lr, label = self.run.lr, self.run.label
+        lrs = buffer.rows(0)["lr"]
+        if self.run is not None:  # η as the run went: a change mid-run shows in the legend
+            lr, label = self.run.lr, lr_label(lrs)
         else:
-            lr = float(buffer.attrs.get("lr", float("nan")))
-            label = self.viewed_name or f"η={lr:g}"
+            lr = float(lrs[-1]) if len(lrs) else float(buffer.attrs.get("lr", float("nan")))
+            label = self.viewed_name or lr_label(lrs)
         kept = keep_run(buffer, label, lr)
         self.kept = [*self.kept, kept][-MAX_KEPT:]
         return kept

@@ -62,6 +62,19 @@ def last_measured(rows: dict[str, np.ndarray]) -> int | None:
     return int(idx[-1]) if len(idx) else None
 
 
+def lr_label(lrs: np.ndarray) -> str:
+    """"η=0.1", or "η=0.1→0.05" for a run whose η was changed on the way (first → … → last)."""
+    finite = np.asarray(lrs, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return "η=?"
+    changes = finite[np.r_[True, finite[1:] != finite[:-1]]]
+    shown = [f"{v:g}" for v in changes]
+    if len(shown) > 3:
+        shown = [shown[0], "…", shown[-1]]
+    return "η=" + "→".join(shown)
+
+
 def keep_run(buffer: RunBuffer, label: str, lr: float) -> KeptRun:
     """Copy what the overlays need from ``buffer`` (a few columns, not the eigenvectors)."""
     rows = buffer.rows(0)
