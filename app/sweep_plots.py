@@ -90,14 +90,29 @@ def final_plot(cube: xr.Dataset, metric: str = "final_kta") -> hv.Overlay:
                                          label=text if i == 0 else "").opts(
                     marker=marker, size=9, color=dot, fill_alpha=alpha, line_width=1.5,
                     tools=["hover"]))
-    rho = spearman(runs.lr[~runs.status.isin(EXCLUDED)], runs.value[~runs.status.isin(EXCLUDED)])
+    kept = ~runs.status.isin(EXCLUDED)
+    rho = spearman(runs.lr[kept], runs.value[kept])
     title = f"{name[:1].upper()}{name[1:]} against η"
     if np.isfinite(rho):
         title += f" · Spearman ρ = {rho:.2f} over runs"
     return hv.Overlay(layers).opts(
         title=title, logx=True, xlabel="learning rate η (log)", ylabel=name, padding=0.08,
         xticks=[float(lr) for lr in cube.lr.values],
-        legend_position="right", **SIZE)
+        legend_position="right", **_least_span(runs.value[kept].to_numpy()), **SIZE)
+
+
+def _least_span(values: np.ndarray, fraction: float = 0.1) -> dict:
+    """A y range at least ``fraction`` of the values' size tall: autoscaling values that agree
+    to 0.5 % (a₁ ≈ 1/C at every η) would stretch their noise into an apparent trend."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return {}
+    low, high = float(finite.min()), float(finite.max())
+    least = fraction * max(abs(low), abs(high))
+    if least <= 0 or high - low >= least:
+        return {}
+    middle = (low + high) / 2
+    return {"ylim": (middle - 0.6 * least, middle + 0.6 * least)}
 
 
 def _rows(frame: pd.DataFrame, point: dict) -> pd.DataFrame:
@@ -121,10 +136,24 @@ def kta_curves(cube: xr.Dataset, seed: int | str = MEAN, series: dict | None = N
     layers = []
     for lr in cube.lr.values:
         steps, kta = _curve(cube.sel(lr=lr), "kta", seed)
-        layers.append(hv.Curve((steps, kta), "step", "KTA", label=lr_label(cube, lr)).opts(
-            color=colors[float(lr)], line_width=2, tools=["hover"]))
+        layers += _curve_layers(cube, lr, steps, kta, "KTA", colors[float(lr)])
     return hv.Overlay(layers).opts(
         title=f"KTA over steps ({_seed_text(seed)})", legend_position="right", **SIZE)
+
+
+def _curve_layers(cube: xr.Dataset, lr: float, steps: np.ndarray, values: np.ndarray,
+                  name: str, color: str) -> list[hv.Element]:
+    """One η's curve, and where every run at that η diverged, a cross on its last finite point:
+    a run that diverged within a few steps is otherwise a line too short to see."""
+    label = lr_label(cube, lr)
+    layers: list[hv.Element] = [hv.Curve((steps, values), "step", name, label=label).opts(
+        color=color, line_width=2, tools=["hover"])]
+    finite = np.flatnonzero(np.isfinite(values))
+    if label.endswith("(diverged)") and finite.size:
+        last = finite[-1]
+        layers.append(hv.Scatter(([steps[last]], [values[last]]), "step", name).opts(
+            marker="x", size=12, line_width=2.5, color=color, tools=["hover"]))
+    return layers
 
 
 def sharpness_curves(cube: xr.Dataset, seed: int | str = MEAN, series: dict | None = None
@@ -137,8 +166,7 @@ def sharpness_curves(cube: xr.Dataset, seed: int | str = MEAN, series: dict | No
     for lr in cube.lr.values:
         edge = 2 / float(lr)
         steps, s = _curve(cube.sel(lr=lr), "sharpness", seed)
-        layers.append(hv.Curve((steps, s), "step", "sharpness", label=lr_label(cube, lr)).opts(
-            color=colors[float(lr)], line_width=2, tools=["hover"]))
+        layers += _curve_layers(cube, lr, steps, s, "sharpness", colors[float(lr)])
         finite = s[np.isfinite(s)]
         tops += [edge, min(float(finite.max()), 1.3 * edge) if len(finite) else edge]
     edges = pd.DataFrame({"2/η": 2 / cube.lr.values, "color": list(colors.values())})

@@ -84,6 +84,13 @@ def test_other_metrics_and_summary_agree(cube: xr.Dataset) -> None:
     curve = next(data for el, data in layers if isinstance(el, hv.Curve))
     a1 = cube.final_alignment.values[:, :, 0]
     assert np.asarray(curve["mean"])[1] == pytest.approx(a1[1].mean())
+    # values that agree to a few parts in a thousand get a y range 10 % of their size tall
+    flat = cube.assign(final_kta=cube.final_kta * 0 + 0.25 + 1e-4 * cube.seed)
+    y_range = hv.renderer("bokeh").get_plot(final_plot(flat)).state.y_range
+    assert y_range.end - y_range.start == pytest.approx(0.1 * 0.25001 * 1.2, rel=1e-3)
+    spread = hv.renderer("bokeh").get_plot(final_plot(cube)).state.y_range
+    finite = cube.final_kta.values[:2]
+    assert spread.end - spread.start < 1.5 * (finite.max() - finite.min())  # autoscaled
     stats = final_by_lr(cube, "final_topk_mass")
     assert list(stats.runs) == [2, 2, 0] and list(stats.excluded) == [0, 0, 2]
     assert stats["mean"][0] == pytest.approx(cube.final_topk_mass.values[0].mean())
@@ -91,8 +98,13 @@ def test_other_metrics_and_summary_agree(cube: xr.Dataset) -> None:
 
 def test_kta_curves_one_per_lr(cube: xr.Dataset) -> None:
     layers = sources(kta_curves(cube, seed=1))
-    assert [el.label for el, _ in layers] == ["η = 0.02", "η = 0.5", "η = 30 (diverged)"]
-    for i, (_, data) in enumerate(layers):
+    curves = [(el, data) for el, data in layers if isinstance(el, hv.Curve)]
+    assert [el.label for el, _ in curves] == ["η = 0.02", "η = 0.5", "η = 30 (diverged)"]
+    # the diverged η ends in a cross on its last finite point, however short its curve
+    crosses = [data for el, data in layers if isinstance(el, hv.Scatter)]
+    diverged = curves[2][1]
+    assert len(crosses) == 1 and list(crosses[0]["step"]) == [list(diverged["step"])[-1]]
+    for i, (_, data) in enumerate(curves):
         run = cube.isel(lr=i).sel(seed=1)
         ok = np.isfinite(run.kta.values)
         assert list(data["step"]) == list(run.step.values[ok])
