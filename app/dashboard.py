@@ -49,6 +49,8 @@ PULL_MS = 200  # curve refresh: 5 Hz when the server keeps up
 MATRIX_SECONDS = 1.0  # matrices, the eigenvalue and alignment curves, the alignment spectrum
 BACKOFF = 2.0  # a push that took t seconds waits ≥ BACKOFF·t: plots take ≤ 1/3 of a core
 SIDEBAR_WIDTH = 330
+# Names of the control fields in the header's "changed from the preset" line
+FIELD_NAMES = {"lr": "η", "measure_every": "measure every", "target_loss": "target loss"}
 
 RESULT_ALERTS = {
     "diverged": ("warning", "**{reason}.** The sharpness rose so far above 2/η that gradient "
@@ -57,6 +59,12 @@ RESULT_ALERTS = {
     "reached_target": ("success", "**Target reached:** {reason}."),
     "failed": ("danger", "**The run failed:** {reason}"),
 }
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "all" if value == "" else str(value)  # no classes given: all of them
 
 
 def _set_if_changed(obj: param.Parameterized, **values: object) -> None:
@@ -413,13 +421,23 @@ class Dashboard(pn.viewable.Viewer):
                          width=SIDEBAR_WIDTH, scroll=True)
 
     def _header(self) -> pn.Column:
-        about = pn.bind(lambda _: (f"### {self.settings.preset_info.title}\n\n"
-                                   f"{self.settings.preset_info.description}"),
-                        self.settings.param.preset)
+        about = pn.bind(lambda *_: self._about(), self.settings.param.preset,
+                        self.settings.param.changed)
         return pn.Column(
             pn.Row(pn.pane.Markdown(about, sizing_mode="stretch_width"), self.status_pane,
                    sizing_mode="stretch_width"),
             self.ladder_pane, self.config_alert, self.run_alert, sizing_mode="stretch_width")
+
+    def _about(self) -> str:
+        """The preset's title and paragraph, and what the controls changed from it (the
+        paragraph's numbers are the preset's)."""
+        info = self.settings.preset_info
+        text = f"### {info.title}\n\n{info.description}"
+        changes = [f"{FIELD_NAMES.get(name, name)} {_shown(old)} → {_shown(new)}"
+                   for name, (old, new) in self.settings.overrides().items()]
+        if changes:
+            text += f"\n\n*Changed from the preset:* {', '.join(changes)}."
+        return text
 
     def _make_layout(self) -> pn.Row:
         p = self.plots

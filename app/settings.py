@@ -170,6 +170,21 @@ class RunSettings(param.Parameterized):
             return str(exc)
         return ""
 
+    def overrides(self) -> dict[str, tuple[Any, Any]]:
+        """Control fields set away from the preset: name -> (preset's value, current value).
+        Fields the preset sweeps (a ladder's η) vary by design and are left out."""
+        preset = _preset_values(self.preset_info)
+        out = {}
+        for name in CONTROL_FIELDS:
+            if name in self.preset_info.sweep:
+                continue
+            ours, theirs = getattr(self, name), preset[name]
+            if name == "classes":  # "0, 1" and "0,1" are the same classes
+                ours, theirs = ours.replace(" ", ""), theirs.replace(" ", "")
+            if ours != theirs:
+                out[name] = (theirs, ours)
+        return out
+
     def url_parameters(self) -> dict[str, str]:
         """Parameter name -> URL query name for pn.state.location.sync."""
         return {name: name for name in ("preset", *CONTROL_FIELDS)}

@@ -432,6 +432,21 @@ def test_legends_of_streamed_lines_use_static_twins() -> None:
                for item in plots.sharpness_fig.legend[0].items)
 
 
+def test_the_header_says_what_the_controls_changed_from_the_preset() -> None:
+    board = Dashboard(settings=RunSettings(preset="eos-mlp-digits"))
+    try:
+        assert "Changed from the preset" not in board._about()
+        board.settings.param.update(lr=0.05, n=128, classes="0, 1, 2, 3")
+        assert board._about().endswith("*Changed from the preset:* n 256 → 128, η 0.1 → 0.05.")
+        board.settings.preset = "catapult"  # a new preset: its own values, nothing changed
+        assert "Changed from the preset" not in board._about()
+    finally:
+        board.close()
+    ladder = RunSettings(preset="eta-ladder")
+    ladder.lr = ladder.to_configs()[-1].lr  # the ladder shows each run's η: not a change
+    assert ladder.overrides() == {}
+
+
 def test_a_kept_run_whose_eta_changed_is_labelled_with_each_eta(dash: Dashboard) -> None:
     steps_done(dash, 2)
     dash.settings.lr = 0.05
