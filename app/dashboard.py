@@ -81,6 +81,8 @@ class Dashboard(pn.viewable.Viewer):
     speed = param.Selector(default=0.0, objects=list(SPEEDS.values()),
                            doc="Steps per second cap (0: as fast as the engine goes).")
     status = param.String(default="step 0 · loading data and model")
+    columns = param.Integer(default=3, bounds=(1, 9), constant=True,
+                            doc="Plots per row on the Live tab (2 suits a notebook's width).")
 
     def __init__(self, staged: bool = False, **params: Any) -> None:
         """``staged``: the Live tab's plots start out of the page and join it one by one
@@ -106,7 +108,7 @@ class Dashboard(pn.viewable.Viewer):
         self.settings.param.watch(self._on_settings, "changed")
         self._make_widgets()
         self._plot_panes = [self._pane(fig) for fig in self.plots.live_figures()]
-        self._grid = pn.GridBox(*([] if staged else self._plot_panes), ncols=3,
+        self._grid = pn.GridBox(*([] if staged else self._plot_panes), ncols=self.columns,
                                 sizing_mode="stretch_width")
         self._layout = self._make_layout()
         self.reset()

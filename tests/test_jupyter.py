@@ -27,7 +27,7 @@ CELLS = [
     "import panel as pn\npn.extension(inline=True)",
     "from app.dashboard import Dashboard\nfrom app.settings import RunSettings\n"
     "dashboard = Dashboard(settings=RunSettings(n=64, classes='0,1', width=32, k=6,"
-    " steps=100000))\ndashboard",
+    " steps=100000), columns=2)\ndashboard",
 ]
 
 
@@ -77,6 +77,7 @@ def _step(page: Page) -> int:
 def test_a_notebook_cell_shows_the_dashboard_and_play_streams_the_run(lab: str,
                                                                      page: Page) -> None:
     page.set_default_timeout(120_000)
+    page.set_viewport_size({"width": 1600, "height": 1000})  # a laptop's or projector's width
     expect.set_options(timeout=120_000)
     page.goto(f"{lab}/lab/tree/dashboard.ipynb?reset")
     # the notebook names its kernel (python3, this interpreter's); wait until it is idle
@@ -85,6 +86,14 @@ def test_a_notebook_cell_shows_the_dashboard_and_play_streams_the_run(lab: str,
     page.get_by_text("Run All Cells", exact=True).click()
     status = page.get_by_text(re.compile(r"^step \d+ · "))
     expect(status).to_have_text(re.compile(r"^step 0 · ready$"))
+    # columns=2: inside the notebook beside the sidebar, each plot gets half the width (three
+    # a row left 279 px each), and none reaches past the notebook's right edge
+    notebook = page.locator(".jp-NotebookPanel").first.bounding_box()
+    figures = [c.bounding_box() for c in page.locator("canvas").all()]
+    figures = [box for box in figures if box and box["width"] > 100]
+    assert len(figures) >= 9, "the Live tab's plots are drawn"
+    assert min(b["width"] for b in figures) >= 380
+    assert max(b["x"] + b["width"] for b in figures) <= notebook["x"] + notebook["width"]
     page.get_by_role("button", name="Play", exact=True).click()
     expect(status).to_have_text(re.compile(r"· running$"))
     first = _step(page)
