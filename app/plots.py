@@ -367,7 +367,7 @@ class LivePlots:
                                                       line_width=2))
                  for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "A_k", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
-        _legend(f, items, "bottom_right")
+        _legend(f, items, "center_right")  # A_k runs high, KTA and a₁ low
         f.add_tools(_step_hover())
         self.alignment_fig = f
         # 5. u₁ᵀr
