@@ -96,9 +96,9 @@ class Trainer(LoggedRun):
         self._stop_event = threading.Event()
         self.step_index = 0
         self.initial_loss: float | None = None
-        # False: records carry no kernel copy; ``latest_kernel`` still points at the last one
-        # (a view of the measurement's workspace, valid until the next step) for a reader that
-        # copies it out on demand, as ``ProcessTrainer``'s child does
+        # False: records carry no kernel copy; ``latest_kernel`` still points at the last
+        # measured step's (a view of the measurement's workspace, valid until the next step)
+        # for a reader that copies it out on demand, as ``ProcessTrainer``'s child does
         self.copy_kernels = True
         self.latest_kernel: tuple[int, torch.Tensor, int] | None = None
         self.buffer = RunBuffer(self.measurer.k, self._row_data(), self._attrs(),
@@ -205,14 +205,15 @@ class Trainer(LoggedRun):
             scalars["measured"] = 1.0
             scalars["time_measure"] = time.perf_counter() - tm
             record.spectrum = m.spectrum
+            keep_kernel = m.kernel is not None and m.kernel.shape[0] <= KERNEL_KEEP_MAX_ROWS
+            if keep_kernel:  # every measured step: a training process sends it when asked
+                self.latest_kernel = (t, m.kernel.detach(), m.output_major)
             if wants_vectors:
                 record.eigenvectors = m.vectors.T.float().cpu().numpy()
-                if m.kernel is not None and m.kernel.shape[0] <= KERNEL_KEEP_MAX_ROWS:
-                    self.latest_kernel = (t, m.kernel.detach(), m.output_major)
-                    if self.copy_kernels:  # a copy: the workspace is overwritten next step
-                        record.kernel = m.kernel.detach().to("cpu", torch.float32,
-                                                             copy=True).numpy()
-                        record.kernel_outputs = m.output_major
+                if keep_kernel and self.copy_kernels:  # the workspace is overwritten next step
+                    record.kernel = m.kernel.detach().to("cpu", torch.float32,
+                                                         copy=True).numpy()
+                    record.kernel_outputs = m.output_major
         else:
             scalars["grad_norm"] = float(torch.sqrt(sum((g**2).sum() for g in grads)))
         self._update(grads)

@@ -18,6 +18,7 @@ from support import wait_for
 from app.limits import ServerLimits, TrainingSlots
 from app.runner import TrainingRun
 from ntk_core import RunConfig, Trainer
+from ntk_core.buffer import sample_major
 from ntk_core.process_trainer import ProcessTrainer, TrainingProcessError, training_processes
 
 pytestmark = pytest.mark.timeout(180)
@@ -81,6 +82,28 @@ def test_queued_steps_take_lr_as_queued_and_sync_collects_them() -> None:
         step, K = mirror.buffer.latest_kernel()
         assert step == 3
         np.testing.assert_array_equal(K, reference.buffer.latest_kernel()[1])
+    finally:
+        mirror.close()
+
+
+def test_a_kernel_asked_for_between_eigenvector_snapshots_still_comes() -> None:
+    """Past ``eigvec_max_snapshots`` the eigenvectors are kept every 2nd, 4th … step. The kernel
+    must still come for any step that asks: with two steps queued, the asking steps all had
+    one parity, and from step 512 of the default preset the page's NTK stopped updating."""
+    config = CONFIG.replace(steps=20, eigvec_max_snapshots=2)
+    mirror = ProcessTrainer(config)
+    reference = Trainer(config)
+    try:
+        for _ in range(9):
+            mirror.step(want_kernel=False)
+            reference.step()
+        assert mirror.buffer.eigvec_every >= 4 and 9 % mirror.buffer.eigvec_every != 0
+        mirror.step(want_kernel=True)  # step 9: no eigenvector snapshot
+        reference.step()
+        step, K = mirror.buffer.latest_kernel()
+        ref_step, ref_K, outputs = reference.latest_kernel
+        assert step == ref_step == 9
+        np.testing.assert_array_equal(K, sample_major(ref_K.numpy(), outputs))
     finally:
         mirror.close()
 
