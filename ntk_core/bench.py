@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -188,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
+    problem = ("" if args.steps >= 1 else f"--steps: at least 1, got {args.steps}") or \
+        ("" if 0 < args.tol < 1 else f"--tol: between 0 and 1, got {args.tol}") or \
+        ("" if not args.json or Path(args.json).resolve().parent.is_dir()  # before, not after
+         else f"--json: no folder {Path(args.json).resolve().parent}")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {

@@ -12,16 +12,31 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
-from .config import ConfigError, RunConfig, option_names
+from .config import RunConfig, option_names, option_type
 from .presets import DEFAULT_PRESET, load_preset, preset_names
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("run options (override the preset)")
+    group = parser.add_argument_group("run options (override the preset; `none` clears an "
+                                      "optional one)")
     for name in option_names():
-        group.add_argument(f"--{name}", dest=f"opt_{name}", metavar="VALUE", default=None,
-                           help=argparse.SUPPRESS if name in ("device",) else None)
+        group.add_argument(f"--{name}", dest=f"opt_{name}", metavar=_metavar(name), default=None)
+
+
+def _metavar(name: str) -> str:
+    """What a flag takes, from the RunConfig field's type: {a,b} for choices, I,J,... for a
+    tuple (``--classes 3,8``), else INT, FLOAT, TEXT or {true,false}."""
+    hint = option_type(name)
+    args = [a for a in get_args(hint) if a is not type(None)]
+    base = args[0] if get_origin(hint) in (Union, UnionType) and args else hint
+    if get_origin(base) is Literal:
+        return "{" + ",".join(map(str, get_args(base))) + "}"
+    if get_origin(base) is tuple:
+        return "I,J,..."
+    return {bool: "{true,false}", int: "INT", float: "FLOAT"}.get(base, "TEXT")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -117,14 +132,15 @@ def summarize(ds) -> str:
     cfg = RunConfig.from_json(ds.attrs["config"])
     steps = ds.sizes["step"]
     lines = [f"status       {ds.attrs['status']}: {ds.attrs.get('status_reason', '')}".rstrip(": "),
-             f"run          {cfg.arch} (width {cfg.width}, depth {cfg.depth}, {cfg.activation}) "
+             f"run          {cfg.arch} ({_shape(cfg)}) "
              f"on {cfg.dataset}, n = {cfg.n}, target {cfg.target}, loss {cfg.loss}",
              f"NTK          {ds.attrs.get('ntk_mode')} · {ds.attrs.get('kernel')} kernel · "
              f"{ds.sizes['sample']} rows · k = {ds.sizes['eig']}",
              f"steps        {steps}"]
     if steps:
         last = ds.isel(step=-1)
-        measured = ds.where(ds.measured == 1, drop=True)
+        # isel, not where: where would broadcast the eigenvector snapshots over every step
+        measured = ds.isel(step=np.flatnonzero(ds.measured.values == 1))
         lr = float(last.lr)
         lines.append(f"final η      {lr:g} (2/η = {2 / lr:.4g})")
         lines.append(f"final loss   {float(last.loss):.4e} (start {float(ds.loss[0]):.4e}), "
@@ -145,9 +161,15 @@ def summarize(ds) -> str:
                 f"kernel dist  {_fmt(float(m.kernel_distance), '.4f')} from the initial NTK",
                 f"cost         {np.nanmedian(measured.ntk_products):.0f} NTK products, "
                 f"{np.nanmedian(measured.hvp_products):.0f} HVPs per measured step (median); "
-                f"{1 / np.nanmedian(ds.time_step):.1f} steps/s",
+                f"{steps / np.nansum(ds.time_step):.1f} steps/s over the run",
             ]
     return "\n".join(lines)
+
+
+def _shape(cfg: RunConfig) -> str:
+    if cfg.arch == "linear2":  # f(x) = vᵀWx: no depth, no activation
+        return f"width {cfg.width}"
+    return f"width {cfg.width}, depth {cfg.depth}, {cfg.activation}"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -155,10 +177,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     if not path.is_file():
-        print(f"error: no such file: {path}", file=sys.stderr)
+        print(f"error: {'not a file' if path.exists() else 'no such file'}: {path}",
+              file=sys.stderr)
         return 2
     try:
         ds = load_run(path)
+        if "config" not in ds.attrs and "lr" in ds.dims:
+            print(f"error: {path} is a sweep (`ntk-eos sweep`), not a single run: open it in "
+                  "the dashboard's Sweep tab", file=sys.stderr)
+            return 2
         text = summarize(ds)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {path} is not an ntk-eos run file ({type(exc).__name__}: {exc})",
@@ -213,7 +240,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ntk-eos", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ntk-eos", description="Gradient descent at the Edge of Stability and the NTK: run "
+        "a preset, inspect a saved run, sweep, benchmark, serve the dashboard.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train a preset step by step and print the figures")
@@ -276,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError, DataError (bad data_dir, too few samples), bad ports
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

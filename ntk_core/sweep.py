@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 
 from .buffer import load_run, save_run
-from .config import ConfigError, RunConfig, coerce
+from .config import ConfigError, RunConfig, coerce, option_names
 
 PER_RUN_DIMS = ("step", "eig")
 EVERY_STEP = ("loss", "accuracy")  # logged at every step: their final value is the last step's
@@ -65,10 +65,15 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         name = name.strip().replace("-", "_")
         if not sep or not text.strip():
             raise ConfigError(f"--grid: expected NAME=V1,V2,..., got {item!r}")
+        if name not in option_names():
+            raise ConfigError(f"--grid: unknown option {name!r} (the run options of "
+                              "`ntk-eos run --help`)")
         parts = text.split(";") if ";" in text or _is_tuple_field(name) else text.split(",")
         values = [coerce(name, p.strip()) for p in parts if p.strip()]
         if name in grid:
             raise ConfigError(f"--grid: {name} given twice")
+        if len(set(map(repr, values))) < len(values):  # two runs would share one cell
+            raise ConfigError(f"--grid: {name} lists a value twice: {text}")
         grid[name] = values
     return grid
 
@@ -290,7 +295,10 @@ def combine(points: Sequence[Point], runs: Sequence[xr.Dataset],
     keys = list(grid)
     coords = {k: ("run", _coord_values([p[k] for p in points])) for k in keys}
     stacked = stacked.assign_coords(coords)
-    cube = stacked.set_index(run=keys).unstack("run") if keys else stacked
+    if len(keys) == 1:  # a one-level index cannot be unstacked: the grid's dim replaces run
+        cube = stacked.swap_dims(run=keys[0])
+    else:
+        cube = stacked.set_index(run=keys).unstack("run") if keys else stacked
     cube = cube.transpose(*keys, *[d for d in cube.dims if d not in keys])
     for name in ("status", "status_reason", "config"):
         cube[name] = cube[name].fillna("").astype(str)
@@ -346,8 +354,8 @@ def summary_table(cube: xr.Dataset) -> str:
         lr = float(r.lr) if "lr" in r.coords else float(RunConfig.from_json(str(r.config.values)).lr)
         vals = "  ".join(f"{_label(r[k].values.item()):>8s}" for k in keys)
         lines.append(f"{vals}  {str(r.status.values):14s} {int(r.steps_done):6d}  "
-                     f"{float(r.final_loss):.2e}  {float(r.final_kta):.4f}  "
-                     f"{float(r.final_topk_mass):.3f}  {float(r.final_sharpness) * lr / 2:6.3f}")
+                     f"{float(r.final_loss):8.2e}  {float(r.final_kta):6.4f}  "
+                     f"{float(r.final_topk_mass):5.3f}  {float(r.final_sharpness) * lr / 2:6.3f}")
     return "\n".join(lines)
 
 
@@ -363,6 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"preset {args.preset} has no [sweep] table; give --grid NAME=V1,V2")
         for point in grid_points(grid):  # every point must be a valid configuration up front
             point_config(base, point)
+        if args.workers < 1:
+            raise ConfigError(f"--workers: at least 1, got {args.workers}")
+        if args.retries < 0:
+            raise ConfigError(f"--retries: at least 0, got {args.retries}")
+        if args.resume_dir and Path(args.resume_dir).exists() and not Path(args.resume_dir).is_dir():
+            raise ConfigError(f"--resume-dir: {args.resume_dir} is a file, not a folder")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -372,9 +386,17 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{', '.join(f'{k} ({len(v)})' for k, v in grid.items())} · "
           f"{'serial' if scheduler == 'serial' else scheduler or f'LocalCluster ×{args.workers}'}",
           file=sys.stderr)
-    cube = sweep(base, grid, scheduler=scheduler, workers=args.workers, resume_dir=args.resume_dir,
-                 retries=args.retries, progress=not args.quiet, out=args.out)
+    try:
+        cube = sweep(base, grid, scheduler=scheduler, workers=args.workers,
+                     resume_dir=args.resume_dir, retries=args.retries, progress=not args.quiet,
+                     out=args.out)
+    except OSError as exc:  # an unreachable scheduler, an unwritable folder
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     print(summary_table(cube))
+    reasons = sorted(set(cube.status_reason.values[cube.status.values == "failed"].ravel()))
+    for reason in reasons:  # why runs failed, once per distinct reason
+        print(f"failed: {reason}", file=sys.stderr)
     print(f"saved {args.out} ({cube.attrs['runs_resumed']} of {n_runs} runs resumed, "
           f"{cube.attrs['wall_time']:.1f} s)", file=sys.stderr)
     failed = int((cube.status == "failed").sum())

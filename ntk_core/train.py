@@ -24,7 +24,7 @@ import torch
 import xarray as xr
 
 from .buffer import RunBuffer, StepRecord
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import Dataset, load_dataset
 from .losses import accuracy, loss_value, residual
 from .measure import Measurer, kernel_rows, resolve_ntk_mode
@@ -45,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {name} requested but no CUDA device is available")
+        raise ConfigError(f"device: {name} requested but no CUDA device is available")
     return torch.device(name)
 
 

@@ -37,12 +37,45 @@ def test_run_with_overrides_saves_and_info_reads(tmp_path, capsys) -> None:
     (["run", "--preset", "nope"], "unknown preset"),
     (["run", "--n", "many"], "cannot read 'many' as an integer"),
     (["info", "missing.nc"], "no such file"),
+    (["info", "."], "not a file"),
+    (["run", "--dataset", "cifar10", "--data_dir", "/nonexistent", "--steps", "2"],
+     "is not a cifar-10-batches-py folder"),
+    (["run", "--classes", "0,99", "--steps", "2"], "class id(s) [99] do not exist"),
+    (["serve", "--port", "-1"], "port: must be in 0..65535"),
+    (["bench", "--steps", "0"], "--steps: at least 1"),
+    (["sweep", "--grid", "nosuch=1,2"], "unknown option 'nosuch'"),
+    (["sweep", "--grid", "lr=0.1,0.1"], "lists a value twice"),
+    (["sweep", "--grid", "lr=0.1,0.2", "--workers", "0"], "--workers: at least 1"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_summary_reads_measured_steps_without_spreading_the_snapshots(tmp_path,
+                                                                          capsys) -> None:
+    """``ds.where(measured)`` broadcast the eigenvector snapshots over every step: 42.9 GiB for
+    the default preset's 1500 steps. The summary selects the measured steps instead."""
+    import tracemalloc
+
+    from ntk_core.cli import summarize
+
+    out = tmp_path / "run.nc"
+    assert main(["run", "--n", "48", "--classes", "0,1,2,3", "--width", "16", "--k", "4",
+                 "--steps", "200", "--measure_every", "2", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    ds = load_run(out).load()
+    spread = ds.sizes["snapshot"] * ds.sizes["eig"] * ds.sizes["sample"] * ds.sizes["step"] * 4
+    assert spread > 40e6  # what the broadcast would allocate
+    tracemalloc.start()
+    text = summarize(ds)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < spread / 10
+    last = ds.isel(step=int(ds.measured.values.nonzero()[0][-1]))
+    assert f"KTA          {float(last.kta):.4f}" in text
 
 
 def test_info_refuses_a_file_that_is_not_a_run(tmp_path, capsys) -> None:

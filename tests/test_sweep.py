@@ -30,6 +30,14 @@ def assert_same_numbers(a: xr.Dataset, b: xr.Dataset) -> None:
             assert (x == y).all(), name
 
 
+def test_a_sweep_over_one_option_is_a_cube_over_it() -> None:
+    """The eta-ladder preset sweeps η alone: a one-level index, which xarray cannot unstack."""
+    cube = sweep(TINY, {"lr": [0.05, 0.1]}, scheduler="serial", progress=False)
+    assert cube.status.dims == ("lr",) and list(cube.lr.values) == [0.05, 0.1]
+    assert (cube.status.values == "completed").all()
+    assert cube.kta.dims[0] == "lr" and "run" not in cube.dims
+
+
 def test_parse_grid_and_points() -> None:
     grid = parse_grid(["lr=0.02,0.05", "seed=0,1,2", "classes=0,1;2,3"])
     assert grid == {"lr": [0.02, 0.05], "seed": [0, 1, 2], "classes": [(0, 1), (2, 3)]}
@@ -39,6 +47,10 @@ def test_parse_grid_and_points() -> None:
         parse_grid(["lr=fast"])
     with pytest.raises(ConfigError, match="NAME=V1"):
         parse_grid(["lr"])
+    with pytest.raises(ConfigError, match="unknown option 'nosuch'"):
+        parse_grid(["nosuch=1,2"])
+    with pytest.raises(ConfigError, match="lists a value twice"):
+        parse_grid(["classes=0,1;0,1"])
     a, b = TINY, TINY.replace(steps=41)
     assert run_name({"lr": 0.1}, a) != run_name({"lr": 0.1}, b)  # the hash covers the base config
     assert run_name({"lr": 0.1}, a).startswith("lr=0.1_")
