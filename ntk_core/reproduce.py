@@ -280,7 +280,16 @@ def _theory_data() -> tuple[np.ndarray, np.ndarray]:
 # ---- the report ------------------------------------------------------------------------------
 
 
-def _fmt_row(values: Sequence[float], spec: str = ".3f") -> str:
+def _fmt_row(values: Sequence[float], spec: str | None = None) -> str:
+    """Values at 3 decimals, or as many more (up to 6) as it takes for values that differ to
+    print differently: a verdict on a trend must not rest on numbers that read as equal."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    if spec is None:
+        decimals = 3
+        while decimals < 6 and any(a != b and f"{a:.{decimals}f}" == f"{b:.{decimals}f}"
+                                   for a, b in zip(finite, finite[1:], strict=False)):
+            decimals += 1
+        spec = f".{decimals}f"
     return ", ".join("—" if not np.isfinite(v) else format(v, spec) for v in values)
 
 
@@ -302,8 +311,9 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
          f"{int(reached.sum())} of {reached.size} reached {exp.config.target_loss}",
          _verdict(bool(reached.all()))),
         ("the sharpness rises to 2/η and hovers there (EoS)",
-         f"EoS at η ∈ {{{', '.join(f'{x:g}' for x in eos_lrs)}}}; median S·η/2 in the EoS phase "
-         f"{_fmt_row(edge, '.2f')}",
+         (f"EoS at η ∈ {{{', '.join(f'{x:g}' for x in eos_lrs)}}}" if eos_lrs
+          else "no η reached EoS at every seed") +
+         f"; median S·η/2 in the EoS phase {_fmt_row(edge, '.2f')}",
          _verdict(len(eos_lrs) >= 2)),
         ("final KTA increases with η",
          f"KTA {_fmt_row(s['kta_mean'])}; Spearman ρ = {s['kta_rho']:.2f} (all runs), "
@@ -314,12 +324,14 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
         ("top-20 mass A₂₀ larger at the largest η than at the smallest",
          f"A₂₀ {_fmt_row(s['topk_mean'])}; ρ = {s['topk_rho']:.2f}", _verdict(s["topk_up"])),
         ("during EoS, KTA rises while the sharpness falls: corr(ΔKTA, −ΔS) > 0",
-         f"{s.get('detail_corr', math.nan):.2f} over {s.get('detail_phase', 0)} EoS steps of the "
-         f"η = {exp.highlight:g} run measured every step; sweep runs at lag "
-         f"{exp.config.measure_every}: median {corr_med:.2f} over {int(entered.sum())} "
-         f"(range {np.nanmin(corr) if entered.any() else math.nan:.2f} … "
-         f"{np.nanmax(corr) if entered.any() else math.nan:.2f})",
-         _verdict(bool(s.get("detail_corr", math.nan) > 0))
+         (f"{s.get('detail_corr', math.nan):.2f} over {s.get('detail_phase', 0)} EoS steps of "
+          f"the η = {exp.highlight:g} run measured every step" if s.get("detail_phase", 0)
+          else f"no EoS phase in the η = {exp.highlight:g} run measured every step")
+         + (f"; sweep runs at lag {exp.config.measure_every}: median {corr_med:.2f} over "
+            f"{int(entered.sum())} (range {np.nanmin(corr):.2f} … {np.nanmax(corr):.2f})"
+            if entered.any() else "; no sweep run had an EoS phase"),
+         # no EoS phase: nothing to test, which is not a failed test
+         _verdict(bool(s.get("detail_corr", math.nan) > 0) if s.get("detail_phase", 0) else None)
          + (" (weak)" if 0 < s.get("detail_corr", math.nan) < 0.3 else "")),
     ]
 
@@ -508,7 +520,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out_dir = Path(args.out_dir or ("reproduction-quick" if args.quick else "docs"))
     fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     cubes, stats, runtimes, figures = {}, {}, {}, {}
     for exp in exps:
         print(f"reproduce · {exp.title} · η ∈ {list(exp.lrs)} · seeds {list(exp.seeds)}",
@@ -519,6 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      scheduler="serial" if args.serial else args.scheduler, workers=args.workers,
                      resume_dir=resume,
                      progress=not args.quiet)
+        failed = cube.status.values == "failed"
+        if failed.all():  # nothing to report on (a missing CIFAR-10 folder, say): say why
+            reason = sorted(set(cube.status_reason.values[failed].ravel()))[0]
+            print(f"error: every {exp.name} run failed: {reason}", file=sys.stderr)
+            return 3
         cubes[exp.name], stats[exp.name] = cube, summarize(cube)
         detail = sweep(exp.config.replace(measure_every=1),
                        {"lr": [exp.highlight], "seed": [exp.seeds[0]]}, scheduler="serial",
@@ -530,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               cube.attrs["runs_resumed"] + detail.attrs["runs_resumed"],
                               cube.attrs["runs"] + detail.attrs["runs"])
         name = f"fig1-{exp.name}{'-quick' if args.quick else ''}.png"
+        fig_dir.mkdir(parents=True, exist_ok=True)  # only once there is a figure to save
         figure_experiment(exp, cube, stats[exp.name], fig_dir / name)
         figures[exp.name] = f"figures/{name}"
     cmp, theory_runtime = None, 0.0
@@ -541,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              measure_every=1000)
         theory_runtime = time.perf_counter() - t0
         name = f"fig-theory{'-quick' if args.quick else ''}.png"
+        fig_dir.mkdir(parents=True, exist_ok=True)
         figure_theory(cmp, fig_dir / name)
         figures["theory"] = f"figures/{name}"
     command = "ntk-eos reproduce" + "".join(  # the options that change results, no local paths
@@ -550,5 +568,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = out_dir / "reproduction.md"
     write_report(report, exps, cubes, stats, runtimes, cmp, theory_runtime, command.strip(),
                  figures)
-    print(f"wrote {report} and {len(figures)} figures in {fig_dir}", file=sys.stderr)
+    print(f"wrote {report} and {len(figures)} figure{'s' * (len(figures) != 1)} in {fig_dir}",
+          file=sys.stderr)
     return 0
