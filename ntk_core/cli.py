@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -201,7 +203,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
         p = load_preset(name)
         print(f"{name:18s} {p.title}")
         if args.verbose:
-            print(f"{'':18s} {p.description}\n")
+            print(textwrap.fill(" ".join(p.description.split()), width=96,
+                                initial_indent=" " * 19, subsequent_indent=" " * 19) + "\n")
     return 0
 
 
@@ -308,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # ConfigError, DataError (bad data_dir, too few samples), bad ports
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`ntk-eos presets -v | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
