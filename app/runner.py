@@ -305,6 +305,7 @@ class RunController:
         self.viewed_name = ""
         self.queue: list[RunConfig] = []
         self.ladder_size = 1
+        self._ladder_kept: TrainingRun | None = None  # the ladder run kept last: kept once
         self.kept: list[KeptRun] = []
         self.steps_per_second = 0.0
 
@@ -325,6 +326,7 @@ class RunController:
         self.viewed, self.viewed_name = None, ""
         self.queue = list(configs[1:])
         self.ladder_size = len(configs)
+        self._ladder_kept = None
         self._start(configs[0], play)
 
     def _start(self, config: RunConfig, play: bool) -> None:
@@ -338,12 +340,16 @@ class RunController:
             self.run = None
 
     def advance_ladder(self) -> bool:
-        """Keep a finished ladder run and start the next one; True when a new run started."""
+        """Keep a finished ladder run and start the next one (the last one is kept too); True
+        when the kept runs changed."""
         run = self.run
-        if run is None or not self.queue or not run.finished or run.buffer is None:
+        if run is None or not run.finished or run.buffer is None or self.ladder_size < 2 \
+                or run is self._ladder_kept:
             return False
         self.keep()
-        self._start(self.queue.pop(0), play=True)
+        self._ladder_kept = run
+        if self.queue:
+            self._start(self.queue.pop(0), play=True)
         return True
 
     def view(self, buffer: RunBuffer, name: str) -> None:

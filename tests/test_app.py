@@ -252,9 +252,10 @@ def test_ladder_runs_each_point_and_keeps_it() -> None:
     board = Dashboard(settings=RunSettings(preset="eta-ladder", **{**SMALL, "steps": 3}))
     try:
         board.play()
-        wait_for(lambda: (board.tick() or True) and len(board.controller.kept) == 3
+        # every run of the ladder is kept as it finishes, the last one too
+        wait_for(lambda: (board.tick() or True) and len(board.controller.kept) == 4
                  and board.controller.run.finished, timeout=90)
-        board.keep()
+        board.tick()
         kept = board.controller.kept
         assert [k.lr for k in kept] == [0.02, 0.05, 0.1, 0.15]
         assert board.settings.lr == 0.15, "the η control shows the ladder run on screen"
