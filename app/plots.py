@@ -33,7 +33,7 @@ from bokeh.plotting import figure
 
 from ntk_core.buffer import RunBuffer
 
-from .ranges import FollowedRanges
+from .ranges import FollowedRanges, quietest_corner
 from .runs import KEPT_COLUMNS, MAX_KEPT, KeptRun, last_measured
 
 K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
@@ -349,7 +349,7 @@ class LivePlots:
                       {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"}),
                      ("two_over_lr", "2/η", {"color": THRESHOLD_COLOR, "line_width": 2.5,
                                              "line_dash": "dashed"}))]
-        _legend(f, items, "bottom_right")
+        sharpness_legend = _legend(f, items, "bottom_right")
         f.add_tools(_step_hover())
         self.sharpness_fig = f
         # 3. top NTK eigenvalues / n
@@ -367,7 +367,7 @@ class LivePlots:
                                                       line_width=2))
                  for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "A_k", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
-        _legend(f, items, "center_right")  # A_k runs high, KTA and a₁ low
+        alignment_legend = _legend(f, items, "bottom_right")
         f.add_tools(_step_hover())
         self.alignment_fig = f
         # 5. u₁ᵀr
@@ -385,6 +385,10 @@ class LivePlots:
                 (self.alignment_fig, self.spectrum, LABEL_ALIGNMENT_COLUMNS),
                 (self.residual_fig, self.measures, ["u1_residual"])):
             self._followers.append((source, self.followed[fig], columns))
+        # legends that move to the corner their curves leave freest (``_place_legends``)
+        self._legends = {self.followed[fig]: legend for fig, legend in (
+            (self.loss_fig, self._loss_legend), (self.sharpness_fig, sharpness_legend),
+            (self.alignment_fig, alignment_legend))}
         # 6.–8. heatmaps
         self.vectors = HeatMap("Top NTK eigenvectors", "kernel rows by class", "eigenvector i")
         self.history = HeatMap("u₁ over training", "kernel rows by class", "step")
@@ -482,6 +486,29 @@ class LivePlots:
                 ranges.include(data["step"], *(data[c] for c in columns))
         for ranges in touched:
             ranges.apply()
+        self._place_legends(touched)
+
+    def _place_legends(self, which: set[FollowedRanges]) -> None:
+        """Move each followed figure's legend to the corner its curves leave freest."""
+        for ranges in which:
+            legend = self._legends.get(ranges)
+            if legend is None or not ranges.following:
+                continue
+            xs, ys = [], []
+            for source, followed, columns in self._followers:
+                if followed is ranges and len(source.data["step"]):
+                    step = np.asarray(source.data["step"], dtype=float)
+                    xs += [step] * len(columns)
+                    ys += [np.asarray(source.data[c], dtype=float) for c in columns]
+            if not xs:
+                continue
+            fig = ranges.fig
+            corner = quietest_corner(np.concatenate(xs), [np.concatenate(ys)],
+                                     (fig.x_range.start, fig.x_range.end),
+                                     (fig.y_range.start, fig.y_range.end), ranges.log_y,
+                                     legend.location)
+            if corner != legend.location:
+                legend.location = corner
 
     def _refit_ranges(self, which: set[FollowedRanges] | None = None) -> None:
         """Recompute followed extents (all, or ``which``) from what the sources hold now: after
@@ -495,6 +522,7 @@ class LivePlots:
                 ranges.include(data["step"], *(data[c] for c in columns))
         for ranges in which:
             ranges.apply()
+        self._place_legends(which)
 
     @property
     def ranges_stale(self) -> bool:
