@@ -13,6 +13,8 @@ import panel as pn
 import param
 from bokeh.models import CustomJSTickFormatter
 
+from ntk_core.models import UNUSED_FIELDS
+
 from .settings import BOUNDS, CONTROL_FIELDS, SLIDER_RANGES, RunSettings, round_lr
 
 RADIO_FIELDS = frozenset({"target"})
@@ -91,4 +93,12 @@ def settings_sections(settings: RunSettings) -> list[tuple[str, list[pn.viewable
     groups = {"Data": ("dataset", "n", "classes", "target"),
               "Model": ("arch", "width", "depth", "activation"),
               "Run": ("steps", "target_loss", "measure_every", "k", "seed")}
+
+    def grey_out_unused(*_: object) -> None:  # e.g. depth and activation for linear2
+        unused = UNUSED_FIELDS.get(settings.arch, ())
+        for name in groups["Model"][1:]:
+            widgets[name].disabled = name in unused
+
+    settings.param.watch(grey_out_unused, "arch")
+    grey_out_unused()
     return [(title, [widgets[name] for name in names]) for title, names in groups.items()]

@@ -169,9 +169,12 @@ def summarize(ds) -> str:
 
 
 def _shape(cfg: RunConfig) -> str:
-    if cfg.arch == "linear2":  # f(x) = vᵀWx: no depth, no activation
-        return f"width {cfg.width}"
-    return f"width {cfg.width}, depth {cfg.depth}, {cfg.activation}"
+    from .models import UNUSED_FIELDS
+
+    unused = UNUSED_FIELDS.get(cfg.arch, ())
+    parts = [f"width {cfg.width}"] + [f"depth {cfg.depth}"] * ("depth" not in unused) \
+        + [cfg.activation] * ("activation" not in unused)
+    return ", ".join(parts)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

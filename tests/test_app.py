@@ -448,6 +448,18 @@ def test_the_header_says_what_the_controls_changed_from_the_preset() -> None:
     assert ladder.overrides() == {}
 
 
+def test_model_fields_the_architecture_ignores_are_greyed_out() -> None:
+    from app.controls import settings_sections
+
+    settings = RunSettings()
+    model = dict(settings_sections(settings))["Model"]  # arch, width, depth, activation
+    assert [w.disabled for w in model] == [False, False, False, False]
+    settings.arch = "linear2"  # f(x) = vᵀWx: no depth, no activation
+    assert [w.disabled for w in model] == [False, False, True, True]
+    settings.arch = "cnn"
+    assert not any(w.disabled for w in model)
+
+
 def test_a_kept_run_whose_eta_changed_is_labelled_with_each_eta(dash: Dashboard) -> None:
     steps_done(dash, 2)
     dash.settings.lr = 0.05

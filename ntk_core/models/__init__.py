@@ -11,7 +11,10 @@ from .linear2 import Linear2
 from .mlp import MLP
 from .vit import ViT
 
-__all__ = ["CNN", "MLP", "Linear2", "ViT", "build_model"]
+__all__ = ["CNN", "MLP", "UNUSED_FIELDS", "Linear2", "ViT", "build_model"]
+
+# RunConfig fields an architecture ignores: f(x) = vᵀWx has no depth and no activation
+UNUSED_FIELDS: dict[str, tuple[str, ...]] = {"linear2": ("depth", "activation")}
 
 
 def build_model(config: RunConfig, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
