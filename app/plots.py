@@ -503,7 +503,7 @@ class LivePlots:
             if not xs:
                 continue
             fig = ranges.fig
-            corner = quietest_corner(np.concatenate(xs), [np.concatenate(ys)],
+            corner = quietest_corner(np.concatenate(xs), np.concatenate(ys),
                                      (fig.x_range.start, fig.x_range.end),
                                      (fig.y_range.start, fig.y_range.end), ranges.log_y,
                                      legend.location)

@@ -35,7 +35,7 @@ from ntk_core.train import TERMINAL, Trainer
 
 from . import limits as server_limits
 from .limits import ServerLimits, TrainingSlots
-from .runs import MAX_KEPT, KeptRun, keep_run, lr_label
+from .runs import MAX_KEPT, KeptRun, keep_run, lr_history_label
 
 THREAD_PREFIX = "ntk-eos-train-"
 # Steps queued in a training process beyond the one being collected: with two, the child has
@@ -401,10 +401,10 @@ class RunController:
             return None
         lrs = buffer.rows(0)["lr"]
         if self.run is not None:  # η as the run went: a change mid-run shows in the legend
-            lr, label = self.run.lr, lr_label(lrs)
+            lr, label = self.run.lr, lr_history_label(lrs)
         else:
             lr = float(lrs[-1]) if len(lrs) else float(buffer.attrs.get("lr", float("nan")))
-            label = self.viewed_name or lr_label(lrs)
+            label = self.viewed_name or lr_history_label(lrs)
         kept = keep_run(buffer, label, lr)
         self.kept = [*self.kept, kept][-MAX_KEPT:]
         return kept

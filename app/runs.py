@@ -62,7 +62,7 @@ def last_measured(rows: dict[str, np.ndarray]) -> int | None:
     return int(idx[-1]) if len(idx) else None
 
 
-def lr_label(lrs: np.ndarray) -> str:
+def lr_history_label(lrs: np.ndarray) -> str:
     """"η=0.1", or "η=0.1→0.05" for a run whose η was changed on the way (first → … → last)."""
     finite = np.asarray(lrs, dtype=float)
     finite = finite[np.isfinite(finite)]

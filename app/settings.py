@@ -14,7 +14,15 @@ from typing import Any, get_args
 
 import param
 
-from ntk_core.config import MAX_DEPTH, MAX_K, ConfigError, RunConfig, option_type
+from ntk_core.config import (
+    MAX_DEPTH,
+    MAX_K,
+    ConfigError,
+    RunConfig,
+    option_base_type,
+    option_choices,
+    option_type,
+)
 from ntk_core.presets import DEFAULT_PRESET, Preset, load_preset, preset_names
 
 # The RunConfig fields that get a control, in the order they appear in the sidebar.
@@ -49,20 +57,6 @@ LABELS: dict[str, str] = {
 }
 
 
-def _choices(hint: Any) -> tuple[Any, ...]:
-    """The Literal choices of a (possibly optional) field type, or ()."""
-    for arg in (hint, *get_args(hint)):
-        values = get_args(arg)
-        if values and all(isinstance(v, str) for v in values):
-            return values
-    return ()
-
-
-def _base_type(hint: Any) -> type:
-    args = [a for a in get_args(hint) if a is not type(None)]
-    return args[0] if args and get_args(hint) and type(None) in get_args(hint) else hint
-
-
 def config_parameter(name: str) -> param.Parameter:
     """A param.Parameter for the RunConfig field ``name``: type, default and choices from the
     dataclass, bounds from ``BOUNDS``."""
@@ -71,10 +65,10 @@ def config_parameter(name: str) -> param.Parameter:
     optional = type(None) in get_args(hint)
     label = LABELS.get(name, name)
     doc = f"RunConfig.{name}"
-    choices = _choices(hint)
+    choices = option_choices(name)
     if choices:
         return param.Selector(default=default, objects=list(choices), label=label, doc=doc)
-    base = _base_type(hint)
+    base = option_base_type(name)
     if getattr(base, "__origin__", None) is tuple:
         text = "" if default is None else ",".join(map(str, default))
         return param.String(default=text, label=label, doc=doc)

@@ -189,12 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
-    problem = ("" if args.steps >= 1 else f"--steps: at least 1, got {args.steps}") or \
-        ("" if 0 < args.tol < 1 else f"--tol: between 0 and 1, got {args.tol}") or \
-        ("" if not args.json or Path(args.json).resolve().parent.is_dir()  # before, not after
-         else f"--json: no folder {Path(args.json).resolve().parent}")
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    problems = []
+    if args.steps < 1:
+        problems.append(f"--steps: at least 1, got {args.steps}")
+    if not 0 < args.tol < 1:
+        problems.append(f"--tol: between 0 and 1, got {args.tol}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():  # before the run, not after
+        problems.append(f"--json: no folder {Path(args.json).resolve().parent}")
+    if problems:
+        print(f"error: {problems[0]}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

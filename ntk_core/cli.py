@@ -14,10 +14,9 @@ import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import UnionType
-from typing import Literal, Union, get_args, get_origin
+from typing import get_origin
 
-from .config import RunConfig, option_names, option_type
+from .config import RunConfig, option_base_type, option_choices, option_names
 from .presets import DEFAULT_PRESET, load_preset, preset_names
 
 
@@ -31,11 +30,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def _metavar(name: str) -> str:
     """What a flag takes, from the RunConfig field's type: {a,b} for choices, I,J,... for a
     tuple (``--classes 3,8``), else INT, FLOAT, TEXT or {true,false}."""
-    hint = option_type(name)
-    args = [a for a in get_args(hint) if a is not type(None)]
-    base = args[0] if get_origin(hint) in (Union, UnionType) and args else hint
-    if get_origin(base) is Literal:
-        return "{" + ",".join(map(str, get_args(base))) + "}"
+    choices = option_choices(name)
+    if choices:
+        return "{" + ",".join(map(str, choices)) + "}"
+    base = option_base_type(name)
     if get_origin(base) is tuple:
         return "I,J,..."
     return {bool: "{true,false}", int: "INT", float: "FLOAT"}.get(base, "TEXT")

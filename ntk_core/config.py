@@ -138,6 +138,23 @@ def option_type(name: str) -> Any:
     return get_type_hints(RunConfig)[name]
 
 
+def option_base_type(name: str) -> Any:
+    """The field's type without its ``| None``."""
+    hint = option_type(name)
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if args and type(None) in get_args(hint) else hint
+
+
+def option_choices(name: str) -> tuple[Any, ...]:
+    """The Literal choices of a (possibly optional) field, or ()."""
+    hint = option_type(name)
+    for arg in (hint, *get_args(hint)):
+        values = get_args(arg)
+        if values and all(isinstance(v, str) for v in values):
+            return values
+    return ()
+
+
 def coerce(name: str, value: Any) -> Any:
     """Convert a CLI/URL/TOML value to the field's type; raise ConfigError on nonsense."""
     if name not in option_names():

@@ -295,10 +295,12 @@ def combine(points: Sequence[Point], runs: Sequence[xr.Dataset],
     keys = list(grid)
     coords = {k: ("run", _coord_values([p[k] for p in points])) for k in keys}
     stacked = stacked.assign_coords(coords)
-    if len(keys) == 1:  # a one-level index cannot be unstacked: the grid's dim replaces run
+    if not keys:
+        cube = stacked
+    elif len(keys) == 1:  # a one-level index cannot be unstacked: the grid's dim replaces run
         cube = stacked.swap_dims(run=keys[0])
     else:
-        cube = stacked.set_index(run=keys).unstack("run") if keys else stacked
+        cube = stacked.set_index(run=keys).unstack("run")
     cube = cube.transpose(*keys, *[d for d in cube.dims if d not in keys])
     for name in ("status", "status_reason", "config"):
         cube[name] = cube[name].fillna("").astype(str)

@@ -35,7 +35,7 @@ from app.runs import (
     buffer_from_dataset,
     csv_bytes,
     keep_run,
-    lr_label,
+    lr_history_label,
     read_run_bytes,
 )
 from app.server import serve, serve_command
@@ -466,8 +466,8 @@ def test_a_kept_run_whose_eta_changed_is_labelled_with_each_eta(dash: Dashboard)
     steps_done(dash, 2)
     kept = dash.controller.keep()
     assert kept is not None and kept.label == "η=0.1→0.05" and kept.lr == 0.05
-    assert lr_label(np.array([0.1, 0.1])) == "η=0.1"
-    assert lr_label(np.array([0.1, 0.2, 0.3, 0.2, 0.4])) == "η=0.1→…→0.4"
+    assert lr_history_label(np.array([0.1, 0.1])) == "η=0.1"
+    assert lr_history_label(np.array([0.1, 0.2, 0.3, 0.2, 0.4])) == "η=0.1→…→0.4"
 
 
 def test_kept_runs_feed_the_overlays() -> None:

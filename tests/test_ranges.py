@@ -43,14 +43,14 @@ def test_ticks_lie_inside_increase_and_are_few_but_at_least_two(exponent: float,
 def test_the_legend_goes_to_the_corner_the_curves_leave_free() -> None:
     x = np.linspace(0, 100, 201)
     falling = 1 - x / 100  # top left to bottom right: both other corners are free
-    assert quietest_corner(x, [falling], (0, 100), (0, 1), False, "top_right") == "top_right"
+    assert quietest_corner(x, falling, (0, 100), (0, 1), False, "top_right") == "top_right"
     hovering_low = np.full_like(x, 0.1)  # a sharpness hovering at the bottom (the catapult)
-    assert quietest_corner(x, [hovering_low], (0, 100), (0, 1), False, "bottom_right") in (
+    assert quietest_corner(x, hovering_low, (0, 100), (0, 1), False, "bottom_right") in (
         "top_right", "top_left")
     # a log axis: the position is judged in decades
     loss = 10.0 ** (-2 * x / 100)  # 1 → 0.01, a straight falling line in log space
-    assert quietest_corner(x, [loss], (0, 100), (0.01, 1), True, "bottom_left") in (
+    assert quietest_corner(x, loss, (0, 100), (0.01, 1), True, "bottom_left") in (
         "top_right", "bottom_left")
     # a corner only a few points away from the best is kept: no hopping
     some = np.where(x > 98, 0.9, 0.5)  # a handful of points in the top right
-    assert quietest_corner(x, [some], (0, 100), (0, 1), False, "top_right") == "top_right"
+    assert quietest_corner(x, some, (0, 100), (0, 1), False, "top_right") == "top_right"
