@@ -21,11 +21,7 @@ import param
 
 from ntk_core.config import ConfigError
 
-from .controls import SPEEDS, LearningRateControl, settings_sections
-from .limits import has_viewers
-from .plots import PLOT_HEIGHT, LivePlots
-from .runner import RunController
-from .runs import (
+from .files.runs import (
     MAX_UPLOAD_MB,
     RunFileError,
     buffer_from_dataset,
@@ -34,11 +30,15 @@ from .runs import (
     read_run_bytes,
     run_config_dict,
 )
-from .server_files import ServerFiles
-from .settings import LIVE_FIELDS, RunSettings
-from .storage import RunStore
-from .sweep_view import sweep_tab
-from .untrusted import clean_query, plain
+from .files.storage import RunStore
+from .session.limits import has_viewers
+from .session.runner import RunController
+from .session.settings import LIVE_FIELDS, RunSettings
+from .views.controls import SPEEDS, LearningRateControl, settings_sections
+from .views.plots import PLOT_HEIGHT, LivePlots
+from .views.server_files import ServerFiles
+from .views.sweep_view import sweep_tab
+from .views.untrusted import clean_query, plain
 
 pn.extension(notifications=False)
 # Canvas, not WebGL: the curves are small, and WebGL draws line joins with specks and is slow

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import panel as pn
 
-from app import browser_patches
 from app.dashboard import Dashboard
-from app.limits import SessionRegistry, live_sessions
-from app.page_loading import deferred_page
+from app.server import browser_patches
+from app.server.page_loading import deferred_page
+from app.session.limits import SessionRegistry, live_sessions
 
 TITLE = "ntk-eos: the Edge of Stability and the NTK, live"
 BUSY_TEXT = """\

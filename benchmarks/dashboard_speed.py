@@ -218,7 +218,7 @@ BROWSER_STEPS = 100_000
 def browser(seconds: float, warmup: float, preset: str) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from app.server import serve_command
+    from app.server.launch import serve_command
 
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:

@@ -37,19 +37,19 @@ from benchmarks.reference import (  # noqa: E402
     sharpness_reference,
 )
 from benchmarks.workloads import SPECS, Spec  # noqa: E402
-from ntk_core.alignment import (  # noqa: E402
+from ntk_core.experiments.bench import Workload  # noqa: E402
+from ntk_core.numerics.alignment import (  # noqa: E402
     centered_alignment_from_products,
     deflated_fro_norm,
     eigen_alignment,
     fro_norm,
     target_fro,
 )
-from ntk_core.bench import Workload  # noqa: E402
-from ntk_core.hessian import HessianOperator, top_hessian_eigenpair  # noqa: E402
-from ntk_core.losses import loss_value  # noqa: E402
-from ntk_core.measure import FRO_PROBES  # noqa: E402
-from ntk_core.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture  # noqa: E402
-from ntk_core.spectral import explicit_matmat, top_eigenpairs  # noqa: E402
+from ntk_core.numerics.eigensolver import explicit_matmat, top_eigenpairs  # noqa: E402
+from ntk_core.numerics.hessian import HessianOperator, top_hessian_eigenpair  # noqa: E402
+from ntk_core.numerics.losses import loss_value  # noqa: E402
+from ntk_core.numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture  # noqa: E402
+from ntk_core.training.measurer import FRO_PROBES  # noqa: E402
 
 WARMUP = 3
 

@@ -48,8 +48,8 @@ from tornado.ioloop import IOLoop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.server import limits_env, serve_command  # noqa: E402
-from app.server_setup import LIMITS_PREFIX, STATS_PREFIX  # noqa: E402
+from app.server.launch import limits_env, serve_command  # noqa: E402
+from app.server.startup import LIMITS_PREFIX, STATS_PREFIX  # noqa: E402
 
 LIVENESS_P95_S = 1.0
 LIVENESS_TIMEOUT_S = 5.0

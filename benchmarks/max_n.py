@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, r
 from benchmarks.common import timed  # noqa: E402
 from benchmarks.harness import Ours  # noqa: E402
 from benchmarks.workloads import SPECS  # noqa: E402
-from ntk_core.bench import Workload  # noqa: E402
+from ntk_core.experiments.bench import Workload  # noqa: E402
 
 SIZES = (1000, 2000, 4000, 8000, 16000, 32000, 50000)
 CASES = {"W1-mlp-exact": ("W1", "synthetic"), "W2-mlp-traced-exact": ("W2-traced", "synthetic"),

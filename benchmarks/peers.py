@@ -43,11 +43,11 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import add_peer_path, rel_err, timed
-from ntk_core.alignment import centered_kernel_target_alignment, kernel_target_alignment
-from ntk_core.hessian import HessianOperator, top_hessian_eigenpair
-from ntk_core.losses import loss_value
-from ntk_core.ntk import NTKOperator
-from ntk_core.spectral import top_eigenpairs
+from ntk_core.numerics.alignment import centered_kernel_target_alignment, kernel_target_alignment
+from ntk_core.numerics.eigensolver import top_eigenpairs
+from ntk_core.numerics.hessian import HessianOperator, top_hessian_eigenpair
+from ntk_core.numerics.losses import loss_value
+from ntk_core.numerics.ntk import NTKOperator
 
 MATCH = 1e-4
 
@@ -55,7 +55,7 @@ MATCH = 1e-4
 @dataclass
 class Context:
     spec: object
-    w: object  # ntk_core.bench.Workload at the current weights
+    w: object  # ntk_core.experiments.bench.Workload at the current weights
     ours: object  # harness.Ours after this step's measurements
     ref: dict  # float64 references at these weights (values, K, sharpness)
     tol: float

@@ -16,10 +16,10 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
-from ntk_core.alignment import centered_kernel_target_alignment, kernel_target_alignment
-from ntk_core.hessian import HessianOperator
-from ntk_core.losses import loss_value
-from ntk_core.ntk import NTKOperator, empirical_ntk
+from ntk_core.numerics.alignment import centered_kernel_target_alignment, kernel_target_alignment
+from ntk_core.numerics.hessian import HessianOperator
+from ntk_core.numerics.losses import loss_value
+from ntk_core.numerics.ntk import NTKOperator, empirical_ntk
 
 ARPACK_TOL = 1e-10
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .alignment import kernel_target_alignment  # noqa: E402
-from .buffer import RunBuffer, StepRecord, load_run, save_run  # noqa: E402
 from .config import ConfigError, RunConfig  # noqa: E402
-from .hessian import hessian_sharpness  # noqa: E402
-from .ntk import empirical_ntk  # noqa: E402
-from .spectral_api import ntk_eigenpairs  # noqa: E402
-from .train import Trainer, run  # noqa: E402
+from .numerics.alignment import kernel_target_alignment  # noqa: E402
+from .numerics.hessian import hessian_sharpness  # noqa: E402
+from .numerics.ntk import empirical_ntk  # noqa: E402
+from .numerics.ntk.eigenpairs import ntk_eigenpairs  # noqa: E402
+from .training.buffer import RunBuffer, StepRecord, load_run, save_run  # noqa: E402
+from .training.trainer import Trainer, run  # noqa: E402
 
 __all__ = [
     "ConfigError",

@@ -37,7 +37,7 @@ def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
 def thread_training() -> Iterator[None]:
     """Runs train in this process (``ServerLimits.training = "thread"``), for tests that reach
     into the live trainer; the served default trains each run in a child process."""
-    from app import limits
+    from app.session import limits
 
     limits.configure(limits.ServerLimits(training="thread"))
     yield

@@ -1,0 +1,605 @@
+"""The dashboard's live plots: Bokeh figures fed straight from the engine's buffer.
+
+Curves live in ``ColumnDataSource`` objects that only ever receive ``stream`` calls with the rows
+appended since the last update, so the browser gets a few hundred bytes per update. Matrices
+(eigenvectors, u₁ history, the NTK) are block-averaged to at most ``MAX_PIXELS`` per side and
+replace one image source each. Everything is built once per page; an update touches data only.
+That keeps a page update at a few milliseconds of server time: the equivalent HoloViews
+DynamicMaps re-ran their element pipeline and walked the whole document per plot per update,
+which at 4 Hz took most of a core and starved the training thread. All values are the engine's;
+the only arithmetic here is display scaling (λ/n, block means, row order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from bokeh.core.properties import value
+from bokeh.models import (
+    ColorBar,
+    ColumnDataSource,
+    FixedTicker,
+    GlyphRenderer,
+    HoverTool,
+    Legend,
+    LegendItem,
+    LinearColorMapper,
+    Range1d,
+)
+from bokeh.palettes import RdBu, interp_palette
+from bokeh.plotting import figure
+
+from ntk_core.training.buffer import RunBuffer
+
+from ..files.runs import KEPT_COLUMNS, MAX_KEPT, KeptRun, last_measured
+from .ranges import FollowedRanges, quietest_corner
+
+K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
+BUFFER_LENGTH = 20_000  # rows kept per curve source (the most recent steps)
+MAX_PIXELS = 256  # NTK heatmap side after block-averaging
+MAX_VECTOR_COLUMNS = 512
+MAX_HISTORY_ROWS = 128
+PLOT_HEIGHT = 290
+LOG_TICKS = [1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+THRESHOLD_COLOR = "#d62728"
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+              "#bcbd22", "#7f7f7f")
+DIVERGING = interp_palette(RdBu[11], 256)  # blue (negative) to red (positive)
+STEP_COLUMNS = ["step", "loss", "accuracy", "two_over_lr"]
+# Measured rows are split by how often the page redraws them: the fast curves (sharpness and
+# the u₁ᵀr oscillation) with every update, the slow ones (eigenvalues and alignment, which
+# change over tens of steps) once a second; each redrawn figure costs the browser a paint.
+MEASURE_COLUMNS = ["step", "two_over_lr", "sharpness", "gn_sharpness", "u1_residual"]
+EIGENVALUE_COLUMNS = [f"lam{i + 1}" for i in range(K_SHOW)]
+LABEL_ALIGNMENT_COLUMNS = ["kta", "topk_mass", "a1"]
+SPECTRUM_COLUMNS = ["step", "two_over_lr", *EIGENVALUE_COLUMNS, *LABEL_ALIGNMENT_COLUMNS]
+ALIGNMENT_COLUMNS = ["eigval_normalized", "alignment"]
+COMPARE_COLUMNS = ["lr", "kta", "a1", "topk_mass"]
+TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
+
+
+def empty_data(columns: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {c: np.array([], dtype=float) for c in columns}
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    out = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def step_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Every step: loss, accuracy, 2/η."""
+    return pd.DataFrame({"step": rows["step"].astype(float), "loss": _finite(rows["loss"]),
+                         "accuracy": rows["accuracy"], "two_over_lr": rows["two_over_lr"]})
+
+
+def measure_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Measured steps only, so that measure_every > 1 still draws connected curves."""
+    keep = rows["measured"] == 1
+    return pd.DataFrame({c: _finite(rows[c][keep]) for c in MEASURE_COLUMNS})
+
+
+def spectrum_frame(rows: dict[str, np.ndarray], n: int) -> pd.DataFrame:
+    """Measured steps, the slow curves: the top K_SHOW eigenvalues divided by n (comparable
+    with 2/η), KTA, A_k and a₁."""
+    keep = rows["measured"] == 1
+    eig = rows["eigenvalues"][keep, :K_SHOW] / n
+    data = {"step": rows["step"][keep].astype(float), "two_over_lr": rows["two_over_lr"][keep]}
+    for i in range(K_SHOW):
+        data[f"lam{i + 1}"] = _finite(eig[:, i]) if i < eig.shape[1] else np.full(len(eig), np.nan)
+    data.update(kta=_finite(rows["kta"][keep]), topk_mass=_finite(rows["topk_mass"][keep]),
+                a1=_finite(rows["alignment"][keep, 0]))
+    return pd.DataFrame(data)
+
+
+def _columns(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {c: np.asarray(frame[c], dtype=float) for c in columns}
+
+
+# ---- matrices for display ----------------------------------------------------------------------
+# ---- matrices for display ----------------------------------------------------------------------
+def display_order(row_data: dict[str, np.ndarray]) -> np.ndarray:
+    """Kernel rows grouped by output, then by class (the engine sorts by class, sample-major)."""
+    labels = np.asarray(row_data["label"])
+    outputs = np.asarray(row_data.get("output_index", np.zeros_like(labels)))
+    return np.lexsort((np.arange(len(labels)), labels, outputs))
+
+
+def block_mean(a: np.ndarray, axis: int, max_size: int) -> tuple[np.ndarray, int]:
+    """Average runs of f consecutive entries along ``axis`` so at most ``max_size`` remain;
+    non-finite entries (padding, a diverged run) are left out of their block's mean."""
+    size = a.shape[axis]
+    f = max(1, math.ceil(size / max_size))
+    if f == 1:
+        return a, 1
+    a = np.asarray(a, np.float32)
+    pad = (-size) % f
+    if pad:
+        shape = list(a.shape)
+        shape[axis] = pad
+        a = np.concatenate([a, np.full(shape, np.nan, np.float32)], axis)
+    blocks = a.reshape(*a.shape[:axis], -1, f, *a.shape[axis + 1:])  # a view: no copy
+    if not pad:  # f strided adds: several times faster than a mean over a strided axis
+        index = [slice(None)] * a.ndim
+        total = np.zeros(blocks.shape[:axis + 1] + blocks.shape[axis + 2:], np.float32)
+        for i in range(f):
+            index[axis] = slice(i, None, f)
+            total += a[tuple(index)]
+        out = total / f
+        if np.isfinite(out).all():
+            return out, f
+    return np.nanmean(blocks, axis=axis + 1), f  # padding or non-finite entries: skip them
+
+
+def block_boundaries(row_data: dict[str, np.ndarray], order: np.ndarray) -> tuple[list, list]:
+    """Row positions where the class changes, where the output changes, and class tick marks."""
+    labels = np.asarray(row_data["label"])[order]
+    outputs = np.asarray(row_data.get("output_index", np.zeros_like(labels)))[order]
+    key = outputs * (labels.max() + 1) + labels
+    edges = list(np.flatnonzero(np.diff(key)) + 1)
+    out_edges = [e for e in edges if outputs[e] != outputs[e - 1]]
+    starts = [0, *edges]
+    ends = [*edges, len(labels)]
+    ticks = [((s + e) / 2, str(labels[s])) for s, e in zip(starts, ends, strict=True)]
+    return [e for e in edges if e not in out_edges], out_edges, ticks
+
+
+def matrix_payload(buffer: RunBuffer, history: bool) -> dict:
+    """What the matrix pipes need, block-averaged for the browser."""
+    order = display_order(buffer.row_data)
+    class_edges, output_edges, ticks = block_boundaries(buffer.row_data, order)
+    out: dict = {"m": buffer.m, "class_edges": class_edges, "output_edges": output_edges,
+                 "ticks": ticks}
+    latest = buffer.latest_eigenvectors()
+    if latest is not None:
+        vectors, f = block_mean(latest[1].take(order, axis=1), 1, MAX_VECTOR_COLUMNS)
+        out["vectors"] = (latest[0], vectors, f)
+    if history:
+        steps, u1 = buffer.eigenvector_history(0)
+        if len(steps) >= 2:
+            grid = np.linspace(steps[0], steps[-1], min(MAX_HISTORY_ROWS, len(steps)))
+            nearest = np.clip(np.searchsorted(steps, grid), 0, len(steps) - 1)
+            values, f = block_mean(u1[nearest].take(order, axis=1), 1, MAX_VECTOR_COLUMNS)
+            out["history"] = (grid, values, f)
+    kernel = buffer.latest_kernel_stored()
+    if kernel is not None:
+        step, K, rows = kernel
+        columns = rows[order]  # display row i is stored row columns[i]
+        # rows first (whole-row copies), then the columns of the 4× smaller result
+        k, f = block_mean(K.take(columns, axis=0), 0, MAX_PIXELS)
+        k, _ = block_mean(k.take(columns, axis=1), 1, MAX_PIXELS)
+        out["kernel"] = (step, k, f)
+    return out
+
+
+# ---- element builders --------------------------------------------------------------------------
+
+
+def _symmetric(values: np.ndarray) -> tuple[float, float]:
+    finite = np.abs(values[np.isfinite(values)])
+    a = float(np.percentile(finite, 99)) if finite.size else 1.0
+    return (-a, a) if a > 0 else (-1.0, 1.0)
+
+
+def _shade(i: int) -> str:
+    """Dark blue for λ₁ fading to light for λ_K."""
+    t = i / max(1, K_SHOW - 1)
+    r, g, b = (int(31 + t * (190 - 31)), int(119 + t * (210 - 119)), int(180 + t * (235 - 180)))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+# ---- figures -----------------------------------------------------------------------------------
+def _figure(title: str, ylabel: str, xlabel: str = "step", **kwargs: object) -> figure:
+    fig = figure(title=title, x_axis_label=xlabel, y_axis_label=ylabel, tools=TOOLS,
+                 sizing_mode="stretch_width", height=PLOT_HEIGHT,
+                 **kwargs)
+    fig.toolbar.logo = None
+    return fig
+
+
+def _legend(fig: figure, items: list[LegendItem], where: str = "top_right",
+            outside: bool = False) -> Legend:
+    legend = Legend(items=items, click_policy="hide", background_fill_alpha=0.7,
+                    label_text_font_size="9pt", spacing=0, padding=4)
+    if outside:
+        fig.add_layout(legend, "right")
+    else:
+        legend.location = where
+        fig.add_layout(legend)
+    return legend
+
+
+def _streamed_entry(fig: figure, label: str, line: GlyphRenderer) -> LegendItem:
+    """A legend entry for a streamed line, drawn from a data-less twin of it.
+
+    BokehJS rebuilds a legend's items (DOM elements and a canvas per item) whenever any model
+    its items reference changes, and streaming rows into a line's source changes that line's
+    view: at 4 Hz that was a rebuild, and the style recalculations it forces, per legend per
+    update. The twin shares the line's glyph style, never changes, and passes its visibility on
+    to the line, so clicking the entry still hides the line."""
+    # one NaN point: nothing drawn, but BokehJS draws no legend sample for an empty source
+    twin = fig.add_glyph(ColumnDataSource({"step": [math.nan], "y": [math.nan]}),
+                         line.glyph.clone(x="step", y="y"))
+    twin.js_link("visible", line, "visible")
+    return LegendItem(label=label, renderers=[twin])
+
+
+def _step_hover() -> HoverTool:
+    return HoverTool(tooltips=[("step", "@step{0}"), ("value", "$y{0.0000}")])
+
+
+class HeatMap:
+    """One diverging image with class / output boundaries and class tick labels."""
+
+    def __init__(self, title: str, xlabel: str, ylabel: str, square: bool = False) -> None:
+        self.base_title = title
+        self.fig = _figure(title + " (waiting for a measurement)", ylabel, xlabel,
+                           x_range=Range1d(0, 1), y_range=Range1d(1, 0))
+        self.source = ColumnDataSource({"image": [np.zeros((1, 1), np.float32)], "x": [0.0],
+                                        "y": [0.0], "dw": [1.0], "dh": [1.0]})
+        self.mapper = LinearColorMapper(palette=DIVERGING, low=-1.0, high=1.0, nan_color="white")
+        image = self.fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self.source,
+                               color_mapper=self.mapper)
+        self.fig.add_tools(HoverTool(renderers=[image], tooltips=[
+            ("row", "$x{0}"), (ylabel, "$y{0.0}"), ("value", "@image{0.000}")]))
+        self.fig.add_layout(ColorBar(color_mapper=self.mapper, width=10), "right")
+        self.edges = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": [], "w": []})
+        self.fig.segment("x0", "y0", "x1", "y1", line_width="w", color="black", alpha=0.6,
+                         source=self.edges)
+        self.square = square
+        self.fig.xgrid.visible = self.fig.ygrid.visible = False
+        self.xticker, self.yticker = FixedTicker(ticks=[]), FixedTicker(ticks=[])
+        self.fig.xaxis[0].ticker = self.xticker
+        if square:
+            self.fig.yaxis[0].ticker = self.yticker
+
+    def show(self, values: np.ndarray, x_extent: tuple[float, float],
+             y_extent: tuple[float, float], data: dict, title: str,
+             yticks: list[float] | None = None) -> None:
+        x0, x1 = x_extent
+        y0, y1 = y_extent
+        self.source.data = {"image": [np.asarray(values, np.float32)], "x": [x0], "y": [y0],
+                            "dw": [x1 - x0], "dh": [y1 - y0]}
+        self.mapper.update(**dict(zip(("low", "high"), _symmetric(values), strict=True)))
+        self.fig.x_range.update(start=x0, end=x1)
+        self.fig.y_range.update(start=y1, end=y0)  # row 0 at the top
+        self.fig.title.text = title
+        ticks = data.get("ticks", [])
+        self._ticks(self.xticker, self.fig.xaxis[0], ticks)
+        if self.square:
+            self._ticks(self.yticker, self.fig.yaxis[0], ticks)
+        elif yticks is not None:
+            self.yticker.ticks = [float(t) for t in yticks]
+            self.fig.yaxis[0].ticker = self.yticker
+        segments: dict[str, list[float]] = {"x0": [], "y0": [], "x1": [], "y1": [], "w": []}
+        for edges, width in ((data.get("class_edges", []), 1.0),
+                             (data.get("output_edges", []), 2.5)):
+            for e in edges:
+                self._segment(segments, e, e, y0, y1, width)
+                if self.square:
+                    self._segment(segments, x0, x1, e, e, width)
+        self.edges.data = segments
+
+    def clear(self) -> None:
+        self.source.data = {"image": [np.zeros((1, 1), np.float32)], "x": [0.0], "y": [0.0],
+                            "dw": [1.0], "dh": [1.0]}
+        self.edges.data = {"x0": [], "y0": [], "x1": [], "y1": [], "w": []}
+        self.fig.title.text = self.base_title + " (waiting for a measurement)"
+
+    @staticmethod
+    def _segment(out: dict[str, list[float]], x0: float, x1: float, y0: float, y1: float,
+                 width: float) -> None:
+        for key, v in zip(("x0", "x1", "y0", "y1", "w"), (x0, x1, y0, y1, width), strict=True):
+            out[key].append(float(v))
+
+    @staticmethod
+    def _ticks(ticker: FixedTicker, axis: object, ticks: list) -> None:
+        # Tickers are edited in place: assigning new models would make Bokeh re-walk the
+        # document's model graph on every update.
+        if ticks:
+            ticker.ticks = [float(t) for t, _ in ticks]
+            labels = {float(t): str(label) for t, label in ticks}
+            if axis.major_label_overrides != labels:
+                axis.major_label_overrides = labels
+
+
+class LivePlots:
+    """All dashboard plots. ``push_rows`` streams new rows, ``push_matrices`` replaces the
+    matrices and the alignment spectrum, ``set_kept`` redraws the kept runs, ``clear`` starts
+    a new run. The ``figures`` are built once; updates only change data."""
+
+    def __init__(self) -> None:
+        self.steps = ColumnDataSource(empty_data(STEP_COLUMNS))
+        self.measures = ColumnDataSource(empty_data(MEASURE_COLUMNS))
+        self.spectrum = ColumnDataSource(empty_data(SPECTRUM_COLUMNS))
+        self.current_alignment = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
+        self.comparison = ColumnDataSource(empty_data(COMPARE_COLUMNS))
+        # Kept-run overlays are built when a run is first kept: eight runs' renderers on five
+        # figures would be most of the page's models, and building a page is what twenty tabs
+        # opened at once wait for.
+        self.kept_sources: list[ColumnDataSource] = []
+        self.kept_spectra: list[ColumnDataSource] = []
+        self._kept_renderers: list[list[object]] = []
+        self._kept_legend_items: list[list[LegendItem]] = []
+        self._pending_spectrum: list[pd.DataFrame] = []
+        self._kept_runs: list[KeptRun] = []
+        # (source, the ranges of a figure drawing it, the source's columns on that figure)
+        self._followers: list[tuple[ColumnDataSource, FollowedRanges, list[str]]] = []
+        self._build()
+
+    # ---- construction --------------------------------------------------------------------
+    def _line(self, fig: figure, source: ColumnDataSource, y: str, **style: object) -> object:
+        return fig.line("step", y, source=source, **style)
+
+    def _build(self) -> None:
+        # 1. loss
+        f = _figure("Training loss", "loss L (log)", y_axis_type="log")
+        live = self._line(f, self.steps, "loss", color="black", line_width=2)
+        self._loss_legend = _legend(f, [_streamed_entry(f, "current", live)])
+        f.add_tools(_step_hover())
+        self.loss_fig = f
+        # 2. sharpness against 2/η
+        f = _figure("Sharpness vs the stability threshold 2/η", "sharpness")
+        items = [_streamed_entry(f, label, self._line(f, self.measures, col, **style))
+                 for col, label, style in (
+                     ("sharpness", "sharpness λ_max(H)", {"color": "#1f77b4", "line_width": 2.5}),
+                     ("gn_sharpness", "GN sharpness λ₁(K)/n",
+                      {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"}),
+                     ("two_over_lr", "2/η", {"color": THRESHOLD_COLOR, "line_width": 2.5,
+                                             "line_dash": "dashed"}))]
+        sharpness_legend = _legend(f, items, "bottom_right")
+        f.add_tools(_step_hover())
+        self.sharpness_fig = f
+        # 3. top NTK eigenvalues / n
+        f = _figure(f"Top-{K_SHOW} NTK eigenvalues λᵢ/n vs 2/η (dashed)", "λᵢ / n")
+        for i in reversed(range(K_SHOW)):
+            self._line(f, self.spectrum, f"lam{i + 1}", color=_shade(i),
+                       line_width=2.5 if i == 0 else 1.2)
+        self._line(f, self.spectrum, "two_over_lr", color=THRESHOLD_COLOR, line_width=2.5,
+                   line_dash="dashed")
+        f.add_tools(_step_hover())
+        self.eigenvalues_fig = f
+        # 4. KTA, A_k, a₁
+        f = _figure("Label alignment: KTA, A_k, a₁", "alignment")
+        items = [_streamed_entry(f, label, self._line(f, self.spectrum, col, color=color,
+                                                      line_width=2))
+                 for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "A_k", "#ff7f0e"),
+                                           ("a1", "a₁", "#2ca02c"))]
+        alignment_legend = _legend(f, items, "bottom_right")
+        f.add_tools(_step_hover())
+        self.alignment_fig = f
+        # 5. u₁ᵀr
+        f = _figure("Residual along u₁: u₁ᵀr (the EoS oscillation)", "u₁ᵀr")
+        self._line(f, self.measures, "u1_residual", color="#9467bd", line_width=1.5)
+        f.add_tools(_step_hover())
+        self.residual_fig = f
+        self.followed = {fig: FollowedRanges(fig, log_y=fig is self.loss_fig)
+                         for fig in (self.loss_fig, self.sharpness_fig, self.eigenvalues_fig,
+                                     self.alignment_fig, self.residual_fig)}
+        for fig, source, columns in (
+                (self.loss_fig, self.steps, ["loss"]),
+                (self.sharpness_fig, self.measures, ["sharpness", "gn_sharpness", "two_over_lr"]),
+                (self.eigenvalues_fig, self.spectrum, ["two_over_lr", *EIGENVALUE_COLUMNS]),
+                (self.alignment_fig, self.spectrum, LABEL_ALIGNMENT_COLUMNS),
+                (self.residual_fig, self.measures, ["u1_residual"])):
+            self._followers.append((source, self.followed[fig], columns))
+        # legends that move to the corner their curves leave freest (``_place_legends``)
+        self._legends = {self.followed[fig]: legend for fig, legend in (
+            (self.loss_fig, self._loss_legend), (self.sharpness_fig, sharpness_legend),
+            (self.alignment_fig, alignment_legend))}
+        # 6.–8. heatmaps
+        self.vectors = HeatMap("Top NTK eigenvectors", "kernel rows by class", "eigenvector i")
+        self.history = HeatMap("u₁ over training", "kernel rows by class", "step")
+        self.kernel = HeatMap("NTK sorted by class", "kernel rows by class",
+                              "kernel columns, same order", square=True)
+        # 9. alignment spectrum (live tab) and its legended twin (compare tab)
+        self.spectrum_fig = self._spectrum_figure(legend=False)
+        self.spectrum_legend_fig = self._spectrum_figure(legend=True)
+        # 10. final alignment against η
+        f = _figure("Final alignment against η (kept runs)", "final value",
+                    "learning rate η (log)", x_axis_type="log")
+        items = []
+        for col, label, color in (("kta", "KTA", "#1f77b4"), ("a1", "a₁", "#2ca02c"),
+                                  ("topk_mass", "A_k", "#ff7f0e")):
+            line = f.line("lr", col, source=self.comparison, color=color, line_width=2)
+            dots = f.scatter("lr", col, source=self.comparison, color=color, size=8)
+            items.append(LegendItem(label=label, renderers=[line, dots]))
+        _legend(f, items, outside=True)
+        f.add_tools(HoverTool(tooltips=[("η", "@lr"), ("value", "$y{0.0000}")]))
+        self.comparison_fig = f
+
+    def _spectrum_figure(self, legend: bool) -> figure:
+        f = _figure("Alignment spectrum (top eigenpairs)", "aᵢ = (uᵢᵀy)²/‖y‖²",
+                    "λᵢ / ‖K‖_F (log)", x_axis_type="log")
+        f.xaxis.ticker = FixedTicker(ticks=LOG_TICKS)
+        line = f.line("eigval_normalized", "alignment", source=self.current_alignment,
+                      color="black", alpha=0.5)
+        dots = f.scatter("eigval_normalized", "alignment", source=self.current_alignment,
+                         color="black", size=8)
+        f.add_tools(HoverTool(renderers=[dots], tooltips=[("λ/‖K‖", "@eigval_normalized{0.0000}"),
+                                                         ("a", "@alignment{0.0000}")]))
+        if legend:
+            self._spectrum_legend = _legend(
+                f, [LegendItem(label="current", renderers=[line, dots])], outside=True)
+        return f
+
+    def _add_kept_slot(self) -> None:
+        """The sources, renderers and legend entries of one more kept run, drawn beneath the
+        current run's curves."""
+        color = RUN_COLORS[len(self.kept_sources) % len(RUN_COLORS)]
+        source = ColumnDataSource(empty_data(KEPT_COLUMNS))
+        spectrum = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
+        drawn: dict[figure, list[object]] = {}
+        for fig, column, dash in ((self.loss_fig, "loss", "solid"),
+                                  (self.sharpness_fig, "sharpness", "solid"),
+                                  (self.alignment_fig, "kta", "dotted")):
+            drawn[fig] = [fig.line("step", column, source=source, color=color, line_dash=dash,
+                                   alpha=0.8)]
+            self._followers.append((source, self.followed[fig], [column]))
+        for fig in (self.spectrum_fig, self.spectrum_legend_fig):
+            drawn[fig] = [fig.line("eigval_normalized", "alignment", source=spectrum,
+                                   color=color, alpha=0.5),
+                          fig.scatter("eigval_normalized", "alignment", source=spectrum,
+                                      color=color, size=6)]
+        for fig, mine in drawn.items():  # beneath: earlier renderers are drawn first
+            fig.renderers = [*mine, *[r for r in fig.renderers if r not in mine]]
+        items = [LegendItem(label="", renderers=drawn[self.loss_fig]),
+                 LegendItem(label="", renderers=drawn[self.spectrum_legend_fig])]
+        self._loss_legend.items.append(items[0])
+        self._spectrum_legend.items.append(items[1])
+        self.kept_sources.append(source)
+        self.kept_spectra.append(spectrum)
+        self._kept_renderers.append([r for mine in drawn.values() for r in mine])
+        self._kept_legend_items.append(items)
+
+    # ---- pushes --------------------------------------------------------------------------
+    def push_rows(self, rows: dict[str, np.ndarray], n: int, spectrum: bool = True) -> None:
+        """Append new engine rows. With ``spectrum=False`` the slow curves (eigenvalues,
+        alignment) wait for the next ``flush_spectrum``."""
+        if len(rows["step"]) == 0:
+            return
+        self._stream(self.steps, _columns(step_frame(rows), STEP_COLUMNS))
+        measured = measure_frame(rows)
+        if len(measured):
+            self._stream(self.measures, _columns(measured, MEASURE_COLUMNS))
+            self._pending_spectrum.append(spectrum_frame(rows, n))
+        if spectrum:
+            self.flush_spectrum()
+
+    def flush_spectrum(self) -> None:
+        if self._pending_spectrum:
+            frame = pd.concat(self._pending_spectrum, ignore_index=True)
+            self._stream(self.spectrum, _columns(frame, SPECTRUM_COLUMNS))
+            self._pending_spectrum = []
+
+    def _stream(self, source: ColumnDataSource, data: dict[str, np.ndarray]) -> None:
+        """Append rows, and widen the ranges of the figures that draw them."""
+        source.stream(data, rollover=BUFFER_LENGTH)
+        touched = {ranges for drawn, ranges, _ in self._followers if drawn is source}
+        if len(source.data["step"]) >= BUFFER_LENGTH:  # the oldest rows rolled off: shrink
+            self._refit_ranges(touched)
+            return
+        for drawn, ranges, columns in self._followers:
+            if drawn is source:
+                ranges.include(data["step"], *(data[c] for c in columns))
+        for ranges in touched:
+            ranges.apply()
+        self._place_legends(touched)
+
+    def _place_legends(self, which: set[FollowedRanges]) -> None:
+        """Move each followed figure's legend to the corner its curves leave freest."""
+        for ranges in which:
+            legend = self._legends.get(ranges)
+            if legend is None or not ranges.following:
+                continue
+            xs, ys = [], []
+            for source, followed, columns in self._followers:
+                if followed is ranges and len(source.data["step"]):
+                    step = np.asarray(source.data["step"], dtype=float)
+                    xs += [step] * len(columns)
+                    ys += [np.asarray(source.data[c], dtype=float) for c in columns]
+            if not xs:
+                continue
+            fig = ranges.fig
+            corner = quietest_corner(np.concatenate(xs), np.concatenate(ys),
+                                     (fig.x_range.start, fig.x_range.end),
+                                     (fig.y_range.start, fig.y_range.end), ranges.log_y,
+                                     legend.location)
+            if corner != legend.location:
+                legend.location = corner
+
+    def _refit_ranges(self, which: set[FollowedRanges] | None = None) -> None:
+        """Recompute followed extents (all, or ``which``) from what the sources hold now: after
+        a new run, kept runs added or dropped, or rows rolled off."""
+        which = set(self.followed.values()) if which is None else which
+        for ranges in which:
+            ranges.clear()
+        for source, ranges, columns in self._followers:
+            data = source.data
+            if ranges in which and len(data["step"]):
+                ranges.include(data["step"], *(data[c] for c in columns))
+        for ranges in which:
+            ranges.apply()
+        self._place_legends(which)
+
+    @property
+    def ranges_stale(self) -> bool:
+        """A figure's reset tool was used since the last update."""
+        return any(ranges.stale for ranges in self.followed.values())
+
+    def apply_stale_ranges(self) -> None:
+        for ranges in self.followed.values():
+            if ranges.stale:
+                ranges.apply()
+
+    def push_matrices(self, buffer: RunBuffer, history: bool = True) -> None:
+        self.show_matrices(matrix_payload(buffer, history))
+        rows = buffer.rows(max(0, len(buffer) - 64))  # the last measurement is recent
+        i = last_measured(rows)
+        if i is not None:
+            frame = pd.DataFrame({"eigval_normalized": rows["eigval_normalized"][i],
+                                  "alignment": rows["alignment"][i]}).dropna()
+            self.current_alignment.data = _columns(frame, ALIGNMENT_COLUMNS)
+            for fig in (self.spectrum_fig, self.spectrum_legend_fig):
+                fig.title.text = f"Alignment spectrum at step {int(rows['step'][i])}"
+
+    def show_matrices(self, data: dict) -> None:
+        """Draw a ``matrix_payload``; matrices it lacks keep their previous picture."""
+        if "vectors" in data:
+            step, vectors, f = data["vectors"]
+            k, cols = vectors.shape
+            self.vectors.show(vectors, (0.0, float(cols * f)), (0.5, k + 0.5), data,
+                              f"Top-{k} NTK eigenvectors at step {step}",
+                              yticks=[1, *range(5, k + 1, 5)] if k > 10 else list(range(1, k + 1)))
+        if "history" in data:
+            steps, values, f = data["history"]
+            half = (steps[-1] - steps[0]) / max(1, len(steps) - 1) / 2
+            self.history.show(values, (0.0, float(values.shape[1] * f)),
+                              (float(steps[0] - half), float(steps[-1] + half)), data,
+                              "u₁ over training (one row per step)")
+        if "kernel" in data:
+            step, k, f = data["kernel"]
+            side = float(k.shape[0] * f)
+            self.kernel.show(k, (0.0, side), (0.0, side), data,
+                             f"NTK at step {step}, sorted by class")
+
+    def set_kept(self, kept: list[KeptRun]) -> None:
+        self._kept_runs = kept[:MAX_KEPT]
+        while len(self.kept_sources) < len(self._kept_runs):
+            self._add_kept_slot()
+        for i, source in enumerate(self.kept_sources):
+            run = self._kept_runs[i] if i < len(self._kept_runs) else None
+            source.data = (_columns(run.frame, KEPT_COLUMNS) if run is not None
+                           else empty_data(KEPT_COLUMNS))
+            spectrum = run.spectrum if run is not None else None
+            self.kept_spectra[i].data = (_columns(spectrum, ALIGNMENT_COLUMNS)
+                                         if spectrum is not None else empty_data(ALIGNMENT_COLUMNS))
+            for renderer in self._kept_renderers[i]:
+                renderer.visible = run is not None
+            for item in self._kept_legend_items[i]:
+                item.update(label=value(run.label if run is not None else ""),
+                            visible=run is not None)
+        frame = pd.DataFrame([{"lr": k.lr, "kta": k.final.get("kta", np.nan),
+                               "a1": k.final.get("a1", np.nan),
+                               "topk_mass": k.final.get("topk_mass", np.nan)}
+                              for k in self._kept_runs], columns=COMPARE_COLUMNS)
+        self.comparison.data = _columns(frame.sort_values("lr"), COMPARE_COLUMNS)
+        self._refit_ranges()
+
+    def clear(self) -> None:
+        for source, columns in ((self.steps, STEP_COLUMNS), (self.measures, MEASURE_COLUMNS),
+                                (self.spectrum, SPECTRUM_COLUMNS),
+                                (self.current_alignment, ALIGNMENT_COLUMNS)):
+            source.data = empty_data(columns)
+        self._pending_spectrum = []
+        for heat in (self.vectors, self.history, self.kernel):
+            heat.clear()
+        self._refit_ranges()
+
+    # ---- the figures, in the order the Live tab shows them -----------------------------------
+    def live_figures(self) -> list[figure]:
+        return [self.loss_fig, self.sharpness_fig, self.eigenvalues_fig, self.alignment_fig,
+                self.residual_fig, self.spectrum_fig, self.vectors.fig, self.history.fig,
+                self.kernel.fig]

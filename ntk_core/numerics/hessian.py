@@ -1,0 +1,85 @@
+"""Loss-Hessian products and the sharpness λ_max(∇²L).
+
+Hessian-vector products reuse one gradient graph (``create_graph=True``): each product is a
+single double-backward through it, and the graph is the same one the GD step takes its gradient
+from, so a measured step pays only for the products.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .eigensolver import EigResult, top_eigenpairs
+from .losses import loss_value
+
+
+class HessianOperator:
+    """∇²L at the current weights as an operator on flat parameter vectors (float64 in and out)."""
+
+    def __init__(self, grads: tuple[torch.Tensor, ...], params: list[torch.Tensor]) -> None:
+        self.grads = grads
+        self.params = params
+        self.dim = sum(p.numel() for p in params)
+        self.products = 0
+
+    def _unflatten(self, V: torch.Tensor) -> list[torch.Tensor]:
+        """(dim, b) columns → per-parameter cotangents of shape (b, *p.shape)."""
+        out, i = [], 0
+        for p in self.params:
+            out.append(V[i:i + p.numel()].T.reshape(V.shape[1], *p.shape).to(p.dtype))
+            i += p.numel()
+        return out
+
+    def _flatten(self, hv: tuple[torch.Tensor | None, ...], b: int) -> torch.Tensor:
+        return torch.cat([(h if h is not None else torch.zeros(b, *p.shape, dtype=p.dtype,
+                                                                  device=p.device)).reshape(b, -1)
+                          for h, p in zip(hv, self.params, strict=True)], dim=1).T
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        # H v is the vector-Jacobian product of the gradient with v (H is symmetric); b columns
+        # go through one vmapped double backward, about 1.5× cheaper than b separate ones.
+        b = V.shape[1]
+        cot = self._unflatten(V)
+        if b == 1:
+            hv = torch.autograd.grad(self.grads, self.params, grad_outputs=[c[0] for c in cot],
+                                     retain_graph=True, allow_unused=True)
+            out = self._flatten(tuple(None if h is None else h[None] for h in hv), 1)
+        else:
+            try:
+                hv = torch.autograd.grad(self.grads, self.params, grad_outputs=cot,
+                                         retain_graph=True, allow_unused=True,
+                                         is_grads_batched=True)
+                out = self._flatten(hv, b)
+            except RuntimeError:  # an op without a batching rule: one column at a time
+                out = torch.cat([self.matmat(V[:, j:j + 1]).to(V.dtype) for j in range(b)], 1)
+                self.products -= b
+        self.products += b
+        return out.to(torch.float64)
+
+
+def top_hessian_eigenpair(op: HessianOperator, start: torch.Tensor | None = None,
+                          tol: float = 1e-4, guard: int = 0,
+                          generator: torch.Generator | None = None,
+                          max_gap: float | None = None) -> EigResult:
+    """Top Hessian eigenpair, warm-started from ``start`` (p, s) seed directions.
+
+    The solve runs to tol/3: with a two- or three-vector basis the gap between Ritz values
+    overstates the true spectral gap, so the r²/gap bound can be optimistic by up to ~3×
+    (measured 7e-4 at tol 1e-4 on a 10-output MLP before this margin), and by more where the
+    top two eigenvalues nearly coincide. ``max_gap`` (the Gauss–Newton matrix's gap, for the
+    trainer) caps the gap the bound assumes instead, and the solve then runs to tol itself."""
+    device = op.params[0].device
+    return top_eigenpairs(op.matmat, op.dim, 1, start=start,
+                          tol=tol / 3 if max_gap is None else tol, guard=guard,
+                          max_products=300, generator=generator, device=device, max_gap=max_gap)
+
+
+def hessian_sharpness(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: str = "mse",
+                      tol: float = 1e-6) -> float:
+    """λ_max of the Hessian of L = (1/2n) Σ‖f − y‖² (or mean cross-entropy) at the current weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    L = loss_value(model(X), Y, loss)
+    grads = torch.autograd.grad(L, params, create_graph=True)
+    result = top_hessian_eigenpair(HessianOperator(grads, params), tol=tol, guard=1)
+    return float(result.values[0])

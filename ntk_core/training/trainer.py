@@ -1,0 +1,282 @@
+"""Full-batch gradient descent, one step at a time, with a measurement every ``measure_every``.
+
+Each step does a single forward pass: it yields the loss, the residual, the per-layer signals
+for the exact NTK and the gradient graph for Hessian-vector products. The measurement is taken
+at θ_t, then θ_{t+1} = θ_t − η (∇L(θ_t) + β·momentum). Step t's record describes θ_t.
+
+Stopping: the step budget (``completed``), the target loss of the matched-loss protocol
+(``reached_target``), or divergence (``diverged``: a non-finite loss, or a loss above
+``divergence_factor`` times the first one). Every step before the stop is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ..config import ConfigError, RunConfig
+from ..data import Dataset, load_dataset
+from ..models import build_model
+from ..numerics.losses import accuracy, loss_value, residual
+from .buffer import RunBuffer, StepRecord
+from .measurer import Measurer, kernel_rows, resolve_ntk_mode
+
+TERMINAL = ("completed", "reached_target", "diverged", "stopped", "failed")
+KERNEL_KEEP_MAX_ROWS = 4096  # keep the explicit K in the log up to this size
+
+
+def versions() -> dict[str, str]:
+    from .. import __version__
+
+    return {"ntk_eos": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "xarray": xr.__version__, "python": platform.python_version()}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+class LoggedRun:
+    """The state a driver reads from a run's log: ``Trainer`` and ``ProcessTrainer`` share it."""
+
+    buffer: RunBuffer
+
+    @property
+    def status(self) -> str:
+        return self.buffer.status
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+def checked_lr(lr: float) -> float:
+    """``lr`` as a float; ValueError unless it is a positive finite number."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr: the learning rate must be a positive number, got {lr!r}")
+    return float(lr)
+
+
+class Trainer(LoggedRun):
+    """Trains ``config`` step by step and logs every step into ``self.buffer``.
+
+    ``step()`` advances one step and returns its record; ``run()`` loops until a stop;
+    ``stop()`` (thread-safe) ends a running loop after the current step. ``dataset`` is the
+    xarray snapshot of the log so far; ``data`` is the training set.
+    """
+
+    def __init__(self, config: RunConfig, data: Dataset | None = None) -> None:
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        self.data = data or load_dataset(config)
+        self.X = self.data.X.to(self.device)
+        self.Y = self.data.Y.to(self.device, self.data.X.dtype)
+        self.model = build_model(config, tuple(self.X.shape[1:]), self.Y.shape[1]).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.mode, self.cost_estimate = resolve_ntk_mode(config, self.model, self.X,
+                                                         self.Y.shape[1])
+        self.measurer = Measurer(config, self.Y, self.mode)
+        self.lr = config.lr
+        self._velocity: list[torch.Tensor] | None = None
+        self._stop_event = threading.Event()
+        self.step_index = 0
+        self.initial_loss: float | None = None
+        # False: records carry no kernel copy; ``latest_kernel`` still points at the last
+        # measured step's (a view of the measurement's workspace, valid until the next step)
+        # for a reader that copies it out on demand, as ``ProcessTrainer``'s child does
+        self.copy_kernels = True
+        self.latest_kernel: tuple[int, torch.Tensor, int] | None = None
+        self.buffer = RunBuffer(self.measurer.k, self._row_data(), self._attrs(),
+                                eigvec_every=config.eigvec_every,
+                                max_snapshots=config.eigvec_max_snapshots,
+                                capacity=min(config.steps, 4096))
+
+    # ---- setup ---------------------------------------------------------------------------
+    def _row_data(self) -> dict[str, np.ndarray]:
+        n, C = self.Y.shape
+        m = kernel_rows(n, C, self.config.kernel)
+        per_output = m == n * C and C > 1
+        sample_index = np.repeat(np.arange(n), C) if per_output else np.arange(n)
+        labels = self.data.labels.cpu().numpy()[sample_index]
+        target = self.measurer.targets.sum(1).cpu().numpy() if per_output or C == 1 else labels
+        return {"label": labels.astype(np.int64), "target": np.asarray(target, np.float64),
+                "sample_index": sample_index.astype(np.int64),
+                "output_index": (np.tile(np.arange(C), n) if per_output
+                                 else np.zeros(n, np.int64)).astype(np.int64)}
+
+    def _attrs(self) -> dict[str, object]:
+        cfg = self.config
+        n_params = sum(p.numel() for p in self.params)
+        return {
+            "title": f"ntk-eos run: {cfg.arch} on {cfg.dataset}, η = {cfg.lr:g}",
+            "Conventions": "CF-1.8",
+            "config": cfg.to_json(),
+            "lr": cfg.lr,
+            "ntk_mode": self.mode,
+            **self.cost_estimate.as_attrs(),
+            "kernel": "full" if self.measurer.full else "traced",
+            "loss_definition": "L = (1/2n) sum ||f - y||^2" if cfg.loss == "mse" else "mean CE",
+            "n_params": int(n_params),
+            "class_names": json.dumps(self.data.class_names),
+            "versions": json.dumps(versions()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+    # ---- control -------------------------------------------------------------------------
+    @property
+    def size(self) -> tuple[int, int]:
+        """(training examples, trainable parameters)."""
+        return self.data.n, sum(p.numel() for p in self.params)
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        return self.buffer.snapshot()
+
+    def set_lr(self, lr: float) -> None:
+        """Change η from the next step on, keeping the current weights."""
+        self.lr = checked_lr(lr)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    # ---- one step ------------------------------------------------------------------------
+    def step(self) -> StepRecord:
+        """One step. Any error inside it ends the run as ``failed`` with the error as its reason
+        and the traceback in the ``traceback`` attribute; every step before it is kept (a failed
+        measurement keeps its step's loss too)."""
+        if self.finished:
+            raise RuntimeError(f"the run has ended ({self.status}); reset to start again")
+        t = self.step_index
+        try:
+            return self._step()
+        except Exception as exc:  # a bug, out of memory, a bad kernel: the log so far stays
+            self.buffer.set_attr("traceback", traceback.format_exc(limit=8))
+            self.buffer.set_status("failed", f"step {t} failed: {type(exc).__name__}: {exc}")
+            return StepRecord(t, {})
+
+    def _step(self) -> StepRecord:
+        t0 = time.perf_counter()
+        t = self.step_index
+        measuring = t % self.config.measure_every == 0
+        wants_vectors = measuring and self.buffer.wants_eigenvectors(t)
+        capture = self.measurer.capture(self.model) if measuring else None
+        try:
+            f = self.model(self.X)
+        finally:
+            if capture is not None:
+                capture.close()
+        L = loss_value(f, self.Y, self.config.loss)
+        loss = float(L.detach())
+        if self.initial_loss is None:
+            self.initial_loss = loss
+        scalars: dict[str, float] = {"loss": loss, "lr": self.lr, "two_over_lr": 2.0 / self.lr,
+                                     "accuracy": accuracy(f.detach(), self.Y), "measured": 0.0}
+        record = StepRecord(t, scalars)
+        diverged = self._diverged(loss)
+        if diverged:
+            return self._finish(record, t0, "diverged", diverged)
+        grads = torch.autograd.grad(L, self.params, create_graph=measuring and
+                                    self.config.sharpness, retain_graph=measuring)
+        if measuring:
+            tm = time.perf_counter()
+            try:
+                r = residual(f.detach(), self.Y, self.config.loss)
+                m = self.measurer.measure(self.model, self.X, f, r, grads, self.params, capture)
+            except Exception as exc:  # a failed measurement ends the run; the log so far is kept
+                reason = f"measurement failed at step {t}: {type(exc).__name__}: {exc}"
+                self.buffer.set_attr("traceback", traceback.format_exc(limit=8))
+                return self._finish(record, t0, "failed", reason)
+            scalars.update(m.scalars)
+            scalars["measured"] = 1.0
+            scalars["time_measure"] = time.perf_counter() - tm
+            record.spectrum = m.spectrum
+            keep_kernel = m.kernel is not None and m.kernel.shape[0] <= KERNEL_KEEP_MAX_ROWS
+            if keep_kernel:  # every measured step: a training process sends it when asked
+                self.latest_kernel = (t, m.kernel.detach(), m.output_major)
+            if wants_vectors:
+                record.eigenvectors = m.vectors.T.float().cpu().numpy()
+                if keep_kernel and self.copy_kernels:  # the workspace is overwritten next step
+                    record.kernel = m.kernel.detach().to("cpu", torch.float32,
+                                                         copy=True).numpy()
+                    record.kernel_outputs = m.output_major
+        else:
+            scalars["grad_norm"] = float(torch.sqrt(sum((g**2).sum() for g in grads)))
+        self._update(grads)
+        self.step_index += 1
+        scalars["time_step"] = time.perf_counter() - t0
+        self.buffer.append(record)
+        if self.config.target_loss is not None and loss <= self.config.target_loss:
+            self.buffer.set_status("reached_target",
+                                   f"loss {loss:.4g} ≤ target {self.config.target_loss:g} at "
+                                   f"step {t}")
+        elif self.step_index >= self.config.steps:
+            self.buffer.set_status("completed", f"step budget of {self.config.steps} reached")
+        return record
+
+    def _diverged(self, loss: float) -> str:
+        if not math.isfinite(loss):
+            return f"diverged at step {self.step_index}: the loss is {loss}"
+        assert self.initial_loss is not None
+        limit = self.config.divergence_factor * max(self.initial_loss, 1e-12)
+        if loss > limit:
+            return (f"diverged at step {self.step_index}: loss {loss:.3g} exceeds "
+                    f"{self.config.divergence_factor:g}× its initial value")
+        return ""
+
+    def _finish(self, record: StepRecord, t0: float, status: str, reason: str) -> StepRecord:
+        record.scalars["time_step"] = time.perf_counter() - t0
+        self.buffer.append(record)
+        self.buffer.set_status(status, reason)
+        return record
+
+    @torch.no_grad()
+    def _update(self, grads: tuple[torch.Tensor, ...]) -> None:
+        beta = self.config.momentum
+        if beta and self._velocity is None:
+            self._velocity = [torch.zeros_like(p) for p in self.params]
+        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
+            g = g.detach()
+            if beta:
+                v = self._velocity[i]  # type: ignore[index]
+                v.mul_(beta).add_(g)
+                g = v
+            p.sub_(self.lr * g)
+
+    # ---- loop ----------------------------------------------------------------------------
+    def run(self, callback: Callable[[StepRecord], object] | None = None) -> xr.Dataset:
+        """Step until a stop condition (or ``stop()``); returns the log. ``callback(record)``
+        after each step may return False to stop early."""
+        self._stop_event.clear()
+        if not self.finished:
+            self.buffer.set_status("running")
+        while not self.finished:
+            if self._stop_event.is_set():
+                self.buffer.set_status("stopped", f"stopped by request at step {self.step_index}")
+                break
+            record = self.step()
+            if self.status == "failed":
+                break
+            if callback is not None and callback(record) is False:
+                self.buffer.set_status("stopped", f"stopped by callback at step {record.step}")
+                break
+        return self.dataset
+
+
+def run(config: RunConfig, callback: Callable[[StepRecord], object] | None = None) -> xr.Dataset:
+    """Train ``config`` to its stop and return the full xarray log."""
+    return Trainer(config).run(callback)

@@ -1,0 +1,174 @@
+"""Eigenpairs, Hessian sharpness and alignment against dense float64 references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from reference import TINY, dense_hessian, reference_ntk, tiny_setup
+
+from ntk_core import empirical_ntk, hessian_sharpness, kernel_target_alignment, ntk_eigenpairs
+from ntk_core.numerics.alignment import (
+    centered_kernel_target_alignment,
+    deflated_fro_norm,
+    eigen_alignment,
+    kernel_distance,
+)
+from ntk_core.numerics.eigensolver import explicit_matmat, top_eigenpairs
+
+
+def _subspace_gap(U: torch.Tensor, V: torch.Tensor) -> float:
+    """sin of the largest principal angle between two column spaces."""
+    s = torch.linalg.svdvals(U.T @ V)
+    return math.sqrt(max(0.0, 1.0 - float(s.min()) ** 2))
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+@pytest.mark.parametrize("mode", ["exact", "matrix_free"])
+def test_eigenpairs_match_dense_eigh(arch: str, mode: str) -> None:
+    _, data, model = tiny_setup(arch, n=16)
+    K = reference_ntk(model, data.X)
+    k = 4
+    evals, evecs = torch.linalg.eigh(K)
+    ref_vals, ref_vecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
+    vals, vecs = ntk_eigenpairs(model, data.X, k, mode=mode)
+    assert torch.all(vals[:-1] >= vals[1:]), "eigenvalues must be descending"
+    rel = ((vals - ref_vals).abs() / ref_vals.abs()).max()
+    assert rel <= 1e-4, f"eigenvalue error {rel:.2e}"
+    gap = float(evals.flip(0)[k - 1] - evals.flip(0)[k])
+    if gap > 1e-6 * float(ref_vals[0]):  # the subspace is only defined when separated
+        assert _subspace_gap(vecs, ref_vecs) < 1e-4
+
+
+def test_block_solver_warm_start_saves_products() -> None:
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(300, 300, dtype=torch.float64, generator=g)
+    K = A @ A.T / 300
+    cold = top_eigenpairs(explicit_matmat(K), 300, 10, tol=1e-6, generator=g)
+    P = torch.randn(300, 300, dtype=torch.float64, generator=g) * 1e-4
+    warm = top_eigenpairs(explicit_matmat(K + P + P.T), 300, 10, start=cold.vectors, tol=1e-6,
+                          generator=g)
+    assert cold.converged and warm.converged
+    assert warm.products * 2 <= cold.products
+    ref = torch.linalg.eigvalsh(K + P + P.T).flip(0)[:10]
+    torch.testing.assert_close(warm.values, ref, rtol=1e-6, atol=0)  # tol bounds the eigenvalue error
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "linear2"])
+def test_hessian_sharpness_matches_dense_hessian(arch: str) -> None:
+    _, data, model = tiny_setup(arch, n=10)
+    H = dense_hessian(model, data.X, data.Y)
+    ref = float(torch.linalg.eigvalsh(H)[-1])
+    got = hessian_sharpness(model, data.X, data.Y)
+    assert abs(got - ref) / abs(ref) <= 1e-4, (got, ref)
+
+
+def test_kta_identity_over_all_eigenpairs() -> None:
+    """KTA = Σ λ̃_i a_i over all eigenpairs, for a single target vector."""
+    _, data, model = tiny_setup("mlp", n=15)
+    K = empirical_ntk(model, data.X)
+    y = data.Y.reshape(-1)
+    vals, vecs = torch.linalg.eigh(K)
+    lam_tilde = vals / torch.linalg.matrix_norm(K)
+    identity = float((lam_tilde * eigen_alignment(vecs, y)).sum())
+    assert abs(kernel_target_alignment(K, y) - identity) <= 1e-10
+    assert abs(float(eigen_alignment(vecs, y).sum()) - 1.0) <= 1e-12
+
+
+def test_kta_against_its_definition() -> None:
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(20, 20, dtype=torch.float64, generator=g)
+    K, y = A @ A.T, torch.randn(20, dtype=torch.float64, generator=g)
+    T = torch.outer(y, y)
+    assert math.isclose(kernel_target_alignment(K, y),
+                        float((K * T).sum() / (K.norm() * T.norm())), rel_tol=1e-12)
+    H = torch.eye(20, dtype=torch.float64) - 1.0 / 20
+    Kc, yc = H @ K @ H, H @ y
+    Tc = torch.outer(yc, yc)
+    assert math.isclose(centered_kernel_target_alignment(K, y),
+                        float((Kc * Tc).sum() / (Kc.norm() * Tc.norm())), rel_tol=1e-10)
+    Y = torch.randn(20, 3, dtype=torch.float64, generator=g)  # matrix targets: T = YYᵀ
+    T = Y @ Y.T
+    assert math.isclose(kernel_target_alignment(K, Y),
+                        float((K * T).sum() / (K.norm() * T.norm())), rel_tol=1e-12)
+    assert kernel_distance(K, K) == pytest.approx(0.0, abs=1e-12)
+    assert kernel_distance(K, torch.eye(20, dtype=torch.float64)) > 0.1
+
+
+def test_deflated_frobenius_estimate_is_close_with_honest_error() -> None:
+    g = torch.Generator().manual_seed(0)
+    U = torch.linalg.qr(torch.randn(400, 400, dtype=torch.float64, generator=g))[0]
+    spectrum = 1.0 / torch.arange(1, 401, dtype=torch.float64) ** 0.8
+    K = (U * spectrum) @ U.T
+    eig = top_eigenpairs(explicit_matmat(K), 400, 10, tol=1e-6, generator=g)
+    est = deflated_fro_norm(explicit_matmat(K), eig.basis, eig.basis_image, probes=16, generator=g)
+    exact = float(K.norm())
+    assert abs(est.value - exact) / exact < 0.05
+    assert est.stderr > 0
+    assert abs(est.value - exact) < 5 * est.stderr + 1e-12
+
+
+def test_single_seed_without_guard_does_not_stop_early() -> None:
+    """One seed and no guard leave a single Ritz value with no gap estimate: the solver must
+    keep iterating on ‖r‖ rather than accept the seed's Rayleigh quotient."""
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(80, 80, dtype=torch.float64, generator=g)
+    K = A @ A.T / 80
+    top = torch.linalg.eigvalsh(K)[-1]
+    seed = torch.randn(80, 1, dtype=torch.float64, generator=g)
+    res = top_eigenpairs(explicit_matmat(K), 80, 1, start=seed, tol=1e-6, guard=0, generator=g)
+    assert res.products > 1
+    assert abs(float(res.values[0] - top)) / float(top) <= 1e-6
+
+
+def test_warm_hessian_seed_reaches_dense_sharpness() -> None:
+    """The trainer's path: one previous-step seed and no guard, checked against a dense Hessian."""
+    from ntk_core.numerics.hessian import HessianOperator, top_hessian_eigenpair
+    from ntk_core.numerics.losses import loss_value
+
+    _, data, model = tiny_setup("mlp", n=10)
+    H = dense_hessian(model, data.X, data.Y)
+    ref = float(torch.linalg.eigvalsh(H)[-1])
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss_value(model(data.X), data.Y, "mse"), params, create_graph=True)
+    op = HessianOperator(grads, params)
+    seed = torch.randn(op.dim, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    res = top_hessian_eigenpair(op, start=seed, tol=1e-4, guard=0)
+    assert abs(float(res.values[0]) - ref) / abs(ref) <= 1e-4, (float(res.values[0]), ref)
+    assert op.products == res.products
+
+
+def _near_degenerate(dim: int = 200, gap: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """A symmetric matrix whose top two eigenvalues are 1 and 1 − gap, the rest in [0, 0.5]."""
+    g = torch.Generator().manual_seed(3)
+    U = torch.linalg.qr(torch.randn(dim, dim, dtype=torch.float64, generator=g))[0]
+    values = torch.cat([torch.tensor([1.0, 1.0 - gap], dtype=torch.float64),
+                        0.5 * torch.rand(dim - 2, dtype=torch.float64, generator=g)])
+    seed = U[:, :1] + 0.3 * U[:, 1:2] + 0.05 * torch.randn(dim, 1, dtype=torch.float64,
+                                                           generator=g)
+    return (U * values) @ U.T, seed
+
+
+def test_gap_cap_keeps_the_bound_honest_at_near_degenerate_top_eigenvalues() -> None:
+    """With one seed, the Ritz values of a two-vector Krylov space put the second far below
+    1 − gap, so the r²/gap bound accepts an eigenvalue that is off by far more than ``tol``;
+    capping the gap at the true one restores the tolerance."""
+    A, seed = _near_degenerate()
+    tol = 1e-6
+    loose = top_eigenpairs(explicit_matmat(A), 200, 1, start=seed, tol=tol, guard=0)
+    capped = top_eigenpairs(explicit_matmat(A), 200, 1, start=seed, tol=tol, guard=0,
+                            max_gap=1e-3)
+    assert abs(float(loose.values[0]) - 1.0) > 10 * tol  # what the cap is for
+    assert abs(float(capped.values[0]) - 1.0) <= tol
+    assert capped.products > loose.products
+
+
+def test_exact_seed_converges_on_its_first_product() -> None:
+    """An eigenvector seed: one product, a one-vector basis, and a result built from it."""
+    A, _ = _near_degenerate()
+    top = torch.linalg.eigh(A)[1][:, -1:]
+    res = top_eigenpairs(explicit_matmat(A), 200, 1, start=top, tol=1e-8, guard=0, max_gap=1e-3)
+    assert res.products == 1 and res.converged
+    assert abs(float(res.values[0]) - 1.0) <= 1e-12
+    assert _subspace_gap(res.vectors, top) < 1e-6

@@ -1,0 +1,119 @@
+"""Smoke test of the benchmark suite (benchmarks/): the harness runs on tiny workloads, and the peer
+re-implementations agree numerically with the engine and with float64 references."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness, peers, run  # noqa: E402
+from benchmarks.common import NT_PYTHON  # noqa: E402
+from benchmarks.reference import float64_copy, sharpness_reference  # noqa: E402
+from benchmarks.workloads import SPECS, tiny  # noqa: E402
+from ntk_core import RunConfig, empirical_ntk  # noqa: E402
+from ntk_core.experiments.bench import Workload  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_w1() -> dict:
+    names = ("jacrev", "ntk_vps", "eigsh_cold", "lobpcg_warm", "ours_prev_only", "pyhessian_top1",
+             "eigenthings", "nngeometry")
+    return harness.run_workload(tiny(SPECS["W1"]), steps=3, check_every=3, peer_names=names,
+                                quick=True)
+
+
+def test_tiny_workload_reports_ratios_products_and_accuracy(tiny_w1: dict) -> None:
+    r = tiny_w1["ratio_to_gd"]
+    for key in ("ntk", "topk", "kta", "ntk+topk+kta", "sharpness", "sharpness_standalone"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert tiny_w1["ours"]["topk"]["products_median"] > 0
+    assert tiny_w1["ours"]["hvp_cold"]["products_median"] > 0
+    assert tiny_w1["errors"]["topk"]["max"] < 1e-3
+    assert tiny_w1["errors"]["sharpness"]["max"] < 1e-3
+    assert tiny_w1["errors"]["kta_abs"]["max"] < 1e-5
+    assert tiny_w1["memory_mib"]["peak"] >= tiny_w1["memory_mib"]["baseline"] > 0
+    for name in ("jacrev", "ntk_vps", "eigsh_cold", "lobpcg_warm", "ours_prev_only"):
+        assert tiny_w1["peers"][name]["ratio_to_gd"] > 0, name
+    table = run.format_table({"W1": tiny_w1}) + run.format_targets(run.targets({"W1": tiny_w1}))
+    assert "NTK + top-k + KTA" in table and "peer jacrev" in table and "targets:" in table
+    json.dumps(tiny_w1)  # the harness output is plain JSON
+
+
+def test_kernel_peers_agree_with_the_structured_kernel(tiny_w1: dict) -> None:
+    # every kernel peer matched the float64 reference K at the checks
+    for name in ("jacrev", "ntk_vps", "nngeometry"):
+        if name in tiny_w1["peers"]:
+            assert tiny_w1["peers"][name]["kernel_err_median"] < 1e-5, name
+            assert tiny_w1["peers"][name].get("err_max", 0.0) < 1e-4, name
+
+
+@pytest.mark.parametrize("kernel", ["full", "traced"])
+def test_torch_func_tutorial_kernels_match_multi_output(kernel: str) -> None:
+    cfg = RunConfig(dataset="digits", n=24, classes=(0, 1, 2), target="onehot", arch="mlp", width=8,
+                    depth=2, dtype="float64")
+    w = Workload(cfg)
+    K = empirical_ntk(w.model, w.X, kernel)
+    for build in (peers.jacrev_kernel, peers.ntk_vps_kernel):
+        assert torch.allclose(build(w.model, w.X, kernel), K, rtol=1e-9, atol=1e-9)
+    if peers.available("nngeometry"):
+        assert torch.allclose(peers.nngeometry_kernel(w.model, w.X, kernel), K, rtol=1e-9, atol=1e-9)
+
+
+def test_hessian_peers_agree_with_the_reference(tiny_w1: dict) -> None:
+    # each Hessian peer, calibrated to 1e-4, lands within a small multiple of it
+    for name in ("eigsh_cold", "lobpcg_warm", "ours_prev_only", "pyhessian_top1", "eigenthings"):
+        if name in tiny_w1["peers"]:
+            assert tiny_w1["peers"][name]["err_max"] < 1e-3, name
+
+
+def test_sharpness_reference_matches_the_dense_hessian() -> None:
+    cfg = RunConfig(dataset="digits", n=20, classes=(0, 1), target="binary", arch="mlp", width=6,
+                    depth=2)
+    w = Workload(cfg)
+    m = float64_copy(w.model)
+    params = list(m.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def loss(theta):
+        i, out = 0, {}
+        for name, p in m.named_parameters():
+            out[name] = theta[i:i + p.numel()].view_as(p)
+            i += p.numel()
+        f = torch.func.functional_call(m, out, (w.X.double(),))
+        return 0.5 * ((f - w.Y.double()) ** 2).sum() / w.X.shape[0]
+
+    H = torch.autograd.functional.hessian(loss, flat)
+    assert sharpness_reference(w.model, w.X, w.Y) == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]),
+                                                                    rel=1e-8)
+
+
+def test_matrix_free_workload_and_operator_peers() -> None:
+    res = harness.run_workload(tiny(SPECS["W4"], n=24), steps=3, check_every=3,
+                               peer_names=("eigsh_ntk_cold", "lobpcg_ntk_warm"), quick=True)
+    assert res["mode"] == "matrix_free" and res["ratio_to_gd"]["matrix_free"] > 0
+    assert res["errors"]["topk"]["max"] < 1e-3
+    for name in ("eigsh_ntk_cold", "lobpcg_ntk_warm"):
+        assert res["peers"][name]["err_max"] < 1e-3, name
+
+
+@pytest.mark.skipif(not NT_PYTHON.exists(), reason="neural-tangents venv not set up")
+def test_neural_tangents_kernel_matches(tmp_path: Path) -> None:
+    spec = tiny(SPECS["W1"])
+    w = Workload(spec.config)
+    K = empirical_ntk(float64_copy(w.model), w.X.double(), "full")
+    values = torch.linalg.eigvalsh(K).flip(0)[:4]
+    peers.save_weights(w, str(tmp_path / "w.npz"), {"K": K, "values": values})
+    subprocess.run([str(NT_PYTHON), str(ROOT / "benchmarks" / "peer_nt.py"), str(tmp_path / "w.npz"),
+                    "--repeats", "1", "--k", "4", "--only", "nt_structured_derivatives",
+                    "--json", str(tmp_path / "nt.json")], check=True, capture_output=True)
+    out = json.loads((tmp_path / "nt.json").read_text())
+    assert out["nt_structured_derivatives"]["kernel_err"] < 1e-5
