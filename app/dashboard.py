@@ -20,11 +20,12 @@ import panel as pn
 import param
 
 from ntk_core.config import ConfigError
+from ntk_core.training.buffer import RunBuffer
+from ntk_core.vocabulary import RunStatus
 
 from .files.runs import (
     MAX_UPLOAD_MB,
     RunFileError,
-    buffer_from_dataset,
     csv_bytes,
     netcdf_bytes,
     read_run_bytes,
@@ -53,11 +54,11 @@ SIDEBAR_WIDTH = 330
 FIELD_NAMES = {"lr": "η", "measure_every": "measure every", "target_loss": "target loss"}
 
 RESULT_ALERTS = {
-    "diverged": ("warning", "**{reason}.** The sharpness rose so far above 2/η that gradient "
+    RunStatus.DIVERGED: ("warning", "**{reason}.** The sharpness rose so far above 2/η that gradient "
                  "descent could not stabilise itself: lower η and press Reset."),
-    "completed": ("success", "**Finished:** {reason}."),
-    "reached_target": ("success", "**Target reached:** {reason}."),
-    "failed": ("danger", "**The run failed:** {reason}"),
+    RunStatus.COMPLETED: ("success", "**Finished:** {reason}."),
+    RunStatus.REACHED_TARGET: ("success", "**Target reached:** {reason}."),
+    RunStatus.FAILED: ("danger", "**The run failed:** {reason}"),
 }
 
 
@@ -86,7 +87,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def __init__(self, staged: bool = False, **params: Any) -> None:
         """``staged``: the Live tab's plots start out of the page and join it one by one
-        through ``add_plots`` (see ``app.page_loading``)."""
+        through ``add_plots`` (see ``app.server.page_loading``)."""
         params.setdefault("settings", RunSettings())
         super().__init__(**params)
         self.controller = RunController()
@@ -228,7 +229,7 @@ class Dashboard(pn.viewable.Viewer):
     def _view_dataset(self, ds: Any, name: str) -> None:
         """Show a checked run Dataset (an upload, a server file) instead of training."""
         try:
-            buffer = buffer_from_dataset(ds)
+            buffer = RunBuffer.from_dataset(ds)
         except (RunFileError, ConfigError, ValueError, KeyError) as exc:
             self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
             return

@@ -1,13 +1,15 @@
 """Entry point for ``panel serve app/main.py``: one Dashboard per browser tab.
 
-The module stays importable (tests, ``app.server``): the app is only built when Panel serves it.
-URL parameters (``?preset=catapult&lr=0.2``) set the run; see docs/dashboard.md. Beyond the
-server's session cap (``app.limits``) a tab gets a short "busy" page and starts no training.
-A document built without a browser session (``/liveness?endpoint=/main`` health checks,
-``--warm``) gets a one-line page: a health check must not start a training or take a place.
+The module stays importable (tests, ``app.server.launch``): the app is only built when Panel
+serves it. URL parameters (``?preset=catapult&lr=0.2``) set the run; see docs/dashboard.md.
+Beyond the server's session cap (``app.session.limits``) a tab gets a short "busy" page and
+starts no training. A document built without a browser session (``/liveness?endpoint=/main``
+health checks, ``--warm``) gets a one-line page: a health check must not start a training or take
+a place.
 
 A served tab builds its Dashboard only once the page has loaded, off the event loop and in
-stages (``app.page_loading``), so that twenty tabs opened at once do not stall the server.
+stages (``app.server.page_loading``), so that twenty tabs opened at once do not stall the
+server.
 """
 
 from __future__ import annotations

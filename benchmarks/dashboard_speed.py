@@ -39,7 +39,7 @@ from ntk_core.presets import DEFAULT_PRESET, load_preset
 
 
 def engine_only(seconds: float, hz: float, preset: str, threads: int) -> dict:
-    # the served default: one torch thread per training (app.limits, two slots on two cores)
+    # the served default: one torch thread per training (app.session.limits, two slots on two cores)
     trainer = Trainer(load_preset(preset).config.replace(steps=1_000_000, threads=threads))
     trainer.step()  # the cold first solve is not what a running page sees
     done = threading.Event()

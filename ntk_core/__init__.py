@@ -6,20 +6,22 @@ The public surface is re-exported here; everything else is internal.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .config import ConfigError, RunConfig  # noqa: E402
-from .numerics.alignment import kernel_target_alignment  # noqa: E402
-from .numerics.hessian import hessian_sharpness  # noqa: E402
-from .numerics.ntk import empirical_ntk  # noqa: E402
-from .numerics.ntk.eigenpairs import ntk_eigenpairs  # noqa: E402
-from .training.buffer import RunBuffer, StepRecord, load_run, save_run  # noqa: E402
-from .training.trainer import Trainer, run  # noqa: E402
+from .config import ConfigError, RunConfig
+from .numerics.alignment import kernel_target_alignment
+from .numerics.hessian import hessian_sharpness
+from .numerics.ntk import empirical_ntk
+from .numerics.ntk.eigenpairs import ntk_eigenpairs
+from .training.buffer import RunBuffer, StepRecord
+from .training.netcdf import load_run, save_run
+from .training.trainer import Trainer, run
+from .version import __version__
+from .vocabulary import RunStatus
 
 __all__ = [
     "ConfigError",
     "RunBuffer",
     "RunConfig",
+    "RunStatus",
     "StepRecord",
     "Trainer",
     "empirical_ntk",
@@ -29,4 +31,5 @@ __all__ = [
     "ntk_eigenpairs",
     "run",
     "save_run",
+    "__version__",
 ]

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_type_hints
 
+from .vocabulary import KernelKind, NTKMode
+
 DatasetName = Literal["digits", "mnist1d", "synthetic", "teacher", "cifar10"]
 ArchName = Literal["mlp", "cnn", "vit", "linear2"]
 Activation = Literal["tanh", "relu", "elu", "gelu", "silu"]
@@ -67,8 +69,8 @@ class RunConfig:
     # measurement
     measure_every: int = 1
     k: int = 20
-    ntk_mode: Literal["auto", "exact", "matrix_free"] = "auto"
-    kernel: Literal["full", "traced"] = "full"
+    ntk_mode: NTKMode = "auto"
+    kernel: KernelKind = "full"
     sharpness: bool = True
     eig_tol: float = 1e-4
     eigvec_every: int = 1

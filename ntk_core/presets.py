@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig
+from .grid import grid_configs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +26,9 @@ DEFAULT_PRESET = "eos-mlp-digits"
 
 @dataclass(frozen=True)
 class Preset:
+    """A named run for a lecture: its ``title``, the ``description`` paragraph the dashboard
+    shows, the ``config`` and, for a ladder of runs, the ``sweep`` grid over it."""
+
     name: str
     title: str
     description: str
@@ -33,13 +37,7 @@ class Preset:
 
     def configs(self) -> list[RunConfig]:
         """One config per point of the preset's sweep (just the config when there is none)."""
-        if not self.sweep:
-            return [self.config]
-        keys = list(self.sweep)
-        out = [self.config]
-        for key in keys:
-            out = [c.replace(**{key: v}) for c in out for v in self.sweep[key]]
-        return out
+        return grid_configs(self.config, self.sweep)
 
 
 def preset_dir() -> Path:
@@ -66,9 +64,7 @@ def load_preset(name: str) -> Preset:
     try:
         config = RunConfig.from_dict(raw.get("config", {}))
         sweep = {k: list(v) for k, v in raw.get("sweep", {}).items()}
-        for key, values in sweep.items():
-            for v in values:  # validate every ladder point up front
-                config.replace(**{key: v})
+        grid_configs(config, sweep)  # every ladder point is valid, up front
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"preset {name}: {exc}") from exc
     return Preset(name, raw.get("title", name), " ".join(raw.get("description", "").split()),

@@ -16,7 +16,7 @@ a restart of that process. The reader there
 * sends back plain numeric arrays (``.npz`` read with ``allow_pickle=False``) and the file's
   attributes as JSON. Nothing from the file is ever unpickled.
 
-``app.runs.read_run_bytes`` then builds the Dataset and checks its meaning (steps, indices, the
+``app.files.runs.read_run_bytes`` then builds the Dataset and checks its meaning (steps, indices, the
 config).
 """
 
@@ -116,7 +116,7 @@ def read_isolated(data: bytes, schema: Schema, timeout: float = READ_SECONDS
 
 
 # ---- the reader process ------------------------------------------------------------------------
-# One long-lived process (``python -m app.runfile``, numpy and h5py only) forks a child per
+# One long-lived process (``python -m app.files.runfile``, numpy and h5py only) forks a child per
 # file: a fresh, single-threaded copy for each file, without paying for the imports again.
 _worker_lock = threading.Lock()
 _worker_process: subprocess.Popen | None = None

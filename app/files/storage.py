@@ -7,7 +7,7 @@ no ``..``, no leading dot, no NUL), get the ``.nc`` suffix, and must resolve to 
 directly inside the folder. Symbolic links are never followed, so a link placed in the folder
 cannot point a visitor at another file.
 
-Saving is atomic (``ntk_core.buffer.save_run``), never replaces an existing run, and stops at
+Saving is atomic (``ntk_core.training.netcdf.save_run``), never replaces an existing run, and stops at
 ``MAX_RUNS`` files. Opening reads at most ``MAX_UPLOAD_MB`` and goes through the same isolated,
 schema-checked reader as an upload.
 """
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from ntk_core.training.buffer import RunBuffer, SaveError, save_error, save_run
+from ntk_core.training.buffer import RunBuffer
+from ntk_core.training.netcdf import SaveError, save_error, save_run
 
 from .runs import MAX_UPLOAD_MB, RunFileError, read_run_bytes
 

@@ -6,8 +6,8 @@ a small thread pool so one slow download or file upload never freezes the other 
 runs in its own threads either way); a closed tab's session is culled within
 ``(UNUSED_SESSION_LIFETIME_MS + CHECK_UNUSED_SESSIONS_MS) / 1000`` seconds, which stops its
 training; ``/liveness`` answers health checks; websocket messages may carry uploads up to
-``MAX_UPLOAD_MB``. The server limits (``app.limits``) travel as ``NTK_EOS_*`` environment
-variables and are applied by the ``--setup`` script ``app/server_setup.py``.
+``MAX_UPLOAD_MB``. The server limits (``app.session.limits``) travel as ``NTK_EOS_*`` environment
+variables and are applied by the ``--setup`` script ``app/server/startup.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``panel serve --setup`` script: apply the server limits once, before the first tab opens.
 
-Run as a script (``panel serve`` executes it in the server process), it reads ``app.limits``
+Run as a script (``panel serve`` executes it in the server process), it reads ``app.session.limits``
 from the environment, sets the process's torch threads (new training threads start from this
 value; each also sets its own) and a short GIL switch interval, imports the page's modules and
 freezes the objects alive at startup out of the garbage collector's scans, and prints the

@@ -50,7 +50,7 @@ class ServerLimits:
     ``idle_minutes``)."""
 
     mode: Mode = "local"
-    # "process": each run trains in a child process (``ntk_core.process_trainer``), so the
+    # "process": each run trains in a child process (``ntk_core.training.process_trainer``), so the
     # server's own Python never holds up a training step; "thread": in this process (a test
     # or a notebook that reaches into the live trainer)
     training: Training = "process"

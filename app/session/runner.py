@@ -11,7 +11,7 @@ process.
 the runs kept for comparison, and a saved run opened for viewing. Nothing here imports panel: the
 page polls ``buffer`` / ``status_line`` from its periodic callback.
 
-Server limits (``app.limits``): a run builds and steps only while it holds one of the process's
+Server limits (``app.session.limits``): a run builds and steps only while it holds one of the process's
 training slots, waiting its turn in the queue otherwise; each training thread sets its own torch
 thread count; hosted caps are checked before a run starts (n, width, depth, steps) and once the
 model is built (n·p); a session left untouched past the idle limit is paused.
@@ -31,13 +31,16 @@ import torch
 from ntk_core.config import ConfigError, RunConfig
 from ntk_core.training.buffer import RunBuffer
 from ntk_core.training.process_trainer import ProcessTrainer, TrainingProcessError
-from ntk_core.training.trainer import TERMINAL, Trainer
+from ntk_core.training.protocol import SteppableRun
+from ntk_core.training.trainer import Trainer
+from ntk_core.vocabulary import TERMINAL, RunStatus
 
-from ..files.runs import MAX_KEPT, KeptRun, keep_run, lr_history_label
 from . import limits as server_limits
+from .kept_runs import MAX_KEPT, KeptRun, keep_run, lr_history_label
 from .limits import ServerLimits, TrainingSlots
 
 THREAD_PREFIX = "ntk-eos-train-"
+LOADING = "loading"  # a session's run before its trainer exists (never a logged status)
 # Steps queued in a training process beyond the one being collected: with two, the child has
 # its next step in hand while this process copies out the last one, however busy its GIL is
 STEPS_AHEAD = 2
@@ -75,7 +78,7 @@ class TrainingRun:
         self.config = config
         self.limits = limits or server_limits.current()
         self.slots = slots or server_limits.training_slots()
-        self.trainer: Trainer | ProcessTrainer | None = None
+        self.trainer: SteppableRun | None = None
         self.error = ""
         self.steps_per_second = steps_per_second  # 0: as fast as the engine goes
         self._lr = config.lr
@@ -144,9 +147,9 @@ class TrainingRun:
     def status(self) -> str:
         """loading, failed (before the first step), or the buffer's status."""
         if self.error:
-            return "failed"
+            return RunStatus.FAILED
         if self.trainer is None:
-            return "loading"
+            return LOADING
         return self.trainer.status
 
     @property
@@ -166,7 +169,7 @@ class TrainingRun:
             trainer = self.trainer
             reason = f"the training thread stopped: {type(exc).__name__}: {exc}"
             if trainer is not None and not trainer.finished:
-                trainer.buffer.set_status("failed", reason)
+                trainer.buffer.set_status(RunStatus.FAILED, reason)
             elif trainer is None:
                 self.error = reason
         finally:
@@ -177,11 +180,11 @@ class TrainingRun:
         # read without the lock: acquire() calls this while holding the slots' lock
         return not self._stop.is_set() and (self._playing or self._pending > 0)
 
-    def _build(self) -> Trainer | ProcessTrainer | None:
+    def _build(self) -> SteppableRun | None:
         """Build the trainer inside a slot (data loading and the model cost CPU too)."""
         if not self.slots.acquire(self, lambda: not self._stop.is_set()):
             return None
-        trainer: Trainer | ProcessTrainer | None = None
+        trainer: SteppableRun | None = None
         try:
             trainer = self._new_trainer()
             self.limits.check_size(*trainer.size)
@@ -193,11 +196,11 @@ class TrainingRun:
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.slots.release(self)
-        if self.error and isinstance(trainer, ProcessTrainer):
+        if self.error and trainer is not None:
             trainer.close()
         return None if self.error else trainer
 
-    def _new_trainer(self) -> Trainer | ProcessTrainer:
+    def _new_trainer(self) -> SteppableRun:
         if self.limits.training == "process":
             # A lecturer's laptop: the run gets its own share of the cores against the browser.
             # A hosted server trains on every core: its runs yield to the event loop instead.
@@ -220,10 +223,9 @@ class TrainingRun:
         try:
             self._drive(trainer)
         finally:
-            if isinstance(trainer, ProcessTrainer):
-                trainer.close()  # the mirrored buffer stays with the run
+            trainer.close()  # the buffer stays with the run
 
-    def _drive(self, trainer: Trainer | ProcessTrainer) -> None:
+    def _drive(self, trainer: SteppableRun) -> None:
         while not self._stop.is_set() and not trainer.finished:
             with self._lock:
                 playing = self._playing
@@ -231,15 +233,14 @@ class TrainingRun:
                 if not work:
                     self._go.clear()
             if not work:
-                if isinstance(trainer, ProcessTrainer):
-                    # outside the lock (the page's controls take it): collect the queued steps,
-                    # so the paused page shows its last step and that step's kernel
-                    trainer.sync()
+                # outside the lock (the page's controls take it): collect the queued steps, so
+                # the paused page shows its last step and that step's kernel
+                trainer.sync()
                 with self._lock:
                     if not self._go.is_set():  # no play or step came in meanwhile
                         self._idle.set()
-                        if trainer.status == "running":
-                            trainer.buffer.set_status("paused")
+                        if trainer.status == RunStatus.RUNNING:
+                            trainer.buffer.set_status(RunStatus.PAUSED)
                 self.slots.release(self)
                 self._go.wait()
                 continue
@@ -255,22 +256,19 @@ class TrainingRun:
                     self._pending -= 1
             self._advance(trainer, playing)
 
-    def _advance(self, trainer: Trainer | ProcessTrainer, playing: bool) -> None:
+    def _advance(self, trainer: SteppableRun, playing: bool) -> None:
         t0 = time.perf_counter()
-        if playing and trainer.status != "running":
-            trainer.buffer.set_status("running")
-        elif not playing and trainer.status in ("ready", "running"):
-            trainer.buffer.set_status("paused")
+        if playing and trainer.status != RunStatus.RUNNING:
+            trainer.buffer.set_status(RunStatus.RUNNING)
+        elif not playing and trainer.status in (RunStatus.READY, RunStatus.RUNNING):
+            trainer.buffer.set_status(RunStatus.PAUSED)
         try:
-            if isinstance(trainer, ProcessTrainer):
-                # a playing run keeps the child's next step queued, unless others wait for a
-                # slot or a speed cap paces it
-                queue = playing and not self.slots.queued and self.steps_per_second <= 0
-                trainer.step(ahead=STEPS_AHEAD if queue else 0)
-            else:
-                trainer.step()
+            # a playing run in a training process keeps its next step queued, unless others
+            # wait for a slot or a speed cap paces it
+            queue = playing and not self.slots.queued and self.steps_per_second <= 0
+            trainer.step(ahead=STEPS_AHEAD if queue else 0)
         except Exception as exc:  # the engine records measurement failures itself
-            trainer.buffer.set_status("failed", f"{type(exc).__name__}: {exc}")
+            trainer.buffer.set_status(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
             return
         if playing and self.steps_per_second > 0:
             wait = 1.0 / self.steps_per_second - (time.perf_counter() - t0)
@@ -282,11 +280,11 @@ class TrainingRun:
 def status_line(step: int, status: str, queue: tuple[int, int] | None = None) -> str:
     """'step 120 · running', 'diverged at step 37', 'step 40 · queued: position 3 of 5' ...
     the line the page shows."""
-    if status == "diverged":
+    if status == RunStatus.DIVERGED:
         return f"diverged at step {step}"
     if queue is not None:
         return f"step {step} · queued: position {queue[0]} of {queue[1]}"
-    words = {"reached_target": "reached the target loss", "loading": "loading data and model"}
+    words = {RunStatus.REACHED_TARGET: "reached the target loss", LOADING: "loading data and model"}
     return f"step {step} · {words.get(status, status)}"
 
 
@@ -437,7 +435,7 @@ class RunController:
     def status(self) -> str:
         if self.viewed is not None:
             return self.viewed.status
-        return self.run.status if self.run is not None else "ready"
+        return self.run.status if self.run is not None else RunStatus.READY
 
     @property
     def step_count(self) -> int:
@@ -445,7 +443,7 @@ class RunController:
         buffer = self.buffer
         if buffer is None or len(buffer) == 0:
             return 0
-        if buffer.status == "diverged":
+        if buffer.status == RunStatus.DIVERGED:
             return int(buffer.rows(len(buffer) - 1)["step"][-1])
         return len(buffer)
 

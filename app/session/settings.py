@@ -23,6 +23,7 @@ from ntk_core.config import (
     option_choices,
     option_type,
 )
+from ntk_core.grid import grid_configs
 from ntk_core.presets import DEFAULT_PRESET, Preset, load_preset, preset_names
 
 # The RunConfig fields that get a control, in the order they appear in the sidebar.
@@ -147,14 +148,7 @@ class RunSettings(param.Parameterized):
     def to_configs(self) -> list[RunConfig]:
         """One config per point of the preset's sweep (the ladder), with the controls applied to
         every field the sweep does not vary."""
-        config = self.to_config()
-        sweep = self.preset_info.sweep
-        if not sweep:
-            return [config]
-        out = [config]
-        for key, points in sweep.items():
-            out = [c.replace(**{key: v}) for c in out for v in points]
-        return out
+        return grid_configs(self.to_config(), self.preset_info.sweep)
 
     def validate(self) -> str:
         """'' when the settings make a valid run, else the engine's message."""

@@ -32,8 +32,9 @@ from bokeh.palettes import RdBu, interp_palette
 from bokeh.plotting import figure
 
 from ntk_core.training.buffer import RunBuffer
+from ntk_core.training.schema import last_measured
 
-from ..files.runs import KEPT_COLUMNS, MAX_KEPT, KeptRun, last_measured
+from ..session.kept_runs import KEPT_COLUMNS, MAX_KEPT, KeptRun
 from .ranges import FollowedRanges, quietest_corner
 
 K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
@@ -537,7 +538,7 @@ class LivePlots:
     def push_matrices(self, buffer: RunBuffer, history: bool = True) -> None:
         self.show_matrices(matrix_payload(buffer, history))
         rows = buffer.rows(max(0, len(buffer) - 64))  # the last measurement is recent
-        i = last_measured(rows)
+        i = last_measured(rows["measured"])
         if i is not None:
             frame = pd.DataFrame({"eigval_normalized": rows["eigval_normalized"][i],
                                   "alignment": rows["alignment"][i]}).dropna()

@@ -2,7 +2,7 @@
 steps per η, and the final alignment spectrum (Jiang, Cohen, Li 2025, Fig. 1 a, b, d).
 
 Every function takes the sweep cube and returns an element; the numbers come from
-``ntk_core.sweep_summary``, the only arithmetic here is picking a seed and display limits.
+``ntk_core.experiments.sweep_summary``, the only arithmetic here is picking a seed and display limits.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ntk_core.experiments.sweep_summary import (
     series_points,
     spearman,
 )
+from ntk_core.vocabulary import RunStatus
 
 MEAN = "mean"  # the seed choice that averages over seeds
 PLOT_HEIGHT = 320
@@ -32,11 +33,11 @@ SIZE = {"responsive": True, "height": PLOT_HEIGHT, "show_grid": True}
 METRICS = {"final KTA": "final_kta", "top-k mass A_k": "final_topk_mass",
            "top eigenvector a₁": "a1", "centred KTA": "final_kta_centered"}
 STATUS_STYLE = {  # marker, fill alpha and legend text of each run's point
-    "reached_target": ("circle", 0.5, "run at target loss"),
-    "completed": ("square", 0.0, "run at step budget"),
-    "stopped": ("square", 0.0, "run stopped early"),
-    "diverged": ("x", 1.0, "diverged (not in mean)"),
-    "failed": ("x", 1.0, "failed (not in mean)"),
+    RunStatus.REACHED_TARGET: ("circle", 0.5, "run at target loss"),
+    RunStatus.COMPLETED: ("square", 0.0, "run at step budget"),
+    RunStatus.STOPPED: ("square", 0.0, "run stopped early"),
+    RunStatus.DIVERGED: ("x", 1.0, "diverged (not in mean)"),
+    RunStatus.FAILED: ("x", 1.0, "failed (not in mean)"),
 }
 DIVERGED_COLOR = "#d62728"
 

@@ -3,11 +3,12 @@
 Shows final alignment against η with the runs' stop status, KTA and sharpness over steps per η,
 the final alignment spectrum, and a table of runs. The example sweep in ``data/sweeps/`` opens by
 default; a user can upload another ``.nc`` sweep or open one from the server's run folder
-(``NTK_EOS_RUNS_DIR``, ``app.storage``). The plots are built in ``app.sweep_plots``.
+(``NTK_EOS_RUNS_DIR``, ``app.files.storage``). The plots are built in ``app.views.sweep_plots``.
 
-Uploads and the folder are off in hosted mode (``app.limits``): a sweep holds text variables (run status,
-config) that the isolated strict reader of ``app.runfile`` does not read, so a sweep is opened
-by the netCDF library in this process, which suits files one trusts, not a stranger's.
+Uploads and the folder are off in hosted mode (``app.session.limits``): a sweep holds text
+variables (run status, config) that the isolated strict reader of ``app.files.runfile`` does not
+read, so a sweep is opened by the netCDF library in this process, which suits files one trusts,
+not a stranger's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import param
 import xarray as xr
 
 from ntk_core.experiments.sweep_summary import EXCLUDED, runs_table, series_label, series_points
-from ntk_core.training.buffer import load_run
+from ntk_core.training.netcdf import load_run
+from ntk_core.vocabulary import RunStatus
 
 from ..files.runs import MAX_UPLOAD_MB
 from ..files.storage import RunStore, StorageError
@@ -47,10 +49,12 @@ EXAMPLE_COMMAND = ("ntk-eos sweep --preset eta-ladder --grid lr=0.05,0.1,0.15,0.
                    "--steps 1500 --measure_every 5 --serial --out data/sweeps/eta-ladder-small.nc")
 REQUIRED = ("status", "steps_done", "final_loss", "final_kta", "final_topk_mass",
             "final_alignment", "final_eigval_normalized", "kta", "sharpness")
-STATUS_LABEL = {"reached_target": "target loss", "completed": "step budget",
-                "diverged": "diverged", "failed": "failed", "stopped": "stopped"}
-STATUS_TEXT = {"reached_target": "reached the target loss", "completed": "hit the step budget",
-               "diverged": "diverged", "failed": "failed", "stopped": "were stopped"}
+STATUS_LABEL = {RunStatus.REACHED_TARGET: "target loss", RunStatus.COMPLETED: "step budget",
+                RunStatus.DIVERGED: "diverged", RunStatus.FAILED: "failed",
+                RunStatus.STOPPED: "stopped"}
+STATUS_TEXT = {RunStatus.REACHED_TARGET: "reached the target loss",
+               RunStatus.COMPLETED: "hit the step budget", RunStatus.DIVERGED: "diverged",
+               RunStatus.FAILED: "failed", RunStatus.STOPPED: "were stopped"}
 TABLE_COLUMNS = {"lr": "η", "seed": "seed", "status": "stopped at", "steps": "steps",
                  "final_loss": "final loss", "final_kta": "final KTA", "a1": "a₁",
                  "topk_mass": "A_k", "edge_ratio": "S·η/2 (1: at 2/η)"}
@@ -146,7 +150,7 @@ def status_summary(cube: xr.Dataset) -> str:
         rows = table[table.status == status]
         if len(rows):
             where = (f" (η = {', '.join(f'{x:g}' for x in sorted(set(rows.lr)))})"
-                     if status in EXCLUDED or status == "completed" else "")
+                     if status in EXCLUDED or status == RunStatus.COMPLETED else "")
             parts.append(f"{len(rows)} {text}{where}")
     return "Runs: " + "; ".join(parts) + "." if parts else "No runs."
 

@@ -1,4 +1,5 @@
-"""``ntk-eos bench``: the cost of each measurement as a ratio to a plain GD step, same process.
+"""The cost of each measurement as a ratio to a plain GD step, in the same process
+(``ntk-eos bench``).
 
 Absolute times on shared CPUs move 2–5× from run to run; ratios measured side by side do not.
 Each workload follows a short gradient-descent trajectory near the Edge of Stability, so the
@@ -15,13 +16,9 @@ warm starts see realistic step-to-step changes. Reported per workload (medians o
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -180,66 +177,3 @@ def _summary(config: RunConfig, times: dict[str, list[float]],
     return {"config": config.to_dict(), "gd_step_s": gd, "median_s": med, "ratio_to_gd": ratios,
             "products": {k: statistics.median(v) for k, v in products.items() if v},
             **extra}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ntk-eos bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="measured steps per workload")
-    parser.add_argument("--tol", type=float, default=1e-4, help="relative eigen-residual")
-    parser.add_argument("--json", help="write the figures to this JSON file")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    args = parser.parse_args(argv)
-    problems = []
-    if args.steps < 1:
-        problems.append(f"--steps: at least 1, got {args.steps}")
-    if not 0 < args.tol < 1:
-        problems.append(f"--tol: between 0 and 1, got {args.tol}")
-    if args.json and not Path(args.json).resolve().parent.is_dir():  # before the run, not after
-        problems.append(f"--json: no folder {Path(args.json).resolve().parent}")
-    if problems:
-        print(f"error: {problems[0]}", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = {
-        "mlp-n1000": bench_exact(WORKLOADS["mlp-n1000"], args.steps, args.tol),
-        "vit-n256": bench_matrix_free(WORKLOADS["vit-n256"], args.steps, args.tol),
-    }
-    results["meta"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "steps": args.steps, "tol": args.tol}
-    print(format_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
-
-
-def format_table(results: dict[str, dict]) -> str:
-    rows = [f"{'workload':12s} {'measurement':26s} {'× GD step':>10s} {'products':>10s}"
-            f" {'cold':>8s}"]
-    labels = {"ntk": "exact NTK", "topk": "top-k eigenpairs (warm)", "kta": "KTA, a_i, A_k",
-              "ntk+topk+kta": "NTK + top-k + KTA", "sharpness": "Hessian sharpness (warm)",
-              "matrix_free": "matrix-free top-k (warm)"}
-    counts = {"topk": ("topk", "topk_cold"), "sharpness": ("hvp", "hvp_cold"),
-              "matrix_free": ("matrix_free", "matrix_free_cold")}
-    for name, res in results.items():
-        if name == "meta":
-            continue
-        rows.append(f"{name:12s} {'GD step':26s} {1.0:10.2f} {'':>10s} {'':>8s}"
-                    f"   ({res['gd_step_s'] * 1e3:.1f} ms)")
-        for key, label in labels.items():
-            if key not in res["ratio_to_gd"]:
-                continue
-            warm, cold = counts.get(key, (None, None))
-            p = res["products"].get(warm, "") if warm else ""
-            c = res["products"].get(cold, "") if cold else ""
-            rows.append(f"{'':12s} {label:26s} {res['ratio_to_gd'][key]:10.2f} "
-                        f"{p if p == '' else format(p, '.0f'):>10s} "
-                        f"{c if c == '' else format(c, '.0f'):>8s}")
-    meta = results.get("meta", {})
-    rows.append(f"(medians over {meta.get('steps')} steps; eigen tolerance {meta.get('tol')}; "
-                f"torch {meta.get('torch')}, {meta.get('threads')} threads)")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 ``docs/reproduction.md`` with its figures, stating for each claim whether it reproduced.
 
 Jiang, Cohen, Li (2025), "Understanding the Evolution of the NTK at the Edge of Stability".
-For an MLP, a CNN and a small ViT: a learning-rate × seed sweep (``ntk_core.sweep``) in which
+For an MLP, a CNN and a small ViT: a learning-rate × seed sweep (``ntk_core.experiments.sweep``) in which
 every run stops at the same target loss (matched-loss protocol), then
 
 (a) KTA over steps, one curve per η (paper Fig. 1a);
@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .. import __version__
 from ..config import ConfigError, RunConfig
+from ..version import __version__
+from ..vocabulary import RunStatus
 from . import theory
 from .sweep import sweep
 from .sweep_summary import final_spectrum, measured_curve, spearman
@@ -248,13 +249,13 @@ def figure_theory(cmp: xr.Dataset, path: Path) -> None:
     ax1.plot(dense, curve.kta_pred, color="k", lw=1.2, label="prediction KTA(min(a²_flow, a²_max(η)))")
     ax2.plot(dense, curve.a2_pred, color="k", lw=1.2, label="prediction min(a²_flow, a²_max(η))")
     for j, seed in enumerate(cmp.seed.values):
-        ok = cmp.status.values[:, j] == "reached_target"
+        ok = cmp.status.values[:, j] == RunStatus.REACHED_TARGET
         ax1.plot(lrs[ok], cmp.kta.values[ok, j], "o", ms=5, mfc="none", color=f"C{j}",
                  label=f"GD in the engine, seed {seed}")
         ax2.plot(lrs[ok], cmp.a2.values[ok, j], "o", ms=5, mfc="none", color=f"C{j}",
                  label=f"GD ‖v‖², seed {seed}")
     edge = 2 / cmp.attrs["sharpness_flow"]
-    failed = lrs[~(cmp.status.values == "reached_target").all(1)]
+    failed = lrs[~(cmp.status.values == RunStatus.REACHED_TARGET).all(1)]
     for ax in (ax1, ax2):
         ax.axvline(edge, color="0.6", ls=":", lw=1)
         ax.set_xlabel("learning rate η")
@@ -303,7 +304,7 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
     corr = s["eos_corr"]
     entered = np.isfinite(corr)
     corr_med = float(np.nanmedian(corr)) if entered.any() else math.nan
-    reached = s["status"] == "reached_target"
+    reached = s["status"] == RunStatus.REACHED_TARGET
     eos_lrs = [lr for i, lr in enumerate(s["lr"]) if np.isfinite(s["edge_ratio"][i]).all()]
     edge = [float(np.nanmedian(row)) if np.isfinite(row).any() else math.nan
             for row in s["edge_ratio"]]
@@ -339,7 +340,7 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
 
 def theory_rows(cmp: xr.Dataset) -> tuple[list[str], dict]:
     lrs = cmp.lr.values
-    ok = (cmp.status == "reached_target").values
+    ok = (cmp.status == RunStatus.REACHED_TARGET).values
     sim = np.array([row[np.isfinite(row)].mean() if np.isfinite(row).any() else np.nan
                     for row in np.where(ok, cmp.kta.values, np.nan)])
     pred = cmp.kta_pred.values.mean(1)
@@ -445,7 +446,7 @@ def write_report(path: Path, exps: list[Experiment], cubes: dict[str, xr.Dataset
                   f"Runtime {theory_runtime:.0f} s.", "",
                   "Prediction: a²(η) = min(a²_flow, a²_max(η)), with a²_max(η) the largest a² at "
                   "which the rank-one interpolant's sharpness λ_max(a² XXᵀ + yyᵀ/a²)/n equals 2/η "
-                  "(derivation in `ntk_core/theory.py`).", ""] + tlines
+                  "(derivation in `ntk_core/experiments/theory.py`).", ""] + tlines
     lines += ["", "## Rerun", "", "```",
               "ntk-eos reproduce                 # this report (docs/reproduction.md, docs/figures/)",
               "ntk-eos reproduce --quick         # a smaller smoke run",
@@ -531,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      scheduler="serial" if args.serial else args.scheduler, workers=args.workers,
                      resume_dir=resume,
                      progress=not args.quiet)
-        failed = cube.status.values == "failed"
+        failed = cube.status.values == RunStatus.FAILED
         if failed.all():  # nothing to report on (a missing CIFAR-10 folder, say): say why
             reason = sorted(set(cube.status_reason.values[failed].ravel()))[0]
             print(f"error: every {exp.name} run failed: {reason}", file=sys.stderr)

@@ -21,9 +21,7 @@ Every run uses one torch thread, so results are bit-identical across schedulers 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import itertools
 import json
 import math
 import sys
@@ -35,8 +33,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..config import ConfigError, RunConfig, coerce, option_names
-from ..training.buffer import load_run, save_run
+from ..config import ConfigError, RunConfig
+from ..grid import Point, grid_points, point_config
+from ..training.netcdf import load_run, save_run
+from ..training.schema import last_measured
+from ..vocabulary import RunStatus
 
 PER_RUN_DIMS = ("step", "eig")
 EVERY_STEP = ("loss", "accuracy")  # logged at every step: their final value is the last step's
@@ -44,59 +45,20 @@ FINAL_SCALARS = ("loss", "accuracy", "kta", "kta_centered", "topk_mass", "sharpn
                  "kernel_fro", "kernel_distance")
 FINAL_SPECTRUM = ("alignment", "eigval_normalized", "eigenvalues")
 
-Point = dict[str, Any]
 
-
-# ---- the grid -----------------------------------------------------------------------------------
-
-
-def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[Point]:
-    """Every combination of the grid's values, in row-major order of its keys."""
-    keys = list(grid)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
-
-
-def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
-    """``["lr=0.02,0.05", "seed=0,1"]`` → {"lr": [0.02, 0.05], "seed": [0, 1]}; values are coerced
-    to the field's type. A list of tuples is separated by ``;``: ``classes=0,1;2,3``."""
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not text.strip():
-            raise ConfigError(f"--grid: expected NAME=V1,V2,..., got {item!r}")
-        if name not in option_names():
-            raise ConfigError(f"--grid: unknown option {name!r} (the run options of "
-                              "`ntk-eos run --help`)")
-        parts = text.split(";") if ";" in text or _is_tuple_field(name) else text.split(",")
-        values = [coerce(name, p.strip()) for p in parts if p.strip()]
-        if name in grid:
-            raise ConfigError(f"--grid: {name} given twice")
-        if len(set(map(repr, values))) < len(values):  # two runs would share one cell
-            raise ConfigError(f"--grid: {name} lists a value twice: {text}")
-        grid[name] = values
-    return grid
-
-
-def _is_tuple_field(name: str) -> bool:
-    from ..config import option_type
-
-    return "tuple" in str(option_type(name))
-
-
-def point_config(base: RunConfig, point: Point) -> RunConfig:
-    return RunConfig.from_dict({**base.to_dict(), **point})
+# ---- one run's file ---------------------------------------------------------------------------
 
 
 def run_name(point: Point, config: RunConfig) -> str:
     """A readable, unique file stem: the grid values and a hash of the whole configuration, so a
     resumed sweep never mistakes a run of another base configuration for its own."""
-    label = "_".join(f"{k}={_label(v)}" for k, v in point.items())
+    label = "_".join(f"{k}={value_label(v)}" for k, v in point.items())
     digest = hashlib.sha1(config.to_json().encode()).hexdigest()[:10]
     return f"{label}_{digest}" if label else digest
 
 
-def _label(value: Any) -> str:
+def value_label(value: Any) -> str:
+    """A grid value as a file name and a coordinate show it: 0.1, 3, or 0-1-2 for a tuple."""
     if isinstance(value, (list, tuple)):
         return "-".join(map(str, value))
     return format(value, "g") if isinstance(value, float) else str(value)
@@ -124,8 +86,8 @@ def run_task(config_json: str, path: str | None = None) -> xr.Dataset | str:
 
 def _failed_run(config: RunConfig, reason: str) -> xr.Dataset:
     """A stand-in log for a run whose task raised even after its retries."""
-    return xr.Dataset(attrs={"config": config.to_json(), "status": "failed", "status_reason": reason,
-                             "steps_done": 0})
+    return xr.Dataset(attrs={"config": config.to_json(), "status": RunStatus.FAILED.value,
+                             "status_reason": reason, "steps_done": 0})
 
 
 # ---- the sweep ----------------------------------------------------------------------------------
@@ -162,7 +124,7 @@ def sweep(base: RunConfig, grid: Mapping[str, Sequence[Any]], *, scheduler: Any 
         if callback is not None:
             callback(points[i], ds)
 
-    label = "serial" if scheduler == "serial" else _scheduler_label(scheduler, workers)
+    label = "serial" if scheduler == "serial" else _schedulervalue_label(scheduler, workers)
     if todo and scheduler == "serial":
         _run_serial(todo, configs, paths, arrived, progress)
     elif todo:
@@ -183,7 +145,7 @@ def _json_default(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else str(value)
 
 
-def _scheduler_label(scheduler: Any, workers: int) -> str:
+def _schedulervalue_label(scheduler: Any, workers: int) -> str:
     if scheduler is None or scheduler == "local":
         return f"LocalCluster({workers} workers × 1 thread)"
     return str(getattr(scheduler, "scheduler_info", lambda: {})().get("address", scheduler))
@@ -256,10 +218,8 @@ def _run_dask(todo: list[int], configs: list[RunConfig], paths: list[str | None]
 
 def final_measurement(ds: xr.Dataset) -> xr.Dataset:
     """The last measured step of a run log (the ``final_*`` figures); empty if none was measured."""
-    if "measured" not in ds or ds.sizes.get("step", 0) == 0:
-        return xr.Dataset()
-    idx = np.flatnonzero(ds.measured.values == 1)
-    return ds.isel(step=int(idx[-1])) if len(idx) else xr.Dataset()
+    i = last_measured(ds.measured.values) if "measured" in ds else None
+    return ds.isel(step=i) if i is not None else xr.Dataset()
 
 
 def _per_run(ds: xr.Dataset) -> xr.Dataset:
@@ -312,94 +272,7 @@ def combine(points: Sequence[Point], runs: Sequence[xr.Dataset],
 
 def _coord_values(values: list[Any]) -> np.ndarray:
     if any(isinstance(v, (list, tuple)) for v in values):
-        return np.array([_label(v) for v in values])
+        return np.array([value_label(v) for v in values])
     if any(v is None for v in values):
         return np.array([str(v) for v in values])
     return np.asarray(values)
-
-
-# ---- command line -----------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from ..cli import _add_config_flags
-    from ..presets import DEFAULT_PRESET
-
-    p = argparse.ArgumentParser(
-        prog="ntk-eos sweep",
-        description="Run a preset over a grid of options on Dask and save the hypercube.",
-        epilog="example: ntk-eos sweep --preset eta-ladder --grid lr=0.02,0.05,0.1 --grid seed=0,1 "
-        "--steps 300 --out sweep.nc --resume-dir runs/")
-    p.add_argument("--preset", default=DEFAULT_PRESET, help="base preset (default %(default)s)")
-    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
-                   help="a grid axis; repeat for more. Default: the preset's [sweep] table")
-    p.add_argument("--out", default="sweep.nc", help="hypercube file (default %(default)s)")
-    p.add_argument("--scheduler", default=None,
-                   help="'serial', or a scheduler address tcp://host:port (default: a LocalCluster)")
-    p.add_argument("--workers", type=int, default=2, help="LocalCluster processes (default 2)")
-    p.add_argument("--resume-dir", default=None,
-                   help="write one NetCDF per run here and skip the runs already there")
-    p.add_argument("--retries", type=int, default=3, help="reruns of a failed task (default 3)")
-    p.add_argument("--serial", action="store_true", help="same as --scheduler serial")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_flags(p)
-    return p
-
-
-def summary_table(cube: xr.Dataset) -> str:
-    """One line per run: grid values, status, steps, final loss, KTA, A_k and sharpness vs 2/η."""
-    keys = [d for d in cube.status.dims]
-    lines = ["  ".join(f"{k:>8s}" for k in keys) + "  status          steps      loss     KTA    A_k"
-             "   S·η/2"]
-    for idx in itertools.product(*(range(cube.sizes[k]) for k in keys)):
-        r = cube.isel(dict(zip(keys, idx, strict=True)))
-        lr = float(r.lr) if "lr" in r.coords else float(RunConfig.from_json(str(r.config.values)).lr)
-        vals = "  ".join(f"{_label(r[k].values.item()):>8s}" for k in keys)
-        lines.append(f"{vals}  {str(r.status.values):14s} {int(r.steps_done):6d}  "
-                     f"{float(r.final_loss):8.2e}  {float(r.final_kta):6.4f}  "
-                     f"{float(r.final_topk_mass):5.3f}  {float(r.final_sharpness) * lr / 2:6.3f}")
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import config_from_args
-    from ..presets import load_preset
-
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    try:
-        base = config_from_args(args)
-        grid = parse_grid(args.grid) if args.grid else load_preset(args.preset).sweep
-        if not grid:
-            raise ConfigError(f"preset {args.preset} has no [sweep] table; give --grid NAME=V1,V2")
-        for point in grid_points(grid):  # every point must be a valid configuration up front
-            point_config(base, point)
-        if args.workers < 1:
-            raise ConfigError(f"--workers: at least 1, got {args.workers}")
-        if args.retries < 0:
-            raise ConfigError(f"--retries: at least 0, got {args.retries}")
-        if args.resume_dir and Path(args.resume_dir).exists() and not Path(args.resume_dir).is_dir():
-            raise ConfigError(f"--resume-dir: {args.resume_dir} is a file, not a folder")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    scheduler = "serial" if args.serial else args.scheduler
-    n_runs = len(grid_points(grid))
-    print(f"ntk-eos sweep · {args.preset} · {n_runs} runs over "
-          f"{', '.join(f'{k} ({len(v)})' for k, v in grid.items())} · "
-          f"{'serial' if scheduler == 'serial' else scheduler or f'LocalCluster ×{args.workers}'}",
-          file=sys.stderr)
-    try:
-        cube = sweep(base, grid, scheduler=scheduler, workers=args.workers,
-                     resume_dir=args.resume_dir, retries=args.retries, progress=not args.quiet,
-                     out=args.out)
-    except OSError as exc:  # an unreachable scheduler, an unwritable folder
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    print(summary_table(cube))
-    reasons = sorted(set(cube.status_reason.values[cube.status.values == "failed"].ravel()))
-    for reason in reasons:  # why runs failed, once per distinct reason
-        print(f"failed: {reason}", file=sys.stderr)
-    print(f"saved {args.out} ({cube.attrs['runs_resumed']} of {n_runs} runs resumed, "
-          f"{cube.attrs['wall_time']:.1f} s)", file=sys.stderr)
-    failed = int((cube.status == "failed").sum())
-    return 3 if failed else 0

@@ -1,4 +1,4 @@
-"""What a sweep hypercube (``ntk_core.sweep``) says per learning rate: the numbers behind final
+"""What a sweep hypercube (``ntk_core.experiments.sweep``) says per learning rate: the numbers behind final
 KTA against η, KTA over steps per η, and the final alignment spectrum (Jiang, Cohen, Li 2025,
 Fig. 1). Shared by ``ntk-eos reproduce`` (matplotlib) and the dashboard's Sweep view.
 
@@ -17,8 +17,10 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import spearmanr
 
-PER_RUN_DIMS = ("step", "eig")
-EXCLUDED = ("diverged", "failed")  # statuses left out of means over seeds
+from ..vocabulary import RunStatus
+from .sweep import PER_RUN_DIMS
+
+EXCLUDED = (RunStatus.DIVERGED, RunStatus.FAILED)  # statuses left out of means over seeds
 
 
 def grid_dims(cube: xr.Dataset) -> list[str]:

@@ -1,30 +1,16 @@
 """The run log: a growing, thread-safe record of every step, exported as an xarray Dataset.
 
 One writer (the trainer) appends; any number of readers (dashboard sessions, the CLI) pull new
-rows with ``rows(start)`` or take a consistent ``snapshot()``. Storage is preallocated numpy,
-grown by doubling, so appends are O(1) and never allocate per step.
-
-Schema (dims ``step``, ``eig``, ``sample``, ``snapshot``):
-
-* per step: the scalars in ``SCALARS`` (NaN on steps without a measurement);
-* per step and eigen-index: the arrays in ``SPECTRUM``;
-* ``eigenvectors`` (snapshot, eig, sample): the top-k eigenvectors, sign-fixed so u_iᵀy ≥ 0.
-  Memory is bounded by *thinning*: at most ``eigvec_max_snapshots`` are kept; when full, every
-  other snapshot is dropped and the cadence doubles, so snapshots always span the whole run;
-* ``kernel`` (sample, sample_col): the NTK at the last snapshot, when the kernel is explicit;
-* per kernel row (dim ``sample``): ``label``, ``target``, ``sample_index``, ``output_index`` —
-  rows are samples (or sample × output for the full multi-output kernel), sorted by class.
-
-Attributes: ``config`` (JSON), ``status``, ``status_reason``, ``lr``, ``versions`` (JSON) etc.
+rows with ``rows(start)`` or take a consistent ``snapshot()``, whose layout is ``schema``'s.
+Storage is preallocated numpy, grown by doubling, so appends are O(1) and never allocate per
+step. Eigenvector memory is bounded by *thinning*: at most ``max_snapshots`` are kept; when
+full, every other snapshot is dropped and the cadence doubles, so snapshots always span the
+whole run.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,38 +19,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-SCALARS: dict[str, tuple[str, str]] = {
-    "loss": ("training loss", "1"),
-    "accuracy": ("training accuracy", "1"),
-    "lr": ("learning rate η", "1"),
-    "two_over_lr": ("stability threshold 2/η", "1"),
-    "grad_norm": ("gradient norm ‖∇L‖", "1"),
-    "sharpness": ("Hessian sharpness λ_max(∇²L)", "1"),
-    "gn_sharpness": ("Gauss–Newton sharpness λ₁(K)/n", "1"),
-    "kta": ("kernel–target alignment", "1"),
-    "kta_centered": ("centred kernel–target alignment", "1"),
-    "kta_stderr": ("standard error of the KTA estimate", "1"),
-    "topk_mass": ("top-k target mass A_k", "1"),
-    "kernel_fro": ("NTK Frobenius norm ‖K‖_F", "1"),
-    "kernel_trace": ("NTK trace tr K", "1"),
-    "kernel_distance": ("kernel distance to the initial NTK", "1"),
-    "u1_residual": ("residual along the top NTK eigenvector u₁ᵀr", "1"),
-    "ntk_products": ("NTK operator products used", "count"),
-    "ntk_max_residual": ("largest relative eigen-residual", "1"),
-    "hvp_products": ("Hessian-vector products used", "count"),
-    "hessian_residual": ("relative residual of the Hessian eigenpair", "1"),
-    "time_step": ("wall time of the step including measurement", "s"),
-    "time_measure": ("wall time of the measurement", "s"),
-    "measured": ("1 where this step was measured", "1"),
-}
-SPECTRUM: dict[str, tuple[str, str]] = {
-    "eigenvalues": ("NTK eigenvalue λ_i", "1"),
-    "eigval_normalized": ("normalised eigenvalue λ_i/‖K‖_F", "1"),
-    "alignment": ("target alignment a_i = (u_iᵀy)²/‖y‖²", "1"),
-    "residual_proj": ("residual along eigenvector u_iᵀr", "1"),
-}
-STATUSES = ("ready", "running", "paused", "completed", "reached_target", "diverged", "stopped",
-            "failed")
+from ..vocabulary import RunStatus
+from .netcdf import save_run
+from .schema import SCALARS, SPECTRUM, LogContents, from_dataset, to_dataset
 
 
 @dataclass
@@ -92,13 +49,17 @@ def sample_major(kernel: np.ndarray, outputs: int) -> np.ndarray:
 
 
 class RunBuffer:
+    """The log of one run: the per-step scalars and spectra, eigenvector snapshots, the last
+    kernel, the per-row data and the attributes (``status`` among them). Thread-safe for one
+    writer and many readers; ``version`` bumps on every change."""
+
     def __init__(self, k: int, rows: dict[str, np.ndarray], attrs: dict[str, Any],
                  eigvec_every: int = 1, max_snapshots: int = 256, capacity: int = 256) -> None:
         self.k = k
         self.row_data = rows  # per kernel-row arrays: label, target, sample_index, output_index
         self.m = len(next(iter(rows.values())))
         self.attrs = dict(attrs)
-        self.attrs.setdefault("status", "ready")
+        self.attrs.setdefault("status", RunStatus.READY.value)
         self.attrs.setdefault("status_reason", "")
         self.eigvec_every = eigvec_every
         self.max_snapshots = max_snapshots
@@ -158,11 +119,10 @@ class RunBuffer:
             self._kernel = (step, kernel, outputs)
             self.version += 1
 
-    def set_status(self, status: str, reason: str = "") -> None:
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
+    def set_status(self, status: RunStatus, reason: str = "") -> None:
+        status = RunStatus(status)  # ValueError for an unknown one
         with self._lock:
-            self.attrs["status"] = status
+            self.attrs["status"] = status.value  # plain text, as in the files
             self.attrs["status_reason"] = reason
             self.version += 1
 
@@ -181,8 +141,8 @@ class RunBuffer:
         return len(self._steps)
 
     @property
-    def status(self) -> str:
-        return self.attrs["status"]
+    def status(self) -> RunStatus:
+        return RunStatus(self.attrs["status"])
 
     def rows(self, start: int = 0) -> dict[str, np.ndarray]:
         """Copies of the rows ``start:`` — scalars (r,), spectrum arrays (r, k), and ``step``."""
@@ -236,7 +196,7 @@ class RunBuffer:
         return step, K
 
     def snapshot(self) -> xr.Dataset:
-        """A consistent copy of everything so far as an xarray Dataset (CF attributes)."""
+        """A consistent copy of everything so far as an xarray Dataset (``schema.to_dataset``)."""
         with self._lock:
             n = self._len
             steps = self._steps[:n].copy()
@@ -247,160 +207,30 @@ class RunBuffer:
                                                                       np.float32)
             kept_kernel = self._kernel
             attrs = dict(self.attrs)
-        kernel = self._reordered(kept_kernel)
-        data_vars: dict[str, Any] = {}
-        for name, (long_name, units) in SCALARS.items():
-            data_vars[name] = ("step", scalars[name], {"long_name": long_name, "units": units})
-        for name, (long_name, units) in SPECTRUM.items():
-            data_vars[name] = (("step", "eig"), spectrum[name],
-                               {"long_name": long_name, "units": units})
-        data_vars["eigenvectors"] = (("snapshot", "eig", "sample"), snaps[:, : self.k],
-                                     {"long_name": "top-k NTK eigenvectors (u_iᵀy ≥ 0)",
-                                      "units": "1"})
-        if kernel is not None:
-            data_vars["kernel"] = (("sample", "sample_col"), kernel[1],
-                                   {"long_name": f"empirical NTK at step {kernel[0]}",
-                                    "units": "1", "step": int(kernel[0])})
-        row_attrs = {
-            "label": ("class index of the sample", "1"),
-            "target": ("training target of the kernel row", "1"),
-            "sample_index": ("sample of the kernel row", "1"),
-            "output_index": ("output of the kernel row", "1"),
-        }
-        for name, values in self.row_data.items():
-            long_name, units = row_attrs.get(name, (name, "1"))
-            data_vars[name] = ("sample", values, {"long_name": long_name, "units": units})
-        coords = {
-            "step": ("step", steps, {"long_name": "gradient-descent step", "units": "1"}),
-            "eig": ("eig", np.arange(self.k), {"long_name": "eigen-index (0 = top)", "units": "1"}),
-            "sample": ("sample", np.arange(self.m), {"long_name": "kernel row", "units": "1"}),
-            "snapshot_step": ("snapshot", snap_steps,
-                              {"long_name": "step of the eigenvector snapshot", "units": "1"}),
-        }
-        attrs["steps_done"] = int(n)
-        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+        return to_dataset(LogContents(steps, scalars, spectrum, snap_steps, snaps,
+                                      self._reordered(kept_kernel), self.row_data, attrs))
+
+    @classmethod
+    def from_dataset(cls, ds: xr.Dataset) -> RunBuffer:
+        """The log of a saved run, checked (``schema.check_run_dataset``; RunSchemaError), for
+        readers that show it as they would a live one. It takes no further steps."""
+        log = from_dataset(ds)
+        steps = len(log.steps)
+        buffer = cls(log.k, log.rows, log.attrs, max_snapshots=max(2, len(log.snapshot_steps) + 1),
+                     capacity=max(1, steps))
+        with buffer._lock:
+            buffer._len = steps
+            buffer._steps[:steps] = log.steps
+            for name, values in log.scalars.items():
+                buffer._scalars[name][:steps] = values
+            for name, values in log.spectrum.items():
+                buffer._spectrum[name][:steps] = values
+            buffer._snap_steps = [int(s) for s in log.snapshot_steps]
+            buffer._snaps = list(log.eigenvectors)
+            if log.kernel is not None:
+                buffer._kernel = (log.kernel[0], log.kernel[1], 0)
+            buffer.version += 1
+        return buffer
 
     def save(self, path: str | os.PathLike) -> Path:
         return save_run(self.snapshot(), path)
-
-
-class SaveError(OSError):
-    """A run could not be written (disk full, read-only folder, no permission ...). Nothing was
-    replaced: an earlier file at that path is unchanged, and the run is still in memory."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-_SAVE_REASONS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EROFS: "the folder is on a read-only file system",
-    errno.EACCES: "no permission to write in the folder",
-    errno.EPERM: "no permission to write in the folder",
-    errno.ENOENT: "the folder does not exist",
-    errno.ENOTDIR: "a part of the path is not a folder",
-    errno.EISDIR: "the path is a folder",
-}
-
-
-def save_reason(exc: OSError) -> str:
-    """Why a write failed, in words ("the disk is full")."""
-    return _SAVE_REASONS.get(exc.errno or 0, f"{type(exc).__name__}: {exc}")
-
-
-def save_error(path: Path, exc: OSError) -> SaveError:
-    """A SaveError that names the file and the cause of ``exc`` in words."""
-    return SaveError(exc.errno or 0, f"could not save {path.name}: {save_reason(exc)}; nothing "
-                     "was overwritten and the run is still in memory")
-
-
-def run_bytes(ds: xr.Dataset) -> bytes:
-    """The run as NetCDF-4 bytes (h5netcdf), built in memory."""
-    ready = _netcdf_ready(ds)
-    with _local_write_lock():
-        return bytes(ready.to_netcdf(engine="h5netcdf", encoding=_compression(ready)))
-
-
-def _local_write_lock() -> contextlib.AbstractContextManager:
-    """Inside a Dask worker xarray would guard the write with a cluster-wide lock named after
-    the target, which fails for an in-memory buffer; the data here is all in memory, so the
-    synchronous scheduler's process-local lock is the right one."""
-    try:
-        import dask
-    except ImportError:
-        return contextlib.nullcontext()
-    return dask.config.set(scheduler="synchronous")
-
-
-def _compression(ds: xr.Dataset) -> dict[str, dict]:
-    """zlib for the per-step arrays: their NaN on unmeasured steps, and the NaN padding of sweep
-    runs that stop early, shrink about tenfold at the fastest level. Dense matrices (kernel,
-    eigenvectors) barely compress and stay raw, so saving them stays fast."""
-    return {name: {"zlib": True, "complevel": 1, "shuffle": True}
-            for name, var in ds.variables.items()
-            if "step" in var.dims and var.dtype.kind in "fiu" and var.size >= 256}
-
-
-def save_run(ds: xr.Dataset, path: str | os.PathLike, mode: int = 0o644) -> Path:
-    """Write NetCDF atomically: the file is built in memory, written to a temporary file in the
-    same folder, flushed to disk, then renamed over ``path``; a crash or a full disk never
-    leaves a half-written run where a good one was. HDF5 itself never writes to the disk here:
-    an HDF5 file whose close failed on a full disk can crash the process later, when it is
-    garbage-collected. ``mode`` is the file's permission bits. Raises SaveError."""
-    path = Path(path)
-    data = run_bytes(ds)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nc", dir=path.parent)
-    except OSError as exc:
-        raise save_error(path, exc) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise save_error(path, exc) from exc
-        raise
-    _fsync_folder(path.parent)
-    return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable; some file systems cannot fsync a folder, which is harmless."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def load_run(path: str | os.PathLike) -> xr.Dataset:
-    """Open a saved run fully into memory (the file is closed on return). For trusted files
-    (the CLI, sweeps); the dashboard reads files from visitors through ``app.runfile``."""
-    with xr.open_dataset(path, engine="h5netcdf", decode_times=False,
-                         decode_timedelta=False) as ds:
-        return ds.load()
-
-
-def _netcdf_ready(ds: xr.Dataset) -> xr.Dataset:
-    """NetCDF attributes must be strings or numbers."""
-    out = ds.copy()
-    for key, value in list(out.attrs.items()):
-        if isinstance(value, bool):
-            out.attrs[key] = int(value)
-        elif isinstance(value, (dict, list, tuple)):
-            out.attrs[key] = json.dumps(value)
-        elif value is None:
-            out.attrs[key] = ""
-    return out

@@ -28,16 +28,17 @@ from ..numerics.hessian import HessianOperator, top_hessian_eigenpair
 from ..numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture
 from ..numerics.ntk.cost import CostEstimate, estimate_costs
 from ..numerics.ntk.exact import output_major_order
+from ..vocabulary import KernelKind, NTKMethod
 
 FRO_PROBES = 8
 
 
-def kernel_rows(n: int, num_outputs: int, kernel: str) -> int:
+def kernel_rows(n: int, num_outputs: int, kernel: KernelKind) -> int:
     return n if kernel == "traced" or num_outputs == 1 else n * num_outputs
 
 
 def resolve_ntk_mode(config: RunConfig, model: nn.Module, X: torch.Tensor,
-                     num_outputs: int) -> tuple[str, CostEstimate]:
+                     num_outputs: int) -> tuple[NTKMethod, CostEstimate]:
     """``auto`` picks the cheaper of exact and matrix-free by the FLOP model in ``ntk.cost``,
     provided the explicit kernel fits the memory budget; an explicit choice is kept."""
     estimate = estimate_costs(model, X, num_outputs, config.kernel, config.k)
@@ -56,7 +57,7 @@ class Measurement:
 
 
 class Measurer:
-    def __init__(self, config: RunConfig, Y: torch.Tensor, mode: str) -> None:
+    def __init__(self, config: RunConfig, Y: torch.Tensor, mode: NTKMethod) -> None:
         self.config = config
         self.mode = mode
         n, C = Y.shape

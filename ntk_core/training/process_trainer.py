@@ -6,10 +6,11 @@ waits for it after every torch call, about a thousand times a step. ``ProcessTra
 ``Trainer`` into a child process that has its own interpreter and keeps the parent's side to one
 blocking pipe read per step.
 
-It has the ``Trainer`` interface that a driver loop uses: ``step()``, ``set_lr()``, ``buffer``,
-``status``, ``finished``, ``size``, plus ``sync()`` and ``close()``. The parent sends one command
-per step and waits for the step's record, which it appends to its mirror buffer; so the caller
-still decides when each step happens (training slots, pauses, speed caps stay in the caller).
+Like ``Trainer`` it is a ``SteppableRun`` (``step()``, ``set_lr()``, ``buffer``, ``status``,
+``finished``, ``size``, ``sync()``, ``close()``). The parent sends one request per step
+(``messages``) and waits for the step's record, which it appends to its mirror buffer; so the
+caller still decides when each step happens (training slots, pauses, speed caps stay in the
+caller).
 ``step(ahead=2)`` leaves two more steps queued in the child, so that it starts the next step
 while the parent is still waiting for its GIL to collect the last one; ``sync()`` collects them.
 
@@ -43,9 +44,23 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, RunConfig
+from ..vocabulary import RunStatus
 from .allocator import keep_freed_memory
 from .buffer import RunBuffer, StepRecord
-from .trainer import KERNEL_KEEP_MAX_ROWS, TERMINAL, LoggedRun, Trainer, checked_lr
+from .messages import (
+    BuildFailed,
+    FromChild,
+    KernelReply,
+    KernelRequest,
+    KernelWritten,
+    Ready,
+    StepReply,
+    StepRequest,
+    Stop,
+    ToChild,
+)
+from .protocol import LoggedRun
+from .trainer import KERNEL_KEEP_MAX_ROWS, Trainer, checked_lr
 
 # the dashboard redraws its matrices once a second: a fresher kernel would never be seen
 KERNEL_INTERVAL_S = 0.25
@@ -157,21 +172,19 @@ class ProcessTrainer(LoggedRun):
         self._last_kernel_step = -1
         self._in_flight: deque[bool] = deque()  # queued steps: whether each asked for K
         try:
-            reply = self._receive()
-            if reply[0] == "error":
-                _, kind, message = reply
-                raise ConfigError(message) if kind == "ConfigError" else \
-                    TrainingProcessError(f"{kind}: {message}")
-            meta: dict[str, Any] = reply[1]
-            self._map_kernel(meta["kernel_path"], meta["kernel_rows"])
+            ready = self._receive()
+            if isinstance(ready, BuildFailed):
+                raise ConfigError(ready.message) if ready.kind == ConfigError.__name__ else \
+                    TrainingProcessError(f"{ready.kind}: {ready.message}")
+            assert isinstance(ready, Ready), ready
+            self._map_kernel(ready.kernel_path, ready.kernel_rows)
         except BaseException:
             self.close()
             raise
-        self.size: tuple[int, int] = meta["size"]
-        self.threads: int = meta["threads"]  # the child's torch threads
-        self.buffer = RunBuffer(meta["k"], meta["rows"], meta["attrs"],
-                                eigvec_every=meta["eigvec_every"],
-                                max_snapshots=meta["max_snapshots"], capacity=meta["capacity"])
+        self.size: tuple[int, int] = ready.size
+        self.threads: int = ready.threads  # the child's torch threads
+        self.buffer = RunBuffer(ready.k, ready.rows, ready.attrs, eigvec_every=ready.eigvec_every,
+                                max_snapshots=ready.max_snapshots, capacity=ready.capacity)
 
     def _map_kernel(self, path: str | None, rows: int) -> None:
         if path is None:
@@ -184,7 +197,7 @@ class ProcessTrainer(LoggedRun):
                 os.unlink(path)
         self._kernel = np.frombuffer(self._kernel_map, np.float32).reshape(rows, rows)
 
-    # ---- the Trainer interface -------------------------------------------------------------
+    # ---- the SteppableRun interface --------------------------------------------------------
     def set_lr(self, lr: float) -> None:
         """η from the next step on (checked here, applied by the child with the next step)."""
         self.lr = checked_lr(lr)
@@ -209,9 +222,9 @@ class ProcessTrainer(LoggedRun):
         except TrainingProcessError as exc:
             self._in_flight.clear()
             if not isinstance(exc, TrainingCancelled):  # a cancelled run keeps its status
-                self.buffer.set_status("failed", str(exc))
+                self.buffer.set_status(RunStatus.FAILED, str(exc))
             return StepRecord(len(self.buffer), {})
-        if self.finished and self.status != "failed" and record.kernel is None:
+        if self.finished and self.status != RunStatus.FAILED and record.kernel is None:
             self.sync()  # the end of the run keeps its last kernel
         return record
 
@@ -224,21 +237,22 @@ class ProcessTrainer(LoggedRun):
         # one kernel on its way at a time: the child writes the map only when asked, and it is
         # asked again only after this process has copied the last one out
         want_kernel = bool(want_kernel) and self._kernel is not None and not kernel_on_its_way
-        self._send(("step", self.lr, want_kernel))
+        self._send(StepRequest(self.lr, want_kernel))
         self._in_flight.append(want_kernel)
 
-    def _absorb(self, reply: tuple) -> StepRecord:
+    def _absorb(self, reply: FromChild) -> StepRecord:
         """Mirror one step's reply into ``buffer``."""
+        assert isinstance(reply, StepReply), reply
         self._in_flight.popleft()
-        _, record, kernel, status, reason, traceback = reply
-        if kernel is not None:
-            record.kernel, record.kernel_outputs = self._take_kernel(kernel)
+        record = reply.record
         if record is not None:
+            if reply.kernel is not None:
+                record.kernel, record.kernel_outputs = self._take_kernel(reply.kernel)
             self.buffer.append(record)
-        if traceback:
-            self.buffer.set_attr("traceback", traceback)
-        if status in TERMINAL and self.status not in TERMINAL:
-            self.buffer.set_status(status, reason)
+        if reply.traceback:
+            self.buffer.set_attr("traceback", reply.traceback)
+        if reply.status.terminal and not self.finished:
+            self.buffer.set_status(reply.status, reply.reason)
         return record if record is not None else StepRecord(len(self.buffer), {})
 
     def sync(self) -> None:
@@ -251,30 +265,30 @@ class ProcessTrainer(LoggedRun):
                 self._absorb(self._receive())
             if self._kernel is None:
                 return
-            self._send(("kernel",))
-            _, kernel = self._receive()
+            self._send(KernelRequest())
+            reply = self._receive()
         except TrainingProcessError as exc:
             self._in_flight.clear()
             if not self.finished and not isinstance(exc, TrainingCancelled):
-                self.buffer.set_status("failed", str(exc))
+                self.buffer.set_status(RunStatus.FAILED, str(exc))
             return
-        if kernel is not None and kernel[0] > self._last_kernel_step:
-            self.buffer.set_kernel(kernel[0], *self._take_kernel(kernel))
+        assert isinstance(reply, KernelReply), reply
+        if reply.kernel is not None and reply.kernel.step > self._last_kernel_step:
+            self.buffer.set_kernel(reply.kernel.step, *self._take_kernel(reply.kernel))
 
-    def _take_kernel(self, kernel: tuple[int, int]) -> tuple[np.ndarray, int]:
-        """(K, its row order) copied out of the map for the child's (step, outputs) reply."""
-        step, outputs = kernel
+    def _take_kernel(self, kernel: KernelWritten) -> tuple[np.ndarray, int]:
+        """(K, its row order) copied out of the map, where the child wrote ``kernel``."""
         assert self._kernel is not None
         self._kernel_sent = time.monotonic()
-        self._last_kernel_step = step
-        return self._kernel.copy(), outputs  # the child overwrites the map on a later request
+        self._last_kernel_step = kernel.step
+        return self._kernel.copy(), kernel.outputs  # the child overwrites the map when asked
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the child (after the step in progress, or killed after a second) and free
         the map. The mirrored buffer stays."""
         if not self._conn.closed:
             with contextlib.suppress(OSError, ValueError):
-                self._conn.send(("stop",))
+                self._conn.send(Stop())
             self._conn.close()
         self.process.join(min(timeout, 1.0))
         if self.process.is_alive():
@@ -286,7 +300,7 @@ class ProcessTrainer(LoggedRun):
                 self._kernel_map.close()
             self._kernel_map = None
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: ToChild) -> None:
         try:
             self._conn.send(message)
         except OSError:  # a broken pipe: the child is gone
@@ -297,7 +311,7 @@ class ProcessTrainer(LoggedRun):
         return TrainingProcessError(
             f"the training process ended unexpectedly (exit code {self.process.exitcode})")
 
-    def _receive(self) -> tuple:
+    def _receive(self) -> FromChild:
         """The child's next message; raises TrainingProcessError when it died or the wait
         was cancelled (the child is then killed)."""
         try:
@@ -332,8 +346,8 @@ def _child_main(conn: Connection, config: RunConfig, threads: int, own_session: 
     try:
         trainer = Trainer(config)
     except Exception as exc:  # ConfigError, a bad data folder, out of memory ...
-        conn.send(("error", "ConfigError" if isinstance(exc, ConfigError) else type(exc).__name__,
-                   str(exc)))
+        conn.send(BuildFailed(type(exc).__name__ if not isinstance(exc, ConfigError)
+                              else ConfigError.__name__, str(exc)))
         return
     trainer.copy_kernels = False
     rows = trainer.buffer.m
@@ -342,12 +356,11 @@ def _child_main(conn: Connection, config: RunConfig, threads: int, own_session: 
         if trainer.mode == "exact" and rows <= KERNEL_KEEP_MAX_ROWS:  # an explicit K is kept
             kernel_path, kernel = _kernel_map(rows)
         buffer = trainer.buffer
-        conn.send(("ready", {"k": buffer.k, "rows": buffer.row_data, "attrs": buffer.attrs,
-                             "eigvec_every": buffer.eigvec_every,
-                             "max_snapshots": buffer.max_snapshots,
-                             "capacity": buffer.capacity, "size": trainer.size,
-                             "threads": torch.get_num_threads(),
-                             "kernel_path": kernel_path, "kernel_rows": rows}))
+        conn.send(Ready(k=buffer.k, rows=buffer.row_data, attrs=buffer.attrs,
+                        eigvec_every=buffer.eigvec_every, max_snapshots=buffer.max_snapshots,
+                        capacity=buffer.capacity, size=trainer.size,
+                        threads=torch.get_num_threads(), kernel_path=kernel_path,
+                        kernel_rows=rows))
         _serve(conn, trainer, kernel)
     except (EOFError, OSError, KeyboardInterrupt):
         pass  # the parent went away
@@ -377,35 +390,36 @@ def _kernel_map(rows: int) -> tuple[str | None, torch.Tensor | None]:
 
 
 def _serve(conn: Connection, trainer: Trainer, kernel: torch.Tensor | None) -> None:
-    def write_kernel() -> tuple[int, int] | None:
+    def write_kernel() -> KernelWritten | None:
         latest = trainer.latest_kernel
         if kernel is None or latest is None or latest[1].shape != kernel.shape:
             return None
         kernel.copy_(latest[1])
-        return latest[0], latest[2]
+        return KernelWritten(step=latest[0], outputs=latest[2])
+
+    def reply(record: StepRecord | None, written: KernelWritten | None) -> StepReply:
+        buffer = trainer.buffer
+        failed = buffer.status == RunStatus.FAILED
+        return StepReply(record, written, buffer.status, buffer.attrs.get("status_reason", ""),
+                         buffer.attrs.get("traceback", "") if failed else "")
 
     while True:
-        message = conn.recv()
-        if message[0] == "stop":
-            return
-        if message[0] == "kernel":
-            conn.send(("kernel", write_kernel()))
-            continue
-        _, lr, want_kernel = message
-        if trainer.finished:  # a step queued before the parent saw the end
-            conn.send(("record", None, None, trainer.buffer.status,
-                       trainer.buffer.attrs.get("status_reason", ""), ""))
-            continue
-        if lr != trainer.lr:
-            trainer.set_lr(lr)
-        before = len(trainer.buffer)
-        record = trainer.step()
-        appended = len(trainer.buffer) > before
-        sent_kernel = None
-        if want_kernel and appended and trainer.latest_kernel is not None \
-                and trainer.latest_kernel[0] == record.step:
-            sent_kernel = write_kernel()
-        buffer = trainer.buffer
-        conn.send(("record", record if appended else None, sent_kernel, buffer.status,
-                   buffer.attrs.get("status_reason", ""),
-                   buffer.attrs.get("traceback", "") if buffer.status == "failed" else ""))
+        message: ToChild = conn.recv()
+        match message:
+            case Stop():
+                return
+            case KernelRequest():
+                conn.send(KernelReply(write_kernel()))
+            case StepRequest() if trainer.finished:  # queued before the parent saw the end
+                conn.send(reply(None, None))
+            case StepRequest(lr=lr, want_kernel=want_kernel):
+                if lr != trainer.lr:
+                    trainer.set_lr(lr)
+                before = len(trainer.buffer)
+                record = trainer.step()
+                appended = len(trainer.buffer) > before
+                written = None
+                if want_kernel and appended and trainer.latest_kernel is not None \
+                        and trainer.latest_kernel[0] == record.step:
+                    written = write_kernel()
+                conn.send(reply(record if appended else None, written))

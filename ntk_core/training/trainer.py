@@ -27,16 +27,16 @@ from ..config import ConfigError, RunConfig
 from ..data import Dataset, load_dataset
 from ..models import build_model
 from ..numerics.losses import accuracy, loss_value, residual
+from ..version import __version__
+from ..vocabulary import RunStatus
 from .buffer import RunBuffer, StepRecord
 from .measurer import Measurer, kernel_rows, resolve_ntk_mode
+from .protocol import LoggedRun
 
-TERMINAL = ("completed", "reached_target", "diverged", "stopped", "failed")
 KERNEL_KEEP_MAX_ROWS = 4096  # keep the explicit K in the log up to this size
 
 
 def versions() -> dict[str, str]:
-    from .. import __version__
-
     return {"ntk_eos": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "xarray": xr.__version__, "python": platform.python_version()}
 
@@ -49,20 +49,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class LoggedRun:
-    """The state a driver reads from a run's log: ``Trainer`` and ``ProcessTrainer`` share it."""
-
-    buffer: RunBuffer
-
-    @property
-    def status(self) -> str:
-        return self.buffer.status
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL
-
-
 def checked_lr(lr: float) -> float:
     """``lr`` as a float; ValueError unless it is a positive finite number."""
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -71,7 +57,8 @@ def checked_lr(lr: float) -> float:
 
 
 class Trainer(LoggedRun):
-    """Trains ``config`` step by step and logs every step into ``self.buffer``.
+    """Trains ``config`` step by step in this process and logs every step into ``self.buffer``
+    (a ``SteppableRun``).
 
     ``step()`` advances one step and returns its record; ``run()`` loops until a stop;
     ``stop()`` (thread-safe) ends a running loop after the current step. ``dataset`` is the
@@ -154,11 +141,18 @@ class Trainer(LoggedRun):
     def stop(self) -> None:
         self._stop_event.set()
 
+    def sync(self) -> None:
+        """Nothing to collect: a step in this process is in the log when ``step`` returns."""
+
+    def close(self) -> None:
+        """Nothing to free: the model and the log are this process's objects."""
+
     # ---- one step ------------------------------------------------------------------------
-    def step(self) -> StepRecord:
+    def step(self, *, ahead: int = 0) -> StepRecord:
         """One step. Any error inside it ends the run as ``failed`` with the error as its reason
         and the traceback in the ``traceback`` attribute; every step before it is kept (a failed
-        measurement keeps its step's loss too)."""
+        measurement keeps its step's loss too). ``ahead`` is for runs in a child process, which
+        can queue steps; here every step happens in the call."""
         if self.finished:
             raise RuntimeError(f"the run has ended ({self.status}); reset to start again")
         t = self.step_index
@@ -166,7 +160,8 @@ class Trainer(LoggedRun):
             return self._step()
         except Exception as exc:  # a bug, out of memory, a bad kernel: the log so far stays
             self.buffer.set_attr("traceback", traceback.format_exc(limit=8))
-            self.buffer.set_status("failed", f"step {t} failed: {type(exc).__name__}: {exc}")
+            self.buffer.set_status(RunStatus.FAILED,
+                                   f"step {t} failed: {type(exc).__name__}: {exc}")
             return StepRecord(t, {})
 
     def _step(self) -> StepRecord:
@@ -189,7 +184,7 @@ class Trainer(LoggedRun):
         record = StepRecord(t, scalars)
         diverged = self._diverged(loss)
         if diverged:
-            return self._finish(record, t0, "diverged", diverged)
+            return self._finish(record, t0, RunStatus.DIVERGED, diverged)
         grads = torch.autograd.grad(L, self.params, create_graph=measuring and
                                     self.config.sharpness, retain_graph=measuring)
         if measuring:
@@ -200,7 +195,7 @@ class Trainer(LoggedRun):
             except Exception as exc:  # a failed measurement ends the run; the log so far is kept
                 reason = f"measurement failed at step {t}: {type(exc).__name__}: {exc}"
                 self.buffer.set_attr("traceback", traceback.format_exc(limit=8))
-                return self._finish(record, t0, "failed", reason)
+                return self._finish(record, t0, RunStatus.FAILED, reason)
             scalars.update(m.scalars)
             scalars["measured"] = 1.0
             scalars["time_measure"] = time.perf_counter() - tm
@@ -221,11 +216,12 @@ class Trainer(LoggedRun):
         scalars["time_step"] = time.perf_counter() - t0
         self.buffer.append(record)
         if self.config.target_loss is not None and loss <= self.config.target_loss:
-            self.buffer.set_status("reached_target",
+            self.buffer.set_status(RunStatus.REACHED_TARGET,
                                    f"loss {loss:.4g} ≤ target {self.config.target_loss:g} at "
                                    f"step {t}")
         elif self.step_index >= self.config.steps:
-            self.buffer.set_status("completed", f"step budget of {self.config.steps} reached")
+            self.buffer.set_status(RunStatus.COMPLETED,
+                                   f"step budget of {self.config.steps} reached")
         return record
 
     def _diverged(self, loss: float) -> str:
@@ -238,7 +234,8 @@ class Trainer(LoggedRun):
                     f"{self.config.divergence_factor:g}× its initial value")
         return ""
 
-    def _finish(self, record: StepRecord, t0: float, status: str, reason: str) -> StepRecord:
+    def _finish(self, record: StepRecord, t0: float, status: RunStatus, reason: str
+                ) -> StepRecord:
         record.scalars["time_step"] = time.perf_counter() - t0
         self.buffer.append(record)
         self.buffer.set_status(status, reason)
@@ -263,16 +260,18 @@ class Trainer(LoggedRun):
         after each step may return False to stop early."""
         self._stop_event.clear()
         if not self.finished:
-            self.buffer.set_status("running")
+            self.buffer.set_status(RunStatus.RUNNING)
         while not self.finished:
             if self._stop_event.is_set():
-                self.buffer.set_status("stopped", f"stopped by request at step {self.step_index}")
+                self.buffer.set_status(RunStatus.STOPPED,
+                                       f"stopped by request at step {self.step_index}")
                 break
             record = self.step()
-            if self.status == "failed":
+            if self.status == RunStatus.FAILED:
                 break
             if callback is not None and callback(record) is False:
-                self.buffer.set_status("stopped", f"stopped by callback at step {record.step}")
+                self.buffer.set_status(RunStatus.STOPPED,
+                                       f"stopped by callback at step {record.step}")
                 break
         return self.dataset
 

@@ -20,15 +20,9 @@ from panel.io.location import Location
 from support import wait_for
 
 from app.dashboard import Dashboard
-from app.files.runs import (
-    RunFileError,
-    buffer_from_dataset,
-    csv_bytes,
-    keep_run,
-    lr_history_label,
-    read_run_bytes,
-)
+from app.files.runs import RunFileError, csv_bytes, read_run_bytes
 from app.server.launch import serve, serve_command
+from app.session.kept_runs import keep_run, lr_history_label
 from app.session.runner import TrainingRun, status_line, training_threads
 from app.session.settings import BOUNDS, CONTROL_FIELDS, RunSettings, round_lr
 from app.views.plots import (
@@ -42,7 +36,8 @@ from app.views.plots import (
 )
 from ntk_core import RunConfig, Trainer
 from ntk_core.presets import DEFAULT_PRESET, load_preset
-from ntk_core.training.buffer import SCALARS, RunBuffer, StepRecord
+from ntk_core.training.buffer import RunBuffer, StepRecord
+from ntk_core.training.schema import SCALARS
 
 pytestmark = pytest.mark.timeout(120)
 hv.extension("bokeh")
@@ -273,7 +268,7 @@ def test_netcdf_and_csv_exports_round_trip(dash: Dashboard) -> None:
     ds = read_run_bytes(dash._download_netcdf().getvalue())
     assert {"loss", "sharpness", "eigenvectors", "kernel", "label"} <= set(ds.variables)
     assert ds.sizes["step"] == 3
-    rebuilt = buffer_from_dataset(ds)
+    rebuilt = RunBuffer.from_dataset(ds)
     for name, values in buffer.rows(0).items():
         np.testing.assert_array_equal(rebuilt.rows(0)[name], values, err_msg=name)
     assert rebuilt.latest_kernel()[0] == buffer.latest_kernel()[0]

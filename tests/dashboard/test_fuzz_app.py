@@ -15,11 +15,12 @@ from panel.io.location import Location
 
 from app.dashboard import Dashboard
 from app.files.runfile import READ_SECONDS
-from app.files.runs import RunFileError, buffer_from_dataset, read_run_bytes
+from app.files.runs import RunFileError, read_run_bytes
 from app.session.runner import training_threads
 from app.session.settings import BOUNDS, CONTROL_FIELDS, RunSettings
 from ntk_core import RunConfig, Trainer
-from ntk_core.training.buffer import run_bytes
+from ntk_core.training.buffer import RunBuffer
+from ntk_core.training.netcdf import run_bytes
 
 pytestmark = pytest.mark.timeout(900)
 FUZZ = settings(max_examples=500, deadline=None,
@@ -100,7 +101,7 @@ def _read(data: bytes) -> None:
     except RunFileError as exc:
         assert str(exc) and len(str(exc)) <= 500
     else:
-        assert len(buffer_from_dataset(ds)) == ds.sizes["step"]
+        assert len(RunBuffer.from_dataset(ds)) == ds.sizes["step"]
     assert time.perf_counter() - started < READ_SECONDS + 5
 
 

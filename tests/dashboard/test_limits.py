@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import expect
 from support import free_port, stop_process, wait_for
 
+from app.cli import main as cli_main
 from app.dashboard import Dashboard
 from app.main import create_app
 from app.server.browser_patches import MARKER
@@ -25,7 +26,6 @@ from app.session import limits as server_limits
 from app.session.limits import HOSTED_CAPS, ServerLimits, SessionRegistry, TrainingSlots, has_viewers
 from app.session.runner import RunController, TrainingRun, training_threads
 from app.session.settings import RunSettings
-from ntk_core.cli import main as cli_main
 from ntk_core.config import ConfigError, RunConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -509,7 +509,7 @@ SAME_CSS_JS = """() => {
 @pytest.mark.timeout(300)
 def test_served_page_skips_rewriting_identical_bokeh_stylesheets(
         served_one_place: tuple[str, Path], browser) -> None:
-    """``app.browser_patches``: an unchanged stylesheet is not written again (each write made
+    """``app.server.browser_patches``: an unchanged stylesheet is not written again (each write made
     Chromium recompute styles at every paint); a changed one still is."""
     url, _ = served_one_place
     page = browser.new_page()

@@ -26,7 +26,7 @@ from app.views.sweep_view import (
 from ntk_core.config import RunConfig
 from ntk_core.experiments.sweep import sweep
 from ntk_core.experiments.sweep_summary import final_by_lr
-from ntk_core.training.buffer import save_run
+from ntk_core.training.netcdf import save_run
 
 pytestmark = pytest.mark.timeout(120)
 

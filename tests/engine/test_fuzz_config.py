@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ntk_core import ConfigError, RunConfig
-from ntk_core.cli import build_parser, config_from_args
+from ntk_core.cli import build_parser
+from ntk_core.cli.options import config_from_args
 from ntk_core.config import option_names
 
 NAMES = option_names()

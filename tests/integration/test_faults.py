@@ -19,15 +19,15 @@ import xarray as xr
 
 from app.dashboard import Dashboard
 from app.files import runfile
-from app.files.runs import RunFileError, buffer_from_dataset, read_run_bytes, run_schema
+from app.files.runs import RunFileError, read_run_bytes, run_schema
 from app.files.storage import RunStore, StorageError
 from app.session.runner import TrainingRun, training_threads
 from app.session.settings import RunSettings
 from app.views.server_files import ServerFiles
-from ntk_core import RunConfig, Trainer
+from ntk_core import RunBuffer, RunConfig, Trainer
 from ntk_core.cli import main as cli_main
-from ntk_core.training import buffer as buffer_module
-from ntk_core.training.buffer import SaveError, run_bytes, save_run
+from ntk_core.training import netcdf as netcdf_module
+from ntk_core.training.netcdf import SaveError, run_bytes, save_run
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -119,7 +119,7 @@ def test_a_killed_training_thread_leaves_a_failed_run_with_its_steps(thread_trai
         assert run.wait_idle(60)
         steps = run.buffer.rows(0)["step"].copy()
 
-        def killed() -> None:
+        def killed(*, ahead: int = 0) -> None:
             raise Killed("thread killed")
 
         run.trainer.step = killed
@@ -137,7 +137,7 @@ def test_a_killed_training_thread_leaves_a_failed_run_with_its_steps(thread_trai
 # ---- damaged and hostile files -----------------------------------------------------------------
 def test_a_valid_run_file_round_trips(run_file: bytes) -> None:
     ds = read_run_bytes(run_file)
-    rebuilt = buffer_from_dataset(ds)
+    rebuilt = RunBuffer.from_dataset(ds)
     assert len(rebuilt) == 3 and rebuilt.latest_kernel() is not None
 
 
@@ -314,7 +314,7 @@ def test_store_saves_lists_and_loads_without_replacing(store: RunStore, run_file
 
 def test_dashboard_server_files_refuse_traversal(store: RunStore, run_file: bytes) -> None:
     messages: list[tuple[str, str]] = []
-    buffer = buffer_from_dataset(read_run_bytes(run_file))
+    buffer = RunBuffer.from_dataset(read_run_bytes(run_file))
     files = ServerFiles(store, lambda: buffer, lambda ds, name: messages.append(("open", name)),
                         lambda text, kind: messages.append((kind, text)))
     files.name_input.value = "../../outside"
@@ -346,7 +346,7 @@ def test_a_failed_write_keeps_the_old_file_and_the_run(monkeypatch, tmp_path: Pa
     old = path.read_bytes()
     trainer.step()
     rows = trainer.buffer.rows(0)
-    monkeypatch.setattr(buffer_module.os, "fsync", _fail_with(code))
+    monkeypatch.setattr(netcdf_module.os, "fsync", _fail_with(code))
     with pytest.raises(SaveError, match=words) as info:
         trainer.buffer.save(path)
     assert "nothing was overwritten" in str(info.value) and info.value.errno == code
@@ -361,7 +361,7 @@ def test_a_read_only_folder(monkeypatch, tmp_path: Path) -> None:
     folder.mkdir()
     ds = trained(2).buffer.snapshot()
     if os.geteuid() == 0:  # root ignores permission bits: stand in the error a read-only fs gives
-        monkeypatch.setattr(buffer_module.tempfile, "mkstemp", _fail_with(errno.EROFS))
+        monkeypatch.setattr(netcdf_module.tempfile, "mkstemp", _fail_with(errno.EROFS))
         words = "read-only"
     else:
         folder.chmod(0o500)
@@ -403,9 +403,9 @@ def test_a_really_full_disk(full_disk: Path, run_file: bytes) -> None:
 
 def test_cli_refuses_an_unwritable_out_before_training(monkeypatch, tmp_path: Path,
                                                        capsys) -> None:
-    import ntk_core.cli as cli
+    import ntk_core.cli.run as cli_run
 
-    monkeypatch.setattr(cli.tempfile, "NamedTemporaryFile", _fail_with(errno.EROFS))
+    monkeypatch.setattr(cli_run.tempfile, "NamedTemporaryFile", _fail_with(errno.EROFS))
     started = time.perf_counter()
     code = cli_main(["run", *CLI_FLAGS, "--out", str(tmp_path / "out" / "run.nc")])
     assert code == 2
@@ -422,7 +422,7 @@ def test_cli_saves_elsewhere_when_the_save_fails(monkeypatch, tmp_path: Path, ca
             raise OSError(errno.ENOSPC, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(buffer_module.os, "replace", replace)
+    monkeypatch.setattr(netcdf_module.os, "replace", replace)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "fallback"))
     (tmp_path / "fallback").mkdir()
     code = cli_main(["run", *CLI_FLAGS, "--out", str(out)])
@@ -446,7 +446,7 @@ def test_an_injected_error_does_not_lose_a_saved_run(tmp_path: Path, run_file: b
 
     import unittest.mock as mock
 
-    with mock.patch.object(buffer_module.os, "fdopen", interrupted), \
+    with mock.patch.object(netcdf_module.os, "fdopen", interrupted), \
             pytest.raises(KeyboardInterrupt):
         save_run(ds, path)
     assert path.read_bytes() == run_file and [p.name for p in tmp_path.iterdir()] == ["run.nc"]

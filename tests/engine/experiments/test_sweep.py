@@ -10,8 +10,10 @@ import pytest
 import xarray as xr
 
 from ntk_core import RunConfig
+from ntk_core.cli.sweep import main, parse_grid
 from ntk_core.config import ConfigError
-from ntk_core.experiments.sweep import grid_points, main, parse_grid, run_name, sweep
+from ntk_core.experiments.sweep import run_name, sweep
+from ntk_core.grid import grid_points
 
 TINY = RunConfig(dataset="digits", classes=(0, 1, 2, 3), n=32, width=16, k=5, kernel="traced",
                  steps=40, sharpness=False)

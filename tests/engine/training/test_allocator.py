@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = """
 import resource, sys, torch
-from ntk_core.allocator import keep_freed_memory
+from ntk_core.training.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 def cycle():  # a step's worth of 2 MB arrays, all freed at its end
     arrays = [torch.ones(1 << 18, dtype=torch.float64) for _ in range(10)]

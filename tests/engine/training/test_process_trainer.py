@@ -1,4 +1,4 @@
-"""Training in a child process (``ntk_core.process_trainer``): the mirror matches an in-process
+"""Training in a child process (``ntk_core.training.process_trainer``): the mirror matches an in-process
 ``Trainer`` exactly, queued steps and η changes, the kernel after a pause and at the end, a
 child that dies or fails to build, cancelling a build, and a served run's process ending with
 its run."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ntk_core import ConfigError, RunConfig, Trainer, load_run, run, save_run
-from ntk_core.training.buffer import SCALARS, SPECTRUM
+from ntk_core.training.schema import SCALARS, SPECTRUM
 
 SMALL = dict(dataset="digits", n=64, classes=(0, 1, 2, 3), width=32, depth=2, k=5)
 

@@ -1,11 +1,12 @@
-"""The ntk-eos command line, as a user runs it, and the presets it reads."""
+"""The ntk-eos command line, as a user runs it (the console script, with the dashboard's
+``serve``), and the presets it reads."""
 
 from __future__ import annotations
 
 import pytest
 
+from app.cli import main
 from ntk_core import load_run
-from ntk_core.cli import main
 from ntk_core.presets import load_preset, preset_names
 
 
@@ -60,7 +61,7 @@ def test_the_summary_reads_measured_steps_without_spreading_the_snapshots(tmp_pa
     the default preset's 1500 steps. The summary selects the measured steps instead."""
     import tracemalloc
 
-    from ntk_core.cli import summarize
+    from ntk_core.cli.summary import summarize
 
     out = tmp_path / "run.nc"
     assert main(["run", "--n", "48", "--classes", "0,1,2,3", "--width", "16", "--k", "4",
