@@ -81,7 +81,12 @@ def check_library(ns: dict, folder: Path) -> None:
     # reached the stability threshold 2/η and hovers there
     S, threshold = ns["S"], 2 / cfg.lr
     assert 0.85 * threshold < S < 1.3 * threshold, S
-    assert plt.gca().lines, "the snippet drew the sharpness curve"
+    axes = plt.gca()
+    assert len(axes.lines) == 2, "the snippet drew 2/η and the sharpness"
+    np.testing.assert_allclose(axes.lines[0].get_ydata(), 2 / ds.lr.values)
+    np.testing.assert_allclose(axes.lines[1].get_ydata(), ds.sharpness.values)
+    label = axes.get_ylabel().replace("\n", " ")  # xarray wraps long labels
+    assert label == f"{ds.sharpness.attrs['long_name']} [1]", "the axis says what it shows"
     saved = load_run(folder / "run.nc")
     np.testing.assert_array_equal(saved.sharpness.values, ds.sharpness.values)
     plt.close("all")
