@@ -77,7 +77,13 @@ def top_hessian_eigenpair(op: HessianOperator, start: torch.Tensor | None = None
 
 def hessian_sharpness(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: str = "mse",
                       tol: float = 1e-6) -> float:
-    """λ_max of the Hessian of L = (1/2n) Σ‖f − y‖² (or mean cross-entropy) at the current weights."""
+    """λ_max of the Hessian of L = (1/2n) Σ‖f − y‖² (or mean cross-entropy) at the current weights.
+
+    ``Y``: (n, C) targets, (n,) for a single-output model, or integer class labels (n,) for a
+    C-output one (``losses.as_targets``); other shapes are a ValueError. ``tol`` bounds the
+    relative error of the eigenvalue (the solver's Kato–Temple bound, run to tol/3)."""
+    if not 0 < tol < 1:
+        raise ValueError(f"tol: must be in (0, 1), got {tol}")
     params = [p for p in model.parameters() if p.requires_grad]
     L = loss_value(model(X), Y, loss)
     grads = torch.autograd.grad(L, params, create_graph=True)

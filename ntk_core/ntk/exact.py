@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from ..losses import as_outputs
+
+KERNELS = ("full", "traced")
 RULE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
@@ -103,7 +106,9 @@ def kernel_from_capture(model: nn.Module, X: torch.Tensor, f: torch.Tensor,
     the loss through it. The returned tensor lives in ``workspace`` and is overwritten by the
     next call with the same workspace.
     """
+    check_kernel(kernel)
     ws = workspace or NTKWorkspace()
+    f = as_outputs(f)  # a single-output model may return (n,)
     n, C = f.shape
     m = n if kernel == "traced" or C == 1 else n * C
     K = ws.get("K", (m, m), f)
@@ -133,6 +138,11 @@ def kernel_from_capture(model: nn.Module, X: torch.Tensor, f: torch.Tensor,
     if rest:
         _add_fallback(K, model, X, dict(rest), kernel, chunk, output_major)
     return K
+
+
+def check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: expected full or traced, got {kernel!r}")
 
 
 def _output_deltas(f: torch.Tensor, outputs: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
@@ -257,7 +267,7 @@ def per_sample_jacobian(model: nn.Module, X: torch.Tensor, params: dict[str, tor
     detached = {k: v.detach() for k, v in params.items()}
 
     def single(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, {**frozen, **p}, (x.unsqueeze(0),)).squeeze(0)
+        return as_outputs(functional_call(model, {**frozen, **p}, (x.unsqueeze(0),)))[0]
 
     jac_fn = vmap(jacrev(single), in_dims=(None, 0))
     blocks = []
@@ -270,7 +280,10 @@ def per_sample_jacobian(model: nn.Module, X: torch.Tensor, params: dict[str, tor
 def empirical_ntk(model: nn.Module, X: torch.Tensor, kernel: str = "full") -> torch.Tensor:
     """Exact empirical NTK of ``model`` on ``X``: (n·C) × (n·C) sample-major, or n × n when C = 1.
 
-    ``kernel="traced"`` gives the output-traced Σ_c K_cc instead. Returns a fresh tensor.
+    ``kernel="traced"`` gives the output-traced Σ_c K_cc instead. The model's outputs are (n, C),
+    or (n,) for one output. Targets that go with the full kernel are (n, C) (row i·C + c of
+    vec(Y)); with an n × n kernel, (n,) or (n, C): see ``losses.kernel_targets``. Returns a fresh
+    tensor.
     """
     with LayerCapture(model) as capture:
         f = model(X)
