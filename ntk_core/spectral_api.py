@@ -10,17 +10,19 @@ from torch import nn
 from .losses import as_outputs
 from .ntk import NTKOperator, empirical_ntk
 from .ntk.cost import estimate_costs
+from .ntk.exact import check_kernel
 from .spectral import DEFAULT_TOL, kernel_eigenpairs
 
 
 def ntk_eigenpairs(model: nn.Module, X: torch.Tensor, k: int, mode: str = "auto",
-                   tol: float | None = None,
-                   solver: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k eigenpairs of the (full, sample-major) empirical NTK of ``model`` on ``X``, cold.
+                   tol: float | None = None, solver: str = "auto",
+                   kernel: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenpairs of the empirical NTK of ``model`` on ``X``, cold.
 
-    Returns (eigenvalues descending (k,), eigenvectors as columns (m, k)), float64, with
-    m = n·C (row i·C + c; the model's outputs are (n, C), or (n,) for one output). Targets
-    that go with the eigenvectors are (n, C) or, for one output, (n,): ``eigen_alignment``.
+    Returns (eigenvalues descending (k,), eigenvectors as columns (m, k)), float64. The full
+    kernel has m = n·C rows, sample-major (row i·C + c; the model's outputs are (n, C), or (n,)
+    for one output); ``kernel="traced"`` is Σ_c K_cc, m = n. Targets that go with the
+    eigenvectors are (n, C) or, for one output, (n,): see ``eigen_alignment``.
 
     ``mode``: ``exact`` forms K with the per-layer rules; ``matrix_free`` uses NTK-vector
     products only; ``auto`` picks the cheaper by the cost and memory model of ``ntk.cost``.
@@ -39,21 +41,22 @@ def ntk_eigenpairs(model: nn.Module, X: torch.Tensor, k: int, mode: str = "auto"
         raise ValueError(f"mode: expected auto, exact or matrix_free, got {mode!r}")
     if solver not in ("auto", "dense", "krylov"):
         raise ValueError(f"solver: expected auto, dense or krylov, got {solver!r}")
+    check_kernel(kernel)
     tol = DEFAULT_TOL if tol is None else tol
     if not 0 < tol < 1:
         raise ValueError(f"tol: must be in (0, 1), got {tol}")
     with torch.no_grad():
         outputs = as_outputs(model(X[:1])).shape[1]
-    m = X.shape[0] * outputs
+    m = X.shape[0] * (outputs if kernel == "full" else 1)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= m:
-        raise ValueError(f"k: expected an integer in 1..{m} (the kernel has {m} rows: "
-                         f"{X.shape[0]} samples × {outputs} outputs), got {k!r}")
+        raise ValueError(f"k: expected an integer in 1..{m} (the {kernel} kernel has {m} rows: "
+                         f"{X.shape[0]} samples, {outputs} outputs), got {k!r}")
     if mode == "auto":
-        mode = estimate_costs(model, X, outputs, "full", k).choice
+        mode = estimate_costs(model, X, outputs, kernel, k).choice
     if mode == "exact":
-        result = kernel_eigenpairs(k, K=empirical_ntk(model, X), tol=tol, solver=solver)
+        result = kernel_eigenpairs(k, K=empirical_ntk(model, X, kernel), tol=tol, solver=solver)
     else:
-        op = NTKOperator(model, X, "full")
+        op = NTKOperator(model, X, kernel)
         result = kernel_eigenpairs(k, matmat=op.matmat, dim=op.dim, dtype=op.dtype, tol=tol,
                                    solver=solver, device=X.device)
     if not result.converged:

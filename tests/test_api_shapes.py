@@ -209,6 +209,19 @@ def test_traced_kernel_with_matrix_targets() -> None:
     assert kernel_target_alignment(K, Y) == pytest.approx(_kta(K_ref, Y.numpy()), rel=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["exact", "matrix_free"])
+def test_traced_eigenpairs_with_matrix_targets(mode: str) -> None:
+    X, Y, model = _three_outputs()
+    J = jacobian(model, X).numpy()
+    values_ref, vectors_ref = np.linalg.eigh(_traced(J @ J.T, N, 3))
+    vals, vecs = ntk_eigenpairs(model, X, 4, mode=mode, kernel="traced", solver="dense")
+    assert vecs.shape == (N, 4)
+    np.testing.assert_allclose(vals.numpy(), values_ref[::-1][:4], rtol=1e-10)
+    Yn = Y.numpy()
+    ref = ((vectors_ref[:, ::-1][:, :4].T @ Yn) ** 2).sum(1) / (Yn**2).sum()
+    np.testing.assert_allclose(eigen_alignment(vecs, Y).numpy(), ref, rtol=1e-8, atol=1e-12)
+
+
 @pytest.mark.parametrize("squeezed", [False, True])
 def test_single_output_kernel_with_vector_targets(squeezed: bool) -> None:
     X, Y, model = _one_output()
@@ -270,7 +283,9 @@ def test_eigen_alignment_rejects_targets_that_do_not_fit() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(k=0), r"k: expected an integer in 1\.\.36 \(the kernel has 36 rows: 12 samples × 3"),
+    (dict(k=0), r"k: expected an integer in 1\.\.36 \(the full kernel has 36 rows: 12 samples"),
+    (dict(k=13, kernel="traced"), r"k: expected an integer in 1\.\.12 \(the traced kernel"),
+    (dict(k=4, kernel="diagonal"), r"kernel: expected full or traced, got 'diagonal'"),
     (dict(k=37), r"k: expected an integer in 1\.\.36"),
     (dict(k=2.5), r"k: expected an integer"),
     (dict(k=4, tol=0.0), r"tol: must be in \(0, 1\)"),

@@ -136,6 +136,12 @@ def test_hessian_sharpness_matches_dense_hessian(arch: str) -> None:
     assert abs(got - ref) / abs(ref) <= 1e-4, (got, ref)
 
 
+def test_sharpness_that_cannot_reach_its_tolerance_warns() -> None:
+    _, data, model = tiny_setup("mlp", n=10, dtype="float32")
+    with pytest.warns(RuntimeWarning, match="hessian_sharpness: the solver stopped"):
+        hessian_sharpness(model, data.X, data.Y, tol=1e-13)
+
+
 def test_kta_identity_over_all_eigenpairs() -> None:
     """KTA = Σ λ̃_i a_i over all eigenpairs, for a single target vector."""
     _, data, model = tiny_setup("mlp", n=15)
