@@ -24,6 +24,8 @@ from ntk_core.training.buffer import RunBuffer
 from ntk_core.vocabulary import RunStatus
 
 from .files.runs import (
+    LEFT_OUT,
+    MAX_DATA_MB,
     MAX_UPLOAD_MB,
     RunFileError,
     csv_bytes,
@@ -32,6 +34,7 @@ from .files.runs import (
     run_config_dict,
 )
 from .files.storage import RunStore
+from .session import limits as server_limits
 from .session.limits import has_viewers
 from .session.runner import RunController
 from .session.settings import LIVE_FIELDS, RunSettings
@@ -39,9 +42,10 @@ from .views.controls import SPEEDS, LearningRateControl, settings_sections
 from .views.plots import PLOT_HEIGHT, LivePlots
 from .views.server_files import ServerFiles
 from .views.sweep_view import sweep_tab
-from .views.untrusted import clean_query, plain
+from .views.untrusted import clean_query, html_text, install_location, plain
+from .views.upload import UploadBox
 
-pn.extension(notifications=False)
+pn.extension("filedropper", notifications=False)
 # Canvas, not WebGL: the curves are small, and WebGL draws line joins with specks and is slow
 # where the browser has no GPU (projector laptops in software mode, headless tests).
 hv.renderer("bokeh").webgl = False
@@ -137,6 +141,7 @@ class Dashboard(pn.viewable.Viewer):
         if message:
             return
         self._file_message = ("", "info")
+        server_limits.opened_runs().release(self)  # the viewed run, if any, goes
         self.controller.reset(self.settings.to_configs(), play=play)
         self.tick()
 
@@ -157,6 +162,8 @@ class Dashboard(pn.viewable.Viewer):
     def close(self, *_: Any) -> None:
         """Stop training (called when the browser session ends)."""
         self.controller.close()
+        for holder in (self, (self, "upload")):
+            server_limits.opened_runs().release(holder)
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
@@ -181,10 +188,9 @@ class Dashboard(pn.viewable.Viewer):
 
     def _sync_url(self) -> None:
         """Keep the settings in the page URL so that a shared link reproduces the setup."""
-        doc = pn.state.curdoc
-        if doc is None or doc.session_context is None or pn.state.location is None:
-            return
-        self.apply_url(pn.state.location)
+        location = install_location(pn.state.curdoc)
+        if location is not None:
+            self.apply_url(location)
 
     def apply_url(self, location: Any) -> None:
         """Sync the settings with ``location`` (a panel Location). A value that cannot be
@@ -215,12 +221,28 @@ class Dashboard(pn.viewable.Viewer):
         buffer = self.controller.buffer
         return csv_bytes(buffer) if buffer is not None else None
 
-    def _on_upload(self, event: param.parameterized.Event) -> None:
-        if not event.new:
+    def _upload_room(self, nbytes: int) -> bool:
+        """Whether an upload in flight may grow to ``nbytes`` (the server-wide budget)."""
+        return server_limits.opened_runs().hold((self, "upload"), nbytes)
+
+    def _upload_refused(self, name: str, why: str) -> None:
+        server_limits.opened_runs().release((self, "upload"))
+        self._report(f"**Could not open {plain(name)}:** {plain(why, 300)}.", "danger")
+
+    def open_bytes(self, name: str, data: bytes) -> None:
+        """Open run file bytes from outside (an upload, the server's folder) in place of the
+        run, within this session's share of the server's budget for opened runs."""
+        budget = server_limits.opened_runs()
+        budget.release((self, "upload"))
+        room = budget.room(self)
+        most = MAX_DATA_MB * 2**20 if room is None else min(MAX_DATA_MB * 2**20, budget.total // 4,
+                                                           room)
+        if most < 2**20:
+            self._report(f"**Could not open {plain(name)}:** the server holds as many opened "
+                         "runs as it has memory for; try again in a few minutes.", "danger")
             return
-        name = self.upload.filename or "upload.nc"
         try:
-            ds = read_run_bytes(event.new)
+            ds = read_run_bytes(data, max_data_mb=most / 2**20)
         except RunFileError as exc:
             self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
             return
@@ -233,11 +255,17 @@ class Dashboard(pn.viewable.Viewer):
         except (RunFileError, ConfigError, ValueError, KeyError) as exc:
             self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
             return
+        if not server_limits.opened_runs().hold(self, int(ds.nbytes)):
+            self._report(f"**Could not open {plain(name)}:** the server holds as many opened "
+                         "runs as it has memory for; try again in a few minutes.", "danger")
+            return
         self._file_message = ("", "info")
         self.controller.view(buffer, name)
         lr = run_config_dict(buffer.attrs).get("lr", buffer.attrs.get("lr"))
+        left_out = ds.attrs.get(LEFT_OUT, "")
         self._viewed_note = (f"Viewing the saved run **{plain(name)}** (η = {plain(lr)}); "
-                             "Reset trains again.")
+                             + (f"left out: {plain(left_out, 200)}; " if left_out else "")
+                             + "Reset trains again.")
         self.tick()
 
     def _report(self, text: str, kind: str) -> None:
@@ -328,11 +356,11 @@ class Dashboard(pn.viewable.Viewer):
             self.status = status
         # Panel re-renders a pane on every assignment, equal or not; at 4 Hz that is most of
         # a tick, and the event loop shares the GIL with the training thread.
-        _set_if_changed(self.status_pane, object=self.status)
+        _set_if_changed(self.status_pane, object=html_text(self.status, 200))
         buffer = controller.buffer
         alert = ("", "info")
         if controller.run is not None and controller.run.error:
-            alert = (f"**Could not start the run:** {controller.run.error}", "danger")
+            alert = (f"**Could not start the run:** {plain(controller.run.error, 400)}", "danger")
         elif buffer is not None and buffer.status in RESULT_ALERTS:
             kind, text = RESULT_ALERTS[buffer.status]
             reason = plain(buffer.attrs.get("status_reason", ""), 400).rstrip(".")
@@ -394,13 +422,13 @@ class Dashboard(pn.viewable.Viewer):
         self.csv = pn.widgets.FileDownload(callback=self._download_csv, filename="run.csv",
                                            label="Download scalars (CSV)",
                                            sizing_mode="stretch_width")
-        self.upload = pn.widgets.FileInput(accept=".nc", sizing_mode="stretch_width")
-        self.upload.param.watch(self._on_upload, "value")
+        self.upload = UploadBox(self.open_bytes, self._upload_refused, max_mb=MAX_UPLOAD_MB,
+                                room=self._upload_room, sizing_mode="stretch_width")
         store = RunStore.from_env()  # None: the server keeps no run files
         self.server_files = (ServerFiles(store, lambda: self.controller.buffer,
-                                         self._view_dataset, self._report)
+                                         self.open_bytes, self._report)
                              if store is not None else None)
-        self.status_pane = pn.pane.HTML(self.status, css_classes=["ntk-status"],
+        self.status_pane = pn.pane.HTML(html_text(self.status, 200), css_classes=["ntk-status"],
                                         styles={"font-size": "1.4em", "font-weight": "600",
                                                 "white-space": "nowrap"})
         self.config_alert = pn.pane.Alert("", alert_type="danger", visible=False,

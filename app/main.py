@@ -20,6 +20,7 @@ from app.dashboard import Dashboard
 from app.server import browser_patches
 from app.server.page_loading import deferred_page
 from app.session.limits import SessionRegistry, live_sessions
+from app.views.untrusted import install_location
 
 TITLE = "ntk-eos: the Edge of Stability and the NTK, live"
 BUSY_TEXT = """\
@@ -46,6 +47,9 @@ def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable:
     context = doc.session_context if doc is not None else None
     if doc is not None and context is None:
         return pn.pane.Markdown(f"## {TITLE}")  # a health check: the app's code loads
+    # before servable() or anything else reads pn.state.location: Panel's own parse of a
+    # link such as ?n=² raises and leaves the page at "Loading"
+    install_location(doc)
     key = context.id if context is not None else object()
     if not sessions.enter(key):
         return busy_page(sessions.capacity)

@@ -2,13 +2,22 @@
 
 Every cost is a ratio to a plain GD step timed in the same process, interleaved with the
 measurements; absolute times on shared CPUs move 2-5x between runs, ratios do not.
+
+The peer tools are third-party code, so they live outside the repository, in a per-user cache
+folder: ``$NTK_EOS_PEERS_DIR``, else ``$XDG_CACHE_HOME/ntk-eos/peers`` (``~/.cache/ntk-eos/peers``).
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import importlib
 import math
+import os
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -16,15 +25,82 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PEERS_DIR = HERE / ".peers"  # pip install --target: pyhessian, nngeometry, hessian-eigenthings
-NT_PYTHON = HERE / ".venv-nt" / "bin" / "python"  # neural-tangents' own venv
 RESULTS_DIR = HERE / "results"
+PEERS_REQUIREMENTS = HERE / "requirements-peers.txt"
+
+
+def _peers_home() -> Path:
+    if os.environ.get("NTK_EOS_PEERS_DIR"):
+        return Path(os.environ["NTK_EOS_PEERS_DIR"]).expanduser().resolve()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser().resolve() / "ntk-eos" / "peers"
+
+
+PEERS_HOME = _peers_home()
+PEERS_DIR = PEERS_HOME / "torch"  # pip install --target: pyhessian, nngeometry, hessian-eigenthings
+NT_VENV = PEERS_HOME / "venv-nt"  # neural-tangents' own venv (benchmarks/setup_peers.sh)
+NT_PYTHON = NT_VENV / "bin" / "python"
+# Written into PEERS_DIR after a complete install: a copy of the requirements it was installed
+# from, so that changed pins reinstall and a half-finished install is never mistaken for one.
+_STAMP = PEERS_DIR / PEERS_REQUIREMENTS.name
 
 
 def add_peer_path() -> None:
     """Make the peer packages importable without installing them into the project's venv."""
     if PEERS_DIR.is_dir() and str(PEERS_DIR) not in sys.path:
         sys.path.append(str(PEERS_DIR))
+
+
+def _installed() -> bool:
+    return _STAMP.is_file() and _STAMP.read_text() == PEERS_REQUIREMENTS.read_text()
+
+
+@functools.cache
+def ensure_torch_peers() -> str | None:
+    """Install the torch peers into PEERS_DIR unless they are there already.
+
+    Returns None when they are installed, else why they could not be (no network, no pip), which
+    is also printed. Once per process; a lock lets parallel workload processes share one install.
+    """
+    why_not = _install_once()
+    if why_not is not None:
+        print(f"the third-party peers are skipped: {why_not}", file=sys.stderr, flush=True)
+    return why_not
+
+
+def _install_once() -> str | None:
+    if _installed():
+        return None
+    try:
+        PEERS_HOME.mkdir(parents=True, exist_ok=True)
+        with open(PEERS_HOME / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _installed():  # another process finished it while this one waited
+                return None
+            return _pip_install_torch_peers()
+    except OSError as exc:
+        return f"cannot write the peer folder {PEERS_HOME}: {exc}"
+
+
+def _pip_install_torch_peers() -> str | None:
+    # --no-deps: they run on the project's torch, numpy and scipy. Into a fresh folder that replaces
+    # the old one only when complete.
+    partial = PEERS_HOME / "torch.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    print(f"installing the peer tools into {PEERS_DIR} (once) ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--retries", "1",
+         "--target", str(partial), "-r", str(PEERS_REQUIREMENTS)],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        return f"pip could not install {PEERS_REQUIREMENTS.name}: {lines[-1] if lines else proc.returncode}"
+    (partial / _STAMP.name).write_text(PEERS_REQUIREMENTS.read_text())
+    shutil.rmtree(PEERS_DIR, ignore_errors=True)
+    partial.rename(PEERS_DIR)
+    importlib.invalidate_caches()
+    return None
 
 
 def _sync() -> None:

@@ -12,8 +12,10 @@ Per step (after a short warm-up, which the warm starts need) the costs are timed
   ``sharpness_standalone`` adds the forward and the whole gradient graph (what a separate tool
   pays, and what the peers are compared with).
 
-Every ``check_every`` steps: float64 references, cold starts at the same tolerance, and the peers,
-interleaved with the trajectory in this process. Run as a script it writes one JSON file; the
+Every ``check_every`` steps: float64 references, cold starts at the same tolerance, the public
+calls from nothing (``cold_calls``: ``ntk_eigenpairs`` at its defaults, ``hessian_sharpness``,
+and torch.func jacrev + eigh where jacrev is a peer), and the peers, interleaved with the
+trajectory in this process. Run as a script it writes one JSON file; the
 driver (run.py) starts one process per workload so that ru_maxrss is that workload's peak.
 """
 
@@ -37,6 +39,7 @@ from benchmarks.reference import (  # noqa: E402
     sharpness_reference,
 )
 from benchmarks.workloads import SPECS, Spec  # noqa: E402
+from ntk_core import hessian_sharpness, ntk_eigenpairs  # noqa: E402
 from ntk_core.experiments.bench import Workload  # noqa: E402
 from ntk_core.numerics.alignment import (  # noqa: E402
     centered_alignment_from_products,
@@ -47,9 +50,9 @@ from ntk_core.numerics.alignment import (  # noqa: E402
 )
 from ntk_core.numerics.eigensolver import explicit_matmat, top_eigenpairs  # noqa: E402
 from ntk_core.numerics.hessian import HessianOperator, top_hessian_eigenpair  # noqa: E402
-from ntk_core.numerics.losses import loss_value  # noqa: E402
+from ntk_core.numerics.losses import kernel_targets, loss_value  # noqa: E402
 from ntk_core.numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture  # noqa: E402
-from ntk_core.training.measurer import FRO_PROBES  # noqa: E402
+from ntk_core.training.measurer import FRO_PROBES, kernel_rows  # noqa: E402
 
 WARMUP = 3
 
@@ -62,7 +65,7 @@ class Ours:
         cfg = spec.config
         n, C = w.Y.shape
         self.full = cfg.kernel == "full" or C == 1
-        self.targets = (w.Y.reshape(-1, 1) if self.full else w.Y).to(torch.float64)
+        self.targets = kernel_targets(w.Y, kernel_rows(n, C, cfg.kernel))
         self.m = self.targets.shape[0]
         self.k = min(cfg.k, self.m)
         self.ws = NTKWorkspace()
@@ -155,6 +158,25 @@ class Ours:
         return {"topk_cold": cold.products, "hvp_cold": hcold.products}
 
 
+def cold_calls(spec: Spec, w: Workload, k: int) -> tuple[dict[str, float], dict]:
+    """What a user pays for one answer from nothing, at the current weights: the top-k of K by
+    ``ntk_eigenpairs`` and the sharpness by ``hessian_sharpness``, both at their defaults (tol
+    1e-5; the workload's kernel), and, where jacrev is a peer, the torch.func tutorial's K
+    (vmap(jacrev) + einsum) with a dense ``eigh``. Seconds, and the values for the errors."""
+    from benchmarks.peers import jacrev_kernel  # noqa: PLC0415
+
+    kernel = spec.config.kernel
+    times, values = {}, {}
+    times["cold_spectrum"], (values["cold_topk"], _) = timed(
+        lambda: ntk_eigenpairs(w.model, w.X, k, kernel=kernel))
+    times["cold_sharpness"], values["cold_sharpness"] = timed(
+        lambda: hessian_sharpness(w.model, w.X, w.Y))
+    if "jacrev" in spec.peers:
+        times["jacrev_eigh"], _ = timed(
+            lambda: torch.linalg.eigh(jacrev_kernel(w.model, w.X, kernel)))
+    return times, values
+
+
 def references(spec: Spec, w: Workload, ours: Ours, last: bool, quick: bool) -> dict:
     """Float64 references at the current weights; the 40000-row W2 kernel only at the end."""
     ref: dict[str, object] = {"sharpness": sharpness_reference(w.model, w.X, w.Y)}
@@ -165,13 +187,16 @@ def references(spec: Spec, w: Workload, ours: Ours, last: bool, quick: bool) -> 
     return ref
 
 
-def errors_against(ref: dict, ours: Ours) -> dict[str, float]:
-    """Relative errors of this step's measured values against the references."""
-    out = {"sharpness": rel_err(ours.last["hessian"], ref["sharpness"])}
+def errors_against(ref: dict, ours: Ours, cold: dict) -> dict[str, float]:
+    """Relative errors of this step's measured values (warm, and the cold calls') against the
+    references."""
+    out = {"sharpness": rel_err(ours.last["hessian"], ref["sharpness"]),
+           "cold_sharpness": rel_err(cold["cold_sharpness"], ref["sharpness"])}
     if "values" in ref:
         values, rv = ours.last["eig"].values, ref["values"]
         out["topk"] = float(((values - rv).abs() / rv.abs()).max())
         out["top1"] = rel_err(float(values[0]), float(rv[0]))
+        out["cold_topk"] = float(((cold["cold_topk"].to(rv) - rv).abs() / rv.abs()).max())
     if "kta" in ref:
         out["kta_abs"] = abs(ours.last["kta"][0] - ref["kta"])
         out["kta_centered_abs"] = abs(ours.last["kta"][1] - ref["kta_centered"])
@@ -219,8 +244,11 @@ def run_workload(spec: Spec, steps: int, check_every: int, tol: float = 1e-4,
             continue
         for key, value in ours.cold_products().items():
             series.add(key, products=value)
+        cold_times, cold_values = cold_calls(spec, w, ours.k)
+        for key, value in cold_times.items():
+            series.add(key, seconds=value)
         ref = references(spec, w, ours, step == total - 1, quick)
-        for key, value in errors_against(ref, ours).items():
+        for key, value in errors_against(ref, ours, cold_values).items():
             errors.setdefault(key, []).append(value)
         ctx = peers.Context(spec, w, ours, ref, tol, calib)
         for name in names:

@@ -42,7 +42,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.common import add_peer_path, rel_err, timed
+from benchmarks.common import add_peer_path, ensure_torch_peers, rel_err, timed
 from ntk_core.numerics.alignment import centered_kernel_target_alignment, kernel_target_alignment
 from ntk_core.numerics.eigensolver import top_eigenpairs
 from ntk_core.numerics.hessian import HessianOperator, top_hessian_eigenpair
@@ -395,11 +395,17 @@ PEERS: dict[str, Callable[[Context], dict | None]] = {
 
 
 def available(name: str) -> bool:
-    """Whether a peer's package can be imported (the torch.func and scipy peers always can)."""
+    """Whether a peer's package can be imported (the torch.func and scipy peers always can).
+
+    The third-party ones are installed into the per-user peer folder on first use
+    (common.ensure_torch_peers); when that fails, the peer is skipped.
+    """
     module = {"nngeometry": "nngeometry", "eigenthings": "hessian_eigenthings"}.get(
         name, "pyhessian" if name.startswith("pyhessian") else None)
     if module is None:
         return True
+    if ensure_torch_peers() is not None:
+        return False
     add_peer_path()
     try:
         __import__(module)

@@ -32,10 +32,9 @@ def dense_kernel_reference(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, k
                            k: int) -> dict[str, object]:
     """Top-k eigenvalues, KTA and centred KTA of the float64 kernel, by dense eigh."""
     K = empirical_ntk(float64_copy(model), X.double(), kernel)
-    targets = (Y.reshape(-1, 1) if K.shape[0] != Y.shape[0] else Y).double()
     values = torch.linalg.eigvalsh(K).flip(0)[:k]
-    return {"values": values, "kta": kernel_target_alignment(K, targets),
-            "kta_centered": centered_kernel_target_alignment(K, targets), "K": K}
+    return {"values": values, "kta": kernel_target_alignment(K, Y),
+            "kta_centered": centered_kernel_target_alignment(K, Y), "K": K}
 
 
 def _scipy_top(apply, dim: int, k: int, device: torch.device) -> np.ndarray:

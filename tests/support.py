@@ -55,3 +55,18 @@ COLUMNS_JS = """
 # The longest of them: live curves stream into their source, so that one is the current run.
 LONGEST_COLUMN_JS = (f"(column) => ({COLUMNS_JS})(column)"
                      ".reduce((a, b) => (b.length > a.length ? b : a), [])")
+
+
+def send_upload(box: object, name: str, data: bytes, chunk: int | None = None) -> None:
+    """Feed ``data`` to an ``app.views.upload.UploadBox`` as the browser does: the FileDropper's
+    upload events, one per chunk of ``chunk`` bytes (the box's own chunk size by default)."""
+    import math
+
+    from panel.models.file_dropper import UploadEvent
+
+    size = chunk or box.chunk_size  # type: ignore[attr-defined]
+    total = math.ceil((len(data) + 1) / size)  # as the browser counts: +1 for empty files
+    for i in range(total):
+        box._process_event(UploadEvent(None, {  # type: ignore[attr-defined]
+            "chunk": i + 1, "data": data[i * size:(i + 1) * size], "name": name,
+            "total_chunks": total, "type": "application/x-netcdf"}))

@@ -66,23 +66,38 @@ class Schema:
     max_bytes: int
     inf_ok: frozenset[str] = field(default_factory=frozenset)  # may hold ±inf (a diverged loss)
     var_attrs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # attributes kept
+    # optional variables left out, unread, when they hold more values than this (the viewer's
+    # picture of an 11,000-row NTK is not worth a gigabyte of server memory)
+    leave_out_over: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"variables": self.variables, "required": self.required,
                 "dim_caps": self.dim_caps, "max_bytes": self.max_bytes,
-                "inf_ok": sorted(self.inf_ok), "var_attrs": self.var_attrs}
+                "inf_ok": sorted(self.inf_ok), "var_attrs": self.var_attrs,
+                "leave_out_over": self.leave_out_over}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Schema:
         return cls({k: (tuple(dims), kind) for k, (dims, kind) in d["variables"].items()},
                    tuple(d["required"]), d["dim_caps"], d["max_bytes"], frozenset(d["inf_ok"]),
-                   {k: tuple(v) for k, v in d["var_attrs"].items()})
+                   {k: tuple(v) for k, v in d["var_attrs"].items()},
+                   {k: int(v) for k, v in d["leave_out_over"].items()})
 
 
-def read_isolated(data: bytes, schema: Schema, timeout: float = READ_SECONDS
-                  ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, dict[str, Any]]]:
-    """(arrays, file attributes, kept variable attributes) of the run file ``data``, read in a
-    child process. Raises RunFileError with a message for people."""
+@dataclass
+class FileContents:
+    """What the reader sends back: plain arrays, the file's attributes, the kept variable
+    attributes, and the shapes of the variables it left out (``Schema.leave_out_over``)."""
+
+    arrays: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    var_attrs: dict[str, dict[str, Any]]
+    left_out: dict[str, tuple[int, ...]]
+
+
+def read_isolated(data: bytes, schema: Schema, timeout: float = READ_SECONDS) -> FileContents:
+    """The run file ``data`` as read in a child process. Raises RunFileError with a message
+    for people."""
     with _worker_lock:
         worker = _worker()
         deadline = time.monotonic() + timeout
@@ -108,11 +123,12 @@ def read_isolated(data: bytes, schema: Schema, timeout: float = READ_SECONDS
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, EOFError) as exc:
         raise RunFileError(f"the reader sent damaged data ({type(exc).__name__})") from None
-    attrs, var_attrs = head.get("attrs"), head.get("var_attrs")
-    if not isinstance(attrs, dict) or not isinstance(var_attrs, dict):
+    attrs, var_attrs, left_out = head.get("attrs"), head.get("var_attrs"), head.get("left_out")
+    if not all(isinstance(d, dict) for d in (attrs, var_attrs, left_out)):
         raise RunFileError("the reader sent damaged data")
     check_shapes(arrays, schema)  # again, outside the child
-    return arrays, attrs, var_attrs
+    return FileContents(arrays, attrs, var_attrs,
+                        {str(k): tuple(int(n) for n in v) for k, v in left_out.items()})
 
 
 # ---- the reader process ------------------------------------------------------------------------
@@ -221,10 +237,11 @@ def _serve_forked(data: bytes, schema: Schema) -> bytes:
 def _serve(data: bytes, schema: Schema) -> bytes:
     """The reply frames for one file: a JSON head, then (on success) the arrays as .npz."""
     try:
-        arrays, attrs, var_attrs = read_run_file(data, schema)
-        head = json.dumps({"ok": True, "attrs": attrs, "var_attrs": var_attrs}).encode()
+        contents = read_run_file(data, schema)
+        head = json.dumps({"ok": True, "attrs": contents.attrs, "var_attrs": contents.var_attrs,
+                           "left_out": contents.left_out}).encode()
         out = io.BytesIO()
-        np.savez(out, **arrays)
+        np.savez(out, **contents.arrays)
     except RunFileError as exc:
         return _error_reply(str(exc))
     except MemoryError:
@@ -256,8 +273,7 @@ def _limit_memory(extra: int) -> None:
 
 
 # ---- the reader (runs in the child) ------------------------------------------------------------
-def read_run_file(data: bytes, schema: Schema
-                  ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, dict[str, Any]]]:
+def read_run_file(data: bytes, schema: Schema) -> FileContents:
     """Read ``data`` strictly by ``schema``. In-process use is for tests: a damaged file can hang
     HDF5 here."""
     try:
@@ -269,13 +285,16 @@ def read_run_file(data: bytes, schema: Schema
         missing = [name for name in schema.required if name not in datasets]
         if missing:
             raise RunFileError("not an ntk-eos run: missing " + ", ".join(missing))
+        left_out = {name: tuple(datasets.pop(name).shape)
+                    for name, most in schema.leave_out_over.items()
+                    if name in datasets and math.prod(datasets[name].shape) > most}
         _check_sizes(datasets, schema)
         arrays = {name: _read(name, dset, schema) for name, dset in datasets.items()}
         check_shapes(arrays, schema)
         attrs = _attributes(f.attrs)
         var_attrs = {name: _attributes(datasets[name].attrs, keep)
                      for name, keep in schema.var_attrs.items() if name in datasets}
-    return arrays, attrs, var_attrs
+    return FileContents(arrays, attrs, var_attrs, left_out)
 
 
 def _datasets(f: h5py.File, schema: Schema) -> dict[str, h5py.Dataset]:

@@ -5,9 +5,10 @@ address and port served (extend with ``allow_websocket_origin`` or ``BOKEH_ALLOW
 a small thread pool so one slow download or file upload never freezes the other tabs (training
 runs in its own threads either way); a closed tab's session is culled within
 ``(UNUSED_SESSION_LIFETIME_MS + CHECK_UNUSED_SESSIONS_MS) / 1000`` seconds, which stops its
-training; ``/liveness`` answers health checks; websocket messages may carry uploads up to
-``MAX_UPLOAD_MB``. The server limits (``app.session.limits``) travel as ``NTK_EOS_*`` environment
-variables and are applied by the ``--setup`` script ``app/server/startup.py``.
+training; ``/liveness`` answers health checks; uploads arrive in chunks, so a websocket
+message is at most ``app.views.upload.WEBSOCKET_MAX_BYTES``. The server limits
+(``app.session.limits``) travel as ``NTK_EOS_*`` environment variables and are applied by the
+``--setup`` script ``app/server/startup.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import sys
 import threading
 from pathlib import Path
 
-from ..files.runs import MAX_UPLOAD_MB
 from ..session.limits import ENV_PREFIX, ServerLimits
+from ..views.upload import WEBSOCKET_MAX_BYTES
 
 APP_PATH = Path(__file__).parents[1] / "main.py"
 SETUP_PATH = Path(__file__).with_name("startup.py")
@@ -63,7 +64,8 @@ def serve_command(port: int = 5006, address: str = "localhost", show: bool = Fal
            "--num-threads", str(NUM_THREADS),
            "--check-unused-sessions", str(CHECK_UNUSED_SESSIONS_MS),
            "--unused-session-lifetime", str(UNUSED_SESSION_LIFETIME_MS),
-           "--websocket-max-message-size", str((MAX_UPLOAD_MB + 20) * 2**20),
+           # uploads arrive in chunks (app.views.upload): no message needs more than two chunks
+           "--websocket-max-message-size", str(WEBSOCKET_MAX_BYTES),
            "--liveness"]
     for origin in origins:
         cmd += ["--allow-websocket-origin", origin]

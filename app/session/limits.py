@@ -9,6 +9,8 @@ only bounds what runs at once.
   FIFO queue and can ask for their position. A run that has held a slot for ``slice_seconds``
   while others wait goes to the back of the queue, so every run keeps moving.
 - ``SessionRegistry``: the cap on live browser sessions (beyond it the page says "busy").
+- ``OpenedRuns``: the memory that runs opened from files (uploads, the runs folder) may hold,
+  all sessions together; each session holds at most one opened run and one upload in flight.
 - ``torch_threads``: intra-op threads for each training thread. PyTorch's OpenMP setting is
   per thread (a new thread takes the value of the last ``torch.set_num_threads`` call when it
   first runs a parallel op), so each training thread sets it for itself.
@@ -34,6 +36,8 @@ ENV_PREFIX = "NTK_EOS_"
 # Per-run caps of hosted mode (0: no cap). The default preset has n = 256, p ≈ 25k: n·p ≈ 6.5M.
 HOSTED_CAPS = {"max_n": 1024, "max_width": 512, "max_depth": 6, "max_steps": 5000,
                "max_np": 20_000_000}
+# Runs opened from files, all sessions together (0: no cap). One opened run may take a quarter.
+HOSTED_OPEN_RUNS_MB = 1024.0
 
 
 def cpu_count() -> int:
@@ -64,6 +68,7 @@ class ServerLimits:
     max_depth: int = 0
     max_steps: int = 0
     max_np: int = 0
+    open_runs_mb: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("hosted", "local"):
@@ -89,7 +94,7 @@ class ServerLimits:
         cores = cores or cpu_count()
         if mode == "hosted":
             return cls(mode="hosted", max_sessions=40, max_trainings=cores, torch_threads=1,
-                       idle_minutes=15.0, **HOSTED_CAPS)
+                       idle_minutes=15.0, open_runs_mb=HOSTED_OPEN_RUNS_MB, **HOSTED_CAPS)
         trainings = min(2, cores)
         return cls(mode="local", max_sessions=100, max_trainings=trainings,
                    torch_threads=max(1, cores // trainings))
@@ -270,21 +275,61 @@ def has_viewers(doc: Any) -> bool:
                for session in context.server_context.sessions)
 
 
+class OpenedRuns:
+    """A server-wide budget, in bytes, for what runs opened from files hold: each holder (a
+    session's opened run, its upload in flight) holds one amount, replaced by its next
+    ``hold``. ``total_mb`` 0 means no budget."""
+
+    def __init__(self, total_mb: float) -> None:
+        self.total = int(total_mb * 2**20)
+        self._held: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+
+    def room(self, holder: Hashable) -> int | None:
+        """Bytes ``holder`` may hold now (what it holds counts as free); None: no budget."""
+        if not self.total:
+            return None
+        with self._lock:
+            others = sum(v for k, v in self._held.items() if k != holder)
+        return max(0, self.total - others)
+
+    def hold(self, holder: Hashable, nbytes: int) -> bool:
+        """Let ``holder`` hold ``nbytes`` instead of what it held; False (and nothing changes)
+        when that would pass the budget."""
+        with self._lock:
+            others = sum(v for k, v in self._held.items() if k != holder)
+            if self.total and others + nbytes > self.total:
+                return False
+            self._held[holder] = nbytes
+            return True
+
+    def release(self, holder: Hashable) -> None:
+        with self._lock:
+            self._held.pop(holder, None)
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return sum(self._held.values())
+
+
 # ---- the process-wide instances ----------------------------------------------------------------
 _lock = threading.Lock()
 _limits: ServerLimits | None = None
 _slots: TrainingSlots | None = None
 _sessions: SessionRegistry | None = None
+_opened: OpenedRuns | None = None
 
 
 def configure(limits: ServerLimits | None = None) -> ServerLimits:
     """Set this process's limits (None: read the environment again); new slots and a new
     session registry follow. Runs started before keep the slots they had."""
-    global _limits, _slots, _sessions
+    global _limits, _slots, _sessions, _opened
     with _lock:
         _limits = limits if limits is not None else ServerLimits.from_env()
         _slots = TrainingSlots(_limits.max_trainings, _limits.slice_seconds)
         _sessions = SessionRegistry(_limits.max_sessions)
+        _opened = OpenedRuns(_limits.open_runs_mb)
         return _limits
 
 
@@ -303,3 +348,9 @@ def live_sessions() -> SessionRegistry:
     current()
     assert _sessions is not None
     return _sessions
+
+
+def opened_runs() -> OpenedRuns:
+    current()
+    assert _opened is not None
+    return _opened

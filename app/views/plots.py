@@ -58,6 +58,11 @@ LABEL_ALIGNMENT_COLUMNS = ["kta", "topk_mass", "a1"]
 SPECTRUM_COLUMNS = ["step", "two_over_lr", *EIGENVALUE_COLUMNS, *LABEL_ALIGNMENT_COLUMNS]
 ALIGNMENT_COLUMNS = ["eigval_normalized", "alignment"]
 COMPARE_COLUMNS = ["lr", "kta", "a1", "topk_mass"]
+# What the log-axis figures show while they have no data: λᵢ/‖K‖ lies in (0, 1], alignments in
+# [0, 1], and η mostly within a decade of 0.1
+SPECTRUM_FRAME = ([0.01, 1.0], [0.0, 1.0])
+SPECTRUM_TITLE = "Alignment spectrum (top eigenpairs)"
+COMPARISON_FRAME = ([0.01, 1.0], [0.0, 1.0])
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 
 
@@ -227,6 +232,23 @@ def _streamed_entry(fig: figure, label: str, line: GlyphRenderer) -> LegendItem:
     return LegendItem(label=label, renderers=[twin])
 
 
+class EmptyFrame:
+    """An invisible glyph spanning what a figure shows while it has no data. BokehJS cannot fit
+    a log axis to no data at all and then draws the figure blank, without axes; with this
+    glyph the empty figure has axes, and once data arrives the glyph is emptied so that the
+    ranges fit the data alone."""
+
+    def __init__(self, fig: figure, frame: tuple[list[float], list[float]]) -> None:
+        self.frame = {"x": list(frame[0]), "y": list(frame[1])}
+        self.source = ColumnDataSource(self.frame)
+        fig.scatter("x", "y", source=self.source, visible=False)
+
+    def show(self, empty: bool) -> None:
+        wanted = self.frame if empty else {"x": [], "y": []}
+        if self.source.data["x"] != wanted["x"]:
+            self.source.data = dict(wanted)
+
+
 def _step_hover() -> HoverTool:
     return HoverTool(tooltips=[("step", "@step{0}"), ("value", "$y{0.0000}")])
 
@@ -328,6 +350,7 @@ class LivePlots:
         self._kept_runs: list[KeptRun] = []
         # (source, the ranges of a figure drawing it, the source's columns on that figure)
         self._followers: list[tuple[ColumnDataSource, FollowedRanges, list[str]]] = []
+        self._spectrum_frames: list[EmptyFrame] = []
         self._build()
 
     # ---- construction --------------------------------------------------------------------
@@ -362,11 +385,11 @@ class LivePlots:
                    line_dash="dashed")
         f.add_tools(_step_hover())
         self.eigenvalues_fig = f
-        # 4. KTA, A_k, a₁
-        f = _figure("Label alignment: KTA, A_k, a₁", "alignment")
+        # 4. KTA, Aₖ, a₁
+        f = _figure("Label alignment: KTA, Aₖ, a₁", "alignment")
         items = [_streamed_entry(f, label, self._line(f, self.spectrum, col, color=color,
                                                       line_width=2))
-                 for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "A_k", "#ff7f0e"),
+                 for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "Aₖ", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
         alignment_legend = _legend(f, items, "bottom_right")
         f.add_tools(_step_hover())
@@ -401,9 +424,10 @@ class LivePlots:
         # 10. final alignment against η
         f = _figure("Final alignment against η (kept runs)", "final value",
                     "learning rate η (log)", x_axis_type="log")
+        self._comparison_frame = EmptyFrame(f, COMPARISON_FRAME)
         items = []
         for col, label, color in (("kta", "KTA", "#1f77b4"), ("a1", "a₁", "#2ca02c"),
-                                  ("topk_mass", "A_k", "#ff7f0e")):
+                                  ("topk_mass", "Aₖ", "#ff7f0e")):
             line = f.line("lr", col, source=self.comparison, color=color, line_width=2)
             dots = f.scatter("lr", col, source=self.comparison, color=color, size=8)
             items.append(LegendItem(label=label, renderers=[line, dots]))
@@ -412,9 +436,10 @@ class LivePlots:
         self.comparison_fig = f
 
     def _spectrum_figure(self, legend: bool) -> figure:
-        f = _figure("Alignment spectrum (top eigenpairs)", "aᵢ = (uᵢᵀy)²/‖y‖²",
-                    "λᵢ / ‖K‖_F (log)", x_axis_type="log")
+        f = _figure(SPECTRUM_TITLE, "aᵢ = (uᵢᵀy)²/‖y‖²",
+                    "λᵢ / ‖K‖, Frobenius norm (log)", x_axis_type="log")
         f.xaxis.ticker = FixedTicker(ticks=LOG_TICKS)
+        self._spectrum_frames.append(EmptyFrame(f, SPECTRUM_FRAME))
         line = f.line("eigval_normalized", "alignment", source=self.current_alignment,
                       color="black", alpha=0.5)
         dots = f.scatter("eigval_normalized", "alignment", source=self.current_alignment,
@@ -545,6 +570,7 @@ class LivePlots:
             self.current_alignment.data = _columns(frame, ALIGNMENT_COLUMNS)
             for fig in (self.spectrum_fig, self.spectrum_legend_fig):
                 fig.title.text = f"Alignment spectrum at step {int(rows['step'][i])}"
+            self._show_empty_frames()
 
     def show_matrices(self, data: dict) -> None:
         """Draw a ``matrix_payload``; matrices it lacks keep their previous picture."""
@@ -587,6 +613,7 @@ class LivePlots:
                                "topk_mass": k.final.get("topk_mass", np.nan)}
                               for k in self._kept_runs], columns=COMPARE_COLUMNS)
         self.comparison.data = _columns(frame.sort_values("lr"), COMPARE_COLUMNS)
+        self._show_empty_frames()
         self._refit_ranges()
 
     def clear(self) -> None:
@@ -597,7 +624,18 @@ class LivePlots:
         self._pending_spectrum = []
         for heat in (self.vectors, self.history, self.kernel):
             heat.clear()
+        for fig in (self.spectrum_fig, self.spectrum_legend_fig):
+            fig.title.text = SPECTRUM_TITLE
+        self._show_empty_frames()
         self._refit_ranges()
+
+    def _show_empty_frames(self) -> None:
+        """Axes for the log-axis figures while they have nothing to draw (``EmptyFrame``)."""
+        spectra = [self.current_alignment, *self.kept_spectra]
+        empty = not any(len(source.data["alignment"]) for source in spectra)
+        for frame in self._spectrum_frames:
+            frame.show(empty)
+        self._comparison_frame.show(not len(self.comparison.data["lr"]))
 
     # ---- the figures, in the order the Live tab shows them -----------------------------------
     def live_figures(self) -> list[figure]:

@@ -10,12 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import panel as pn
-import xarray as xr
 
 from ntk_core.training.buffer import RunBuffer
 
 from ..files.runs import RunFileError
-from ..files.storage import MAX_NAME, RunStore
+from ..files.storage import MAX_NAME, RunStore, visitor_of
 from .untrusted import plain
 
 
@@ -23,10 +22,15 @@ class ServerFiles(pn.viewable.Viewer):
     """A name box with a save button, and a list of saved runs with an open button."""
 
     def __init__(self, store: RunStore, current: Callable[[], RunBuffer | None],
-                 open_run: Callable[[xr.Dataset, str], None],
+                 open_bytes: Callable[[str, bytes], None],
                  report: Callable[[str, str], None]) -> None:
         super().__init__()
-        self.store, self._current, self._open_run, self._report = store, current, open_run, report
+        self.store, self._current, self._open_bytes, self._report = (store, current,
+                                                                     open_bytes, report)
+        doc = pn.state.curdoc
+        context = doc.session_context if doc is not None else None
+        # the per-visitor caps count by client address; a notebook has none
+        self.visitor = visitor_of(context.request) if context is not None else ""
         self.name_input = pn.widgets.TextInput(placeholder="name, e.g. catapult-lr0.3",
                                                max_length=MAX_NAME, sizing_mode="stretch_width")
         self.save_button = pn.widgets.Button(label="Save to server", sizing_mode="stretch_width")
@@ -42,7 +46,7 @@ class ServerFiles(pn.viewable.Viewer):
             self._report("**Nothing to save yet:** take a step first.", "warning")
             return
         try:
-            name = self.store.save(buffer, self.name_input.value)
+            name = self.store.save(buffer, self.name_input.value, visitor=self.visitor)
         except RunFileError as exc:
             self._report(f"**Could not save to the server:** {plain(exc, 300)}.", "danger")
             return
@@ -55,12 +59,12 @@ class ServerFiles(pn.viewable.Viewer):
             self._report("**No saved run to open** on the server yet.", "warning")
             return
         try:
-            ds = self.store.load(name)
+            data = self.store.read_bytes(name)
         except RunFileError as exc:
             self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
             self.refresh()
             return
-        self._open_run(ds, name)
+        self._open_bytes(name, data)
 
     def refresh(self) -> None:
         self.select.options = self.store.list()

@@ -42,6 +42,7 @@ from .sweep_plots import (
     spectrum_plot,
 )
 from .untrusted import plain
+from .upload import UploadBox
 
 EXAMPLE = "eta-ladder-small.nc"
 EXAMPLE_COMMAND = ("ntk-eos sweep --preset eta-ladder --grid lr=0.05,0.1,0.15,0.2,0.4 "
@@ -239,10 +240,6 @@ class SweepView(pn.viewable.Viewer):
     def _alert(self, text: str, kind: str) -> None:
         self.alert.param.update(object=text, alert_type=kind, visible=bool(text))
 
-    def _on_upload(self, event: param.parameterized.Event) -> None:
-        if event.new:
-            self.load_bytes(event.new, self.upload.filename or "upload.nc")
-
     # ---- plots -----------------------------------------------------------------------------
     def refresh(self, *_: Any) -> None:
         if self.cube is None or self._quiet:
@@ -259,8 +256,9 @@ class SweepView(pn.viewable.Viewer):
     def _make_widgets(self) -> None:
         self._series: dict[str, dict] = {}
         self._quiet = False
-        self.upload = pn.widgets.FileInput(accept=".nc", width=260)
-        self.upload.param.watch(self._on_upload, "value")
+        self.upload = UploadBox(lambda name, data: self.load_bytes(data, name),
+                                lambda name, why: self._fail(name, ValueError(why)),
+                                max_mb=MAX_UPLOAD_MB, width=260)
         self.metric_select = pn.widgets.Select(label="Metric against η", options=METRICS,
                                                value="final_kta", width=200)
         self.seed_select = pn.widgets.Select(label="Seed (curves, spectrum)", options={}, width=180)

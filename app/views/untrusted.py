@@ -3,18 +3,27 @@
 * ``plain``: a URL value, a file name or a message quoting a file goes into Markdown panes, and
   Panel's Markdown keeps raw HTML: ``?preset=<img src=x onerror=...>`` quoted in a message
   would run script in whoever opens the link. ``plain`` escapes HTML and Markdown and shortens.
+  ``html_text`` is the same for HTML panes (no Markdown escapes, which would show there).
 * ``clean_query``: Panel parses the page's query string itself and raises on some values
-  (``?n=²``: ``'²'.isdigit()`` but ``int('²')`` fails; integers over 4300 digits), which would
-  break the page at every later URL update. ``clean_query`` drops such values and overlong ones
-  before the settings are synced, and says which.
+  (``?n=²``: ``'²'.isdigit()`` but ``int('²')`` fails; integers over 4300 digits; ``?a?b``),
+  which would break the page at every later URL update. ``clean_query`` drops such values and
+  overlong ones before the settings are synced, and says which.
+* ``install_location``: Panel builds a page's ``Location`` from the request the first time
+  anything asks for ``pn.state.location`` (``servable`` does), and that parse raises on the same
+  values before any of the app's code runs. The page gets a ``SafeLocation`` first, whose query
+  parsing goes through ``clean_query``, whatever the browser sends back later.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import panel as pn
+from bokeh.document import Document
+from panel.io.location import Location
 from panel.util import parse_query
 
 MAX_FIELDS = 64
@@ -23,12 +32,19 @@ MAX_VALUE = 256
 _MARKDOWN = re.compile(r"([\\`*_\[\]~|])")  # inline markup; the text never starts a line
 
 
+def _short_line(text: object, limit: int) -> str:
+    value = "".join(c if c.isprintable() else " " for c in str(text))
+    return value[:limit] + "…" if len(value) > limit else value
+
+
 def plain(text: object, limit: int = 120) -> str:
     """``text`` as literal, single-line Markdown of at most ``limit`` characters."""
-    value = "".join(c if c.isprintable() else " " for c in str(text))
-    if len(value) > limit:
-        value = value[:limit] + "…"
-    return html.escape(_MARKDOWN.sub(r"\\\1", value), quote=False)
+    return html.escape(_MARKDOWN.sub(r"\\\1", _short_line(text, limit)), quote=False)
+
+
+def html_text(text: object, limit: int = 120) -> str:
+    """``text`` as literal, single-line HTML of at most ``limit`` characters."""
+    return html.escape(_short_line(text, limit), quote=True)
 
 
 def clean_query(search: str) -> tuple[str, list[str]]:
@@ -55,3 +71,32 @@ def _parses(key: str, value: str) -> bool:
     except Exception:  # whatever Panel's parser raises is a value it cannot take
         return False
     return True
+
+
+class SafeLocation(Location):
+    """Panel's ``Location`` whose query parameters leave out what Panel's parser cannot take
+    (``clean_query``), so that a link's values can never raise inside a URL sync."""
+
+    @property
+    def query_params(self) -> dict[str, Any]:
+        return parse_query(clean_query(self.search)[0])
+
+
+def install_location(doc: Document | None) -> Location | None:
+    """The page's Location, a ``SafeLocation`` built from the request unless one exists.
+    None outside a server session."""
+    if doc is None or doc.session_context is None:
+        return None
+    existing = pn.state._locations.get(doc)  # Panel's per-document table (no public setter)
+    if existing is not None:
+        return existing
+    request = getattr(doc.session_context.request, "_request", None)
+    uri = str(getattr(request, "uri", "") or "")
+    path, _, query = uri.partition("?")
+    query = query.partition("#")[0]
+    # The raw query stays: the dashboard names the fields it drops (``clean_query``) when it
+    # syncs, and the browser sends ``window.location.search`` back anyway.
+    location = SafeLocation(pathname=path if path.startswith("/") else "/",
+                            search=f"?{query}" if query else "")
+    pn.state._locations[doc] = location
+    return location

@@ -1,6 +1,7 @@
 """Kernel–target alignment and the eigen-alignment spectrum.
 
-For targets Y (m × q; a vector when q = 1) the target kernel is T = Y Yᵀ and
+For targets Y in the kernel's rows (m × q; a vector when q = 1) the target kernel is T = Y Yᵀ
+and
 
 * KTA(K, Y) = ⟨K, T⟩_F / (‖K‖_F ‖T‖_F)  (Cristianini et al. 2001); centred: K_c = HKH, Y_c = HY
   with H = I − 11ᵀ/m (Cortes et al. 2012);
@@ -9,6 +10,9 @@ For targets Y (m × q; a vector when q = 1) the target kernel is T = Y Yᵀ and
 * λ̃_i = λ_i / ‖K‖_F; then KTA = (‖Y‖_F² / ‖T‖_F) Σ_i λ̃_i a_i, which is Σ_i λ̃_i a_i exactly for a
   single target vector;
 * kernel distance (Fort et al. 2020): 1 − ⟨K_t, K_s⟩_F / (‖K_t‖_F ‖K_s‖_F).
+
+Targets may be given as (n,) or (n, C) however the kernel is laid out: ``losses.kernel_targets``
+maps them to its rows (vec(Y) for the full sample-major kernel, Y itself for an n × n one).
 """
 
 from __future__ import annotations
@@ -18,28 +22,37 @@ from dataclasses import dataclass
 
 import torch
 
+from .losses import kernel_targets
 
-def _as_matrix(y: torch.Tensor) -> torch.Tensor:
-    return y.reshape(-1, 1) if y.dim() == 1 else y
+
+def _square(K: torch.Tensor) -> int:
+    if K.dim() != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"kernel: expected a square matrix, got shape {tuple(K.shape)}")
+    return K.shape[0]
 
 
 def target_fro(y: torch.Tensor) -> float:
-    """‖Y Yᵀ‖_F = ‖Yᵀ Y‖_F, without forming the m × m target kernel."""
-    Y = _as_matrix(y).to(torch.float64)
+    """‖Y Yᵀ‖_F = ‖Yᵀ Y‖_F, without forming the m × m target kernel; Y (m,) or (m, q)."""
+    Y = (y.reshape(-1, 1) if y.dim() == 1 else y).to(torch.float64)
     return float(torch.linalg.matrix_norm(Y.T @ Y))
 
 
 def kernel_target_alignment(K: torch.Tensor, y: torch.Tensor) -> float:
-    """KTA = ⟨K, yyᵀ⟩_F / (‖K‖_F ‖yyᵀ‖_F); y is a vector (m,) or a target matrix (m, q)."""
-    Y = _as_matrix(y).to(torch.float64)
+    """KTA = ⟨K, yyᵀ⟩_F / (‖K‖_F ‖yyᵀ‖_F).
+
+    ``K``: an m × m kernel; ``y``: (m,) or (m, q) in its rows, or (n, C) targets against the
+    full sample-major kernel (m = n·C), which stand for the column vec(Y). An n × n kernel (one
+    output, or output-traced) with (n, C) targets uses T = Y Yᵀ."""
+    Y = kernel_targets(y, _square(K)).to(K.device)
     num = float((Y * (K @ Y.to(K.dtype)).to(torch.float64)).sum())
     den = fro_norm(K) * target_fro(Y)
     return num / den if den > 0 else math.nan
 
 
 def centered_kernel_target_alignment(K: torch.Tensor, y: torch.Tensor) -> float:
-    """KTA of the centred kernel HKH against the centred targets HY, without forming HKH."""
-    Y = _as_matrix(y).to(torch.float64)
+    """KTA of the centred kernel HKH against the centred targets HY, without forming HKH.
+    Targets as in ``kernel_target_alignment``."""
+    Y = kernel_targets(y, _square(K)).to(K.device)
     ones = torch.ones(K.shape[0], 1, dtype=torch.float64, device=K.device)
     KY, K1 = (K @ torch.cat([Y, ones], 1).to(K.dtype)).to(torch.float64).split([Y.shape[1], 1], 1)
     return centered_alignment_from_products(Y, KY, K1, fro_norm(K))
@@ -66,8 +79,11 @@ def fro_norm(K: torch.Tensor) -> float:
 
 
 def eigen_alignment(vectors: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """a_i = ‖Yᵀ u_i‖² / ‖Y‖_F² for each column u_i of ``vectors``."""
-    Y = _as_matrix(y).to(torch.float64)
+    """a_i = ‖Yᵀ u_i‖² / ‖Y‖_F² for each column u_i of ``vectors`` (m, k): kernel eigenvectors,
+    whose rows are the kernel's. Targets as in ``kernel_target_alignment``."""
+    if vectors.dim() != 2:
+        raise ValueError(f"vectors: expected (m, k) columns, got shape {tuple(vectors.shape)}")
+    Y = kernel_targets(y, vectors.shape[0]).to(vectors.device)
     proj = vectors.to(torch.float64).T @ Y  # (k, q)
     return (proj**2).sum(1) / (Y**2).sum()
 

@@ -25,6 +25,7 @@ from ..numerics.alignment import (
 )
 from ..numerics.eigensolver import explicit_matmat, top_eigenpairs
 from ..numerics.hessian import HessianOperator, top_hessian_eigenpair
+from ..numerics.losses import kernel_targets
 from ..numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture
 from ..numerics.ntk.cost import CostEstimate, estimate_costs
 from ..numerics.ntk.exact import output_major_order
@@ -69,7 +70,7 @@ class Measurer:
         self.order = (output_major_order(n, C, Y.device)
                       if mode == "exact" and self.full and C > 1 else None)
         self.inverse = torch.argsort(self.order) if self.order is not None else None
-        self.targets = (Y.reshape(-1, 1) if self.full else Y).to(torch.float64)
+        self.targets = kernel_targets(Y, kernel_rows(n, C, config.kernel))
         self.kernel_targets = self._internal(self.targets)
         self.sign_ref = self.kernel_targets.sum(1)
         self.m = self.targets.shape[0]

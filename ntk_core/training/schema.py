@@ -32,6 +32,8 @@ SCALARS: dict[str, tuple[str, str]] = {
     "loss": ("training loss", "1"),
     "accuracy": ("training accuracy", "1"),
     "lr": ("learning rate η", "1"),
+    # logged with its own label: xarray arithmetic keeps the operand's attributes, so a plot
+    # of ``2 / ds.lr`` is labelled "learning rate η"
     "two_over_lr": ("stability threshold 2/η", "1"),
     "grad_norm": ("gradient norm ‖∇L‖", "1"),
     "sharpness": ("Hessian sharpness λ_max(∇²L)", "1"),

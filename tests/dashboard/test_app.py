@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 from bokeh.document import Document
 from panel.io.location import Location
-from support import wait_for
+from support import send_upload, wait_for
 
 from app.dashboard import Dashboard
 from app.files.runs import RunFileError, csv_bytes, read_run_bytes
@@ -290,10 +290,10 @@ def test_uploads_are_validated() -> None:
 def test_opening_a_saved_run_views_it_without_training(dash: Dashboard) -> None:
     steps_done(dash, 3)
     data = dash._download_netcdf().getvalue()
-    dash.upload.param.update(filename="bad.nc", value=b"garbage")
+    send_upload(dash.upload, "bad.nc", b"garbage")
     assert dash.run_alert.visible and dash.run_alert.alert_type == "danger"
     assert "Could not open bad.nc" in dash.run_alert.object
-    dash.upload.param.update(filename="saved.nc", value=data)
+    send_upload(dash.upload, "saved.nc", data)
     assert dash.controller.run is None and dash.controller.viewed is not None
     assert dash.status == "step 3 · paused · saved.nc"
     assert len(dash.plots.steps.data["step"]) == 3

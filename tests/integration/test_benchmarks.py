@@ -16,19 +16,31 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness, peers, run  # noqa: E402
-from benchmarks.common import NT_PYTHON  # noqa: E402
+from benchmarks.common import NT_PYTHON, ensure_torch_peers  # noqa: E402
 from benchmarks.reference import float64_copy, sharpness_reference  # noqa: E402
 from benchmarks.workloads import SPECS, tiny  # noqa: E402
 from ntk_core import RunConfig, empirical_ntk  # noqa: E402
 from ntk_core.experiments.bench import Workload  # noqa: E402
 
+# The peers re-implemented here always run; the third-party ones (PyHessian, hessian-eigenthings,
+# nngeometry) are installed into the per-user peer folder on first use, and their tests are
+# skipped, with pip's reason, where that cannot be done (no network).
+OWN_KERNEL_PEERS = ("jacrev", "ntk_vps")
+OWN_HESSIAN_PEERS = ("eigsh_cold", "lobpcg_warm", "ours_prev_only")
+THIRD_PARTY_PEERS = ("pyhessian_top1", "eigenthings", "nngeometry")
+
 
 @pytest.fixture(scope="module")
 def tiny_w1() -> dict:
-    names = ("jacrev", "ntk_vps", "eigsh_cold", "lobpcg_warm", "ours_prev_only", "pyhessian_top1",
-             "eigenthings", "nngeometry")
+    names = OWN_KERNEL_PEERS + OWN_HESSIAN_PEERS + THIRD_PARTY_PEERS
     return harness.run_workload(tiny(SPECS["W1"]), steps=3, check_every=3, peer_names=names,
                                 quick=True)
+
+
+def require_third_party_peers() -> None:
+    why_not = ensure_torch_peers()
+    if why_not is not None:
+        pytest.skip(f"third-party peers not installed: {why_not}")
 
 
 def test_tiny_workload_reports_ratios_products_and_accuracy(tiny_w1: dict) -> None:
@@ -41,38 +53,63 @@ def test_tiny_workload_reports_ratios_products_and_accuracy(tiny_w1: dict) -> No
     assert tiny_w1["errors"]["sharpness"]["max"] < 1e-3
     assert tiny_w1["errors"]["kta_abs"]["max"] < 1e-5
     assert tiny_w1["memory_mib"]["peak"] >= tiny_w1["memory_mib"]["baseline"] > 0
-    for name in ("jacrev", "ntk_vps", "eigsh_cold", "lobpcg_warm", "ours_prev_only"):
+    for name in OWN_KERNEL_PEERS + OWN_HESSIAN_PEERS:
         assert tiny_w1["peers"][name]["ratio_to_gd"] > 0, name
     table = run.format_table({"W1": tiny_w1}) + run.format_targets(run.targets({"W1": tiny_w1}))
     assert "NTK + top-k + KTA" in table and "peer jacrev" in table and "targets:" in table
     json.dumps(tiny_w1)  # the harness output is plain JSON
 
 
+def assert_kernel_peer_matches(res: dict, name: str) -> None:
+    # the kernel peer matched the float64 reference K at the checks
+    assert res["peers"][name]["kernel_err_median"] < 1e-5, name
+    assert res["peers"][name].get("err_max", 0.0) < 1e-4, name
+
+
+def assert_hessian_peer_matches(res: dict, name: str) -> None:
+    # the Hessian peer, calibrated to 1e-4, lands within a small multiple of it
+    assert res["peers"][name]["err_max"] < 1e-3, name
+
+
 def test_kernel_peers_agree_with_the_structured_kernel(tiny_w1: dict) -> None:
-    # every kernel peer matched the float64 reference K at the checks
-    for name in ("jacrev", "ntk_vps", "nngeometry"):
-        if name in tiny_w1["peers"]:
-            assert tiny_w1["peers"][name]["kernel_err_median"] < 1e-5, name
-            assert tiny_w1["peers"][name].get("err_max", 0.0) < 1e-4, name
+    for name in OWN_KERNEL_PEERS:
+        assert_kernel_peer_matches(tiny_w1, name)
+
+
+def multi_output_workload() -> Workload:
+    return Workload(RunConfig(dataset="digits", n=24, classes=(0, 1, 2), target="onehot", arch="mlp",
+                              width=8, depth=2, dtype="float64"))
 
 
 @pytest.mark.parametrize("kernel", ["full", "traced"])
 def test_torch_func_tutorial_kernels_match_multi_output(kernel: str) -> None:
-    cfg = RunConfig(dataset="digits", n=24, classes=(0, 1, 2), target="onehot", arch="mlp", width=8,
-                    depth=2, dtype="float64")
-    w = Workload(cfg)
+    w = multi_output_workload()
     K = empirical_ntk(w.model, w.X, kernel)
     for build in (peers.jacrev_kernel, peers.ntk_vps_kernel):
         assert torch.allclose(build(w.model, w.X, kernel), K, rtol=1e-9, atol=1e-9)
-    if peers.available("nngeometry"):
-        assert torch.allclose(peers.nngeometry_kernel(w.model, w.X, kernel), K, rtol=1e-9, atol=1e-9)
 
 
 def test_hessian_peers_agree_with_the_reference(tiny_w1: dict) -> None:
-    # each Hessian peer, calibrated to 1e-4, lands within a small multiple of it
-    for name in ("eigsh_cold", "lobpcg_warm", "ours_prev_only", "pyhessian_top1", "eigenthings"):
-        if name in tiny_w1["peers"]:
-            assert tiny_w1["peers"][name]["err_max"] < 1e-3, name
+    for name in OWN_HESSIAN_PEERS:
+        assert_hessian_peer_matches(tiny_w1, name)
+
+
+def test_third_party_peers_run_and_agree(tiny_w1: dict) -> None:
+    require_third_party_peers()
+    assert not tiny_w1["peers_skipped"]
+    assert_kernel_peer_matches(tiny_w1, "nngeometry")
+    for name in ("pyhessian_top1", "eigenthings"):
+        assert_hessian_peer_matches(tiny_w1, name)
+    for name in THIRD_PARTY_PEERS:
+        assert tiny_w1["peers"][name]["ratio_to_gd"] > 0, name
+
+
+@pytest.mark.parametrize("kernel", ["full", "traced"])
+def test_nngeometry_kernel_matches_multi_output(kernel: str) -> None:
+    require_third_party_peers()
+    w = multi_output_workload()
+    K = empirical_ntk(w.model, w.X, kernel)
+    assert torch.allclose(peers.nngeometry_kernel(w.model, w.X, kernel), K, rtol=1e-9, atol=1e-9)
 
 
 def test_sharpness_reference_matches_the_dense_hessian() -> None:
@@ -105,7 +142,8 @@ def test_matrix_free_workload_and_operator_peers() -> None:
         assert res["peers"][name]["err_max"] < 1e-3, name
 
 
-@pytest.mark.skipif(not NT_PYTHON.exists(), reason="neural-tangents venv not set up")
+@pytest.mark.skipif(not NT_PYTHON.exists(),
+                    reason="neural-tangents venv not set up (bash benchmarks/setup_peers.sh)")
 def test_neural_tangents_kernel_matches(tmp_path: Path) -> None:
     spec = tiny(SPECS["W1"])
     w = Workload(spec.config)

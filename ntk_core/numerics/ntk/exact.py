@@ -9,6 +9,11 @@ Rules, summed over layers (Novak et al. 2022, "Fast Finite Width NTK", structure
 * Anything else (LayerNorm, embeddings, shared weights): a chunked per-sample Jacobian from
   torch.func, contracted the same way.
 
+An n × n kernel (one output, or output-traced) is symmetric: each rule fills only the blocks on
+and above the diagonal (``BLOCK`` rows each) and the lower ones are mirrored at the end, which
+is 10 of the 16 block products at n = 1000 (measured: 31 ms instead of 43 ms for one layer's
+two Grams and their Hadamard product; torch exposes no symmetric rank-k product).
+
 Output-gradients Δ come from one backward pass per output c through the same forward pass that
 computes the loss. ``kernel="traced"`` returns Σ_c K_cc (n × n); ``kernel="full"`` returns the
 sample-major (nC × nC) kernel, index i·C + c.
@@ -23,6 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from ..losses import as_outputs
+
+KERNELS = ("full", "traced")
+BLOCK = 256  # rows per block of the symmetric n × n kernel: large enough for efficient GEMMs
 RULE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
@@ -103,7 +112,9 @@ def kernel_from_capture(model: nn.Module, X: torch.Tensor, f: torch.Tensor,
     the loss through it. The returned tensor lives in ``workspace`` and is overwritten by the
     next call with the same workspace.
     """
+    check_kernel(kernel)
     ws = workspace or NTKWorkspace()
+    f = as_outputs(f)  # a single-output model may return (n,)
     n, C = f.shape
     m = n if kernel == "traced" or C == 1 else n * C
     K = ws.get("K", (m, m), f)
@@ -132,7 +143,38 @@ def kernel_from_capture(model: nn.Module, X: torch.Tensor, f: torch.Tensor,
             if p.requires_grad and id(p) not in covered]
     if rest:
         _add_fallback(K, model, X, dict(rest), kernel, chunk, output_major)
+    if m == n:
+        _mirror_upper(K)
     return K
+
+
+def _upper_blocks(n: int) -> list[tuple[slice, slice]]:
+    """Row and column ranges of the blocks on and above the diagonal of an n × n matrix."""
+    count = max(1, round(n / BLOCK))
+    edges = [round(i * n / count) for i in range(count + 1)]
+    spans = [slice(edges[i], edges[i + 1]) for i in range(count)]
+    return [(spans[i], spans[j]) for i in range(count) for j in range(i, count)]
+
+
+def _mirror_upper(K: torch.Tensor) -> None:
+    """Copy the blocks above the diagonal to those below (diagonal blocks are computed whole)."""
+    for rows, cols in _upper_blocks(K.shape[0]):
+        if rows != cols:
+            K[cols, rows].copy_(K[rows, cols].T)
+
+
+def _add_sym_gram(K: torch.Tensor, Z: torch.Tensor, alpha: float = 1.0, shift: float = 0.0) -> None:
+    """K += alpha (Z Zᵀ + shift) on the upper blocks of the n × n K (Z: one row per sample)."""
+    for rows, cols in _upper_blocks(K.shape[0]):
+        block = K[rows, cols]
+        block.addmm_(Z[rows], Z[cols].T, alpha=alpha)
+        if shift:
+            block.add_(alpha * shift)
+
+
+def check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: expected full or traced, got {kernel!r}")
 
 
 def _output_deltas(f: torch.Tensor, outputs: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
@@ -176,6 +218,14 @@ def _add_dense_rule(K: torch.Tensor, A: torch.Tensor, deltas: list[torch.Tensor]
                     kernel: str, ws: NTKWorkspace, output_major: bool = False) -> None:
     n = A.shape[0]
     C = len(deltas)
+    if K.shape[0] == n:  # symmetric: upper blocks only, mirrored by the caller
+        D = _stack(deltas, kernel)
+        for rows, cols in _upper_blocks(n):
+            gram_a = torch.mm(A[rows], A[cols].T)
+            if bias:
+                gram_a.add_(1.0)
+            K[rows, cols].addcmul_(gram_a, torch.mm(D[rows], D[cols].T))
+        return
     gram_a = ws.get("gram_a", (n, n), K)
     torch.mm(A, A.T, out=gram_a)
     if bias:
@@ -185,10 +235,8 @@ def _add_dense_rule(K: torch.Tensor, A: torch.Tensor, deltas: list[torch.Tensor]
     torch.mm(D, D.T, out=gram_d)
     if K.shape[0] != n and output_major:  # the input Gram repeats over each n×n block
         K.view(C, n, C, n).addcmul_(gram_a.view(1, n, 1, n), gram_d.view(C, n, C, n))
-    elif K.shape[0] != n:  # sample-major: a strided, ~5× slower broadcast
+    else:  # sample-major: a strided, ~5× slower broadcast
         K.view(n, C, n, C).addcmul_(gram_a.view(n, 1, n, 1), gram_d.view(n, C, n, C))
-    else:
-        K.addcmul_(gram_a, gram_d)
 
 
 def _add_readout_rule(K: torch.Tensor, A: torch.Tensor, C: int, bias: bool, ws: NTKWorkspace,
@@ -197,13 +245,14 @@ def _add_readout_rule(K: torch.Tensor, A: torch.Tensor, C: int, bias: bool, ws: 
     Δ Δᵀ is the identity over outputs and the layer adds its input Gram A Aᵀ (+1) to each
     output's diagonal block only (the traced kernel: C times it). No n·C × n·C product."""
     n = A.shape[0]
+    if K.shape[0] == n:
+        _add_sym_gram(K, A, alpha=C, shift=1.0 if bias else 0.0)
+        return
     gram_a = ws.get("gram_a", (n, n), K)
     torch.mm(A, A.T, out=gram_a)
     if bias:
         gram_a.add_(1.0)
-    if K.shape[0] == n:
-        K.add_(gram_a, alpha=C)
-    elif output_major:
+    if output_major:
         K.view(C, n, C, n).diagonal(dim1=0, dim2=2).add_(gram_a[..., None])
     else:
         K.view(n, C, n, C).diagonal(dim1=1, dim2=3).add_(gram_a[..., None])
@@ -212,7 +261,10 @@ def _add_readout_rule(K: torch.Tensor, A: torch.Tensor, C: int, bias: bool, ws: 
 def _add_gram(K: torch.Tensor, grads: torch.Tensor, kernel: str,
               output_major: bool = False) -> None:
     G = _stack(list(grads.unbind(1)), kernel, output_major)
-    K.addmm_(G, G.T)
+    if K.shape[0] == G.shape[0] == grads.shape[0]:
+        _add_sym_gram(K, G)
+    else:
+        K.addmm_(G, G.T)
 
 
 def _per_sample_grads(module: nn.Module, A: torch.Tensor,
@@ -257,7 +309,7 @@ def per_sample_jacobian(model: nn.Module, X: torch.Tensor, params: dict[str, tor
     detached = {k: v.detach() for k, v in params.items()}
 
     def single(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, {**frozen, **p}, (x.unsqueeze(0),)).squeeze(0)
+        return as_outputs(functional_call(model, {**frozen, **p}, (x.unsqueeze(0),)))[0]
 
     jac_fn = vmap(jacrev(single), in_dims=(None, 0))
     blocks = []
@@ -270,7 +322,10 @@ def per_sample_jacobian(model: nn.Module, X: torch.Tensor, params: dict[str, tor
 def empirical_ntk(model: nn.Module, X: torch.Tensor, kernel: str = "full") -> torch.Tensor:
     """Exact empirical NTK of ``model`` on ``X``: (n·C) × (n·C) sample-major, or n × n when C = 1.
 
-    ``kernel="traced"`` gives the output-traced Σ_c K_cc instead. Returns a fresh tensor.
+    ``kernel="traced"`` gives the output-traced Σ_c K_cc instead. The model's outputs are (n, C),
+    or (n,) for one output. Targets that go with the full kernel are (n, C) (row i·C + c of
+    vec(Y)); with an n × n kernel, (n,) or (n, C): see ``losses.kernel_targets``. Returns a fresh
+    tensor.
     """
     with LayerCapture(model) as capture:
         f = model(X)

@@ -13,6 +13,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
 
+from ..losses import as_outputs
+from .exact import check_kernel
+
 
 class NTKOperator:
     """The empirical NTK at the model's current weights as a linear operator on R^m.
@@ -22,12 +25,13 @@ class NTKOperator:
     """
 
     def __init__(self, model: nn.Module, X: torch.Tensor, kernel: str = "full") -> None:
+        check_kernel(kernel)
         params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
         buffers = dict(model.named_buffers())
         frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
 
         def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(model, {**frozen, **buffers, **p}, (X,))
+            return as_outputs(functional_call(model, {**frozen, **buffers, **p}, (X,)))
 
         self.outputs, self._vjp = vjp(f, params)
         self._f, self._params = f, params

@@ -15,7 +15,14 @@ from ntk_core.numerics.alignment import (
     eigen_alignment,
     kernel_distance,
 )
-from ntk_core.numerics.eigensolver import explicit_matmat, top_eigenpairs
+from ntk_core.numerics.eigensolver import (
+    DEFAULT_TOL,
+    choose_solver,
+    explicit_matmat,
+    kernel_eigenpairs,
+    krylov_tol_floor,
+    top_eigenpairs,
+)
 
 
 def _subspace_gap(U: torch.Tensor, V: torch.Tensor) -> float:
@@ -26,19 +33,84 @@ def _subspace_gap(U: torch.Tensor, V: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("arch", list(TINY))
 @pytest.mark.parametrize("mode", ["exact", "matrix_free"])
-def test_eigenpairs_match_dense_eigh(arch: str, mode: str) -> None:
+@pytest.mark.parametrize("solver", ["dense", "krylov"])
+def test_eigenpairs_match_dense_eigh(arch: str, mode: str, solver: str) -> None:
+    """Both solvers, on both kernels: the block solver to a tight tol, dense exact."""
     _, data, model = tiny_setup(arch, n=16)
     K = reference_ntk(model, data.X)
     k = 4
     evals, evecs = torch.linalg.eigh(K)
     ref_vals, ref_vecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
-    vals, vecs = ntk_eigenpairs(model, data.X, k, mode=mode)
+    vals, vecs = ntk_eigenpairs(model, data.X, k, mode=mode, tol=1e-10, solver=solver)
     assert torch.all(vals[:-1] >= vals[1:]), "eigenvalues must be descending"
     rel = ((vals - ref_vals).abs() / ref_vals.abs()).max()
-    assert rel <= 1e-4, f"eigenvalue error {rel:.2e}"
+    assert rel <= (1e-10 if solver == "dense" else 1e-8), f"eigenvalue error {rel:.2e}"
     gap = float(evals.flip(0)[k - 1] - evals.flip(0)[k])
     if gap > 1e-6 * float(ref_vals[0]):  # the subspace is only defined when separated
         assert _subspace_gap(vecs, ref_vecs) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["mlp", "vit"])
+@pytest.mark.parametrize("mode", ["exact", "matrix_free"])
+def test_default_eigenpairs_meet_the_documented_tolerance(arch: str, mode: str) -> None:
+    """The default call, whichever path it takes, errs by at most DEFAULT_TOL (relative)."""
+    _, data, model = tiny_setup(arch, n=16)
+    ref = torch.linalg.eigvalsh(reference_ntk(model, data.X)).flip(0)[:6]
+    vals, _ = ntk_eigenpairs(model, data.X, 6, mode=mode)
+    assert float(((vals - ref).abs() / ref).max()) <= DEFAULT_TOL
+
+
+def test_solver_choice_by_size_and_tolerance() -> None:
+    f32, f64 = torch.float32, torch.float64
+    assert choose_solver(300, 20, DEFAULT_TOL, f32, explicit=True) == "dense"  # small K
+    assert choose_solver(1000, 20, DEFAULT_TOL, f32, explicit=True) == "krylov"
+    assert choose_solver(1000, 100, DEFAULT_TOL, f32, explicit=True) == "dense"  # k ≥ m/10
+    assert choose_solver(1000, 20, 1e-10, f32, explicit=True) == "dense"  # below float32
+    assert choose_solver(1000, 20, 1e-10, f64, explicit=True) == "krylov"
+    assert choose_solver(30, 4, DEFAULT_TOL, f32, explicit=False) == "dense"  # 30 products
+    assert choose_solver(10000, 5, 1e-10, f32, explicit=False) == "krylov"  # no K to decompose
+    assert krylov_tol_floor(f32) > DEFAULT_TOL / 10 and krylov_tol_floor(f64) < 1e-13
+
+
+def _psd(dim: int, decay: float = 1.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(4)
+    U = torch.linalg.qr(torch.randn(dim, dim, dtype=torch.float64, generator=g))[0]
+    spectrum = 1.0 / torch.arange(1, dim + 1, dtype=torch.float64) ** decay
+    return ((U * spectrum) @ U.T).to(dtype)
+
+
+def test_block_path_on_a_large_explicit_kernel_meets_its_tolerance() -> None:
+    K = _psd(600)
+    res = kernel_eigenpairs(10, K=K)
+    assert res.method == "krylov" and res.converged
+    ref = torch.linalg.eigvalsh(K).flip(0)[:10]
+    assert float(((res.values - ref).abs() / ref).max()) <= DEFAULT_TOL
+    again = kernel_eigenpairs(10, K=K)  # a private generator: the same call, the same answer
+    assert torch.equal(res.values, again.values) and res.products == again.products
+
+
+def test_stalled_block_solve_on_an_explicit_kernel_finishes_densely() -> None:
+    """float32 products cannot certify 1e-9: the forced block solve stalls and dense eigh
+    finishes the job instead of returning an unconverged answer."""
+    K = _psd(500, dtype=torch.float32)
+    res = kernel_eigenpairs(5, K=K, tol=1e-9, solver="krylov")
+    assert res.method == "dense" and res.converged
+    ref = torch.linalg.eigvalsh(K.double()).flip(0)[:5]
+    torch.testing.assert_close(res.values, ref, rtol=1e-12, atol=0)
+
+
+def test_matrix_free_dense_path_builds_the_kernel_from_products() -> None:
+    K = _psd(40)
+    res = kernel_eigenpairs(6, matmat=explicit_matmat(K), dim=40, dtype=torch.float64)
+    assert res.method == "dense" and res.products == 40  # fewer than a cold block solve
+    torch.testing.assert_close(res.values, torch.linalg.eigvalsh(K).flip(0)[:6], rtol=1e-12,
+                               atol=0)
+
+
+def test_unconverged_matrix_free_solve_warns() -> None:
+    _, data, model = tiny_setup("mlp", n=16, dtype="float32")
+    with pytest.warns(RuntimeWarning, match="block solver stopped"):
+        ntk_eigenpairs(model, data.X, 4, mode="matrix_free", tol=1e-13, solver="krylov")
 
 
 def test_block_solver_warm_start_saves_products() -> None:
@@ -62,6 +134,12 @@ def test_hessian_sharpness_matches_dense_hessian(arch: str) -> None:
     ref = float(torch.linalg.eigvalsh(H)[-1])
     got = hessian_sharpness(model, data.X, data.Y)
     assert abs(got - ref) / abs(ref) <= 1e-4, (got, ref)
+
+
+def test_sharpness_that_cannot_reach_its_tolerance_warns() -> None:
+    _, data, model = tiny_setup("mlp", n=10, dtype="float32")
+    with pytest.warns(RuntimeWarning, match="hessian_sharpness: the solver stopped"):
+        hessian_sharpness(model, data.X, data.Y, tol=1e-13)
 
 
 def test_kta_identity_over_all_eigenpairs() -> None:

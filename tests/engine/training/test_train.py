@@ -258,3 +258,26 @@ def test_gauss_newton_gap_skips_eigenvalues_within_the_tolerance() -> None:
     values = torch.tensor([10.0, 9.5, 9.0, 5.0], dtype=torch.float64)
     assert measurer._gauss_newton_gap(values, 16) == pytest.approx(0.5 / 16)
     assert measurer._gauss_newton_gap(torch.full((4,), 10.0, dtype=torch.float64), 16) is None
+
+
+def test_the_logged_threshold_plots_with_its_own_axis_label() -> None:
+    """``2 / ds.lr`` keeps lr's attributes in xarray arithmetic and so was plotted as a
+    "learning rate η"; the log's ``two_over_lr`` is 2/η with a label of its own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trainer = Trainer(small(lr=0.05, steps=4, sharpness=False))
+    for _ in range(2):
+        trainer.step()
+    trainer.set_lr(0.04)
+    ds = trainer.run()
+    np.testing.assert_allclose(ds.two_over_lr.values, 2 / ds.lr.values)
+    fig, ax = plt.subplots()
+    try:
+        ds.two_over_lr.plot(ax=ax)
+        label = ax.get_ylabel().replace("\n", " ")
+    finally:
+        plt.close(fig)
+    assert label == "stability threshold 2/η [1]"

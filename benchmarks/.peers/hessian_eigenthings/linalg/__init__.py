@@ -1,3 +1,0 @@
-from hessian_eigenthings.linalg.backend import LinAlgBackend, SingleDeviceBackend
-
-__all__ = ["LinAlgBackend", "SingleDeviceBackend"]

@@ -1,0 +1,98 @@
+"""The live plots' labels and empty states, without a server: what the figures say before and
+after a run's rows arrive. A standalone page in Chromium checks that BokehJS can draw them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bokeh.embed import file_html
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, GlyphRenderer, Legend
+from bokeh.plotting import figure
+from bokeh.resources import INLINE
+from playwright.sync_api import Page
+
+from app.session.kept_runs import keep_run
+from app.views.plots import LivePlots
+from ntk_core import RunConfig, Trainer
+
+pytestmark = pytest.mark.timeout(120)
+
+SMALL_CONFIG = RunConfig(dataset="digits", n=32, classes=(0, 1, 2, 3), width=16, k=4, steps=50)
+
+
+@pytest.fixture(scope="module")
+def trainer() -> Trainer:
+    run = Trainer(SMALL_CONFIG)
+    for _ in range(4):
+        run.step()
+    return run
+
+
+def log_x_figures(plots: LivePlots) -> list[figure]:
+    return [plots.spectrum_fig, plots.spectrum_legend_fig, plots.comparison_fig]
+
+
+def drawn_x(fig: figure) -> np.ndarray:
+    """Every x value the figure's glyphs hold (what BokehJS fits its x range to)."""
+    values = []
+    for renderer in fig.renderers:
+        if isinstance(renderer, GlyphRenderer):
+            source = renderer.data_source
+            column = renderer.glyph.x if isinstance(renderer.glyph.x, str) else None
+            if isinstance(source, ColumnDataSource) and column in source.data:
+                values.append(np.asarray(source.data[column], dtype=float))
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+def texts(fig: figure) -> list[str]:
+    out = [fig.title.text, *(axis.axis_label or "" for axis in (*fig.xaxis, *fig.yaxis))]
+    for legend in fig.select(type=Legend):
+        out += [item.label.value for item in legend.items if item.label is not None
+                and getattr(item.label, "value", None)]
+    return out
+
+
+def test_alignment_labels_have_no_literal_underscores() -> None:
+    """Bokeh draws labels as plain text: TeX-style subscripts (‖K‖_F, A_k) showed as typed."""
+    plots = LivePlots()
+    figures = [plots.alignment_fig, plots.comparison_fig, *log_x_figures(plots)]
+    shown = [text for fig in figures for text in texts(fig)]
+    assert len(shown) > 15
+    assert [text for text in shown if "_" in text] == []
+    assert "λᵢ / ‖K‖, Frobenius norm (log)" in shown
+
+
+def test_log_axis_figures_have_ranges_before_the_first_measurement(trainer: Trainer) -> None:
+    """A log axis cannot be fitted to no data: the empty figures hold an invisible frame of
+    positive x values, which gives way to the data once it arrives and returns on reset."""
+    plots = LivePlots()
+    for fig in log_x_figures(plots):
+        x = drawn_x(fig)
+        assert np.isfinite(x).all() and (x > 0).all() and len(np.unique(x)) >= 2, fig.title.text
+    plots.push_rows(trainer.buffer.rows(0), n=32)
+    plots.push_matrices(trainer.buffer)
+    measured = np.sort(trainer.buffer.rows(0)["eigval_normalized"][-1])
+    for fig in (plots.spectrum_fig, plots.spectrum_legend_fig):
+        np.testing.assert_allclose(np.unique(drawn_x(fig)), measured)  # the data alone
+    assert plots.spectrum_fig.title.text == "Alignment spectrum at step 3"
+    plots.set_kept([keep_run(trainer.buffer, "η=0.1", 0.1)])
+    assert np.unique(drawn_x(plots.comparison_fig)).tolist() == [0.1]
+    plots.set_kept([])
+    plots.clear()
+    for fig in log_x_figures(plots):
+        assert len(np.unique(drawn_x(fig))) >= 2, fig.title.text
+    assert plots.spectrum_fig.title.text == "Alignment spectrum (top eigenpairs)"
+
+
+@pytest.mark.browser
+def test_empty_log_axis_figures_are_drawn_with_axes(page: Page) -> None:
+    """BokehJS says "could not set initial ranges" and draws a figure blank, without axes, when
+    it cannot fit a range; the empty figures of a new page must not."""
+    messages: list[str] = []
+    page.on("console", lambda message: messages.append(message.text))
+    page.set_content(file_html(column(log_x_figures(LivePlots())), INLINE, "figures"))
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0")
+    page.wait_for_timeout(500)
+    assert any("document idle" in m for m in messages), messages  # it was drawn
+    assert not [m for m in messages if "could not set initial ranges" in m]
