@@ -11,17 +11,12 @@ import numpy as np
 import pytest
 
 from ntk_core import RunConfig, run
+from ntk_core.cli.reproduce import main
 from ntk_core.experiments import theory
-from ntk_core.experiments.reproduce import (
-    Experiment,
-    eos_correlation,
-    eos_phase,
-    figure_experiment,
-    figure_theory,
-    main,
-    summarize,
-    write_report,
-)
+from ntk_core.experiments.reproduce.figures import figure_experiment, figure_theory
+from ntk_core.experiments.reproduce.grid import Experiment
+from ntk_core.experiments.reproduce.report import eos_reached, write_report
+from ntk_core.experiments.reproduce.statistics import eos_correlation, eos_phase, summarize
 from ntk_core.experiments.sweep import sweep
 
 CLAIM = RunConfig(dataset="digits", classes=(0, 1, 2, 3), n=128, width=64, depth=2, activation="tanh",
@@ -60,6 +55,21 @@ def test_eos_statistics_on_a_synthetic_series() -> None:
     assert np.isnan(eos_correlation(K, S / 10, 0.2)), "never reached 2/η"
     catapult = np.array([40.0, 25.0, 14.0, 10.3, 9.8, 10.2, 9.9])
     assert list(eos_phase(catapult, 0.2)) == [3, 4, 5, 6], "a catapult from above is not EoS"
+
+
+def test_every_median_of_the_eos_claim_names_its_lr() -> None:
+    """The quick report read "EoS at η ∈ {0.01, 0.04, 0.06}" beside four medians: the η that
+    reached the edge at some seeds only had a median but no place in the list."""
+    nan = np.nan
+    stats = {"lr": np.array([0.01, 0.02, 0.04, 0.06]),
+             "edge_ratio": np.array([[1.10, 1.10], [nan, 1.13], [1.09, 1.08], [1.10, 1.12]])}
+    text, lrs = eos_reached(stats)
+    assert lrs == [0.01, 0.04, 0.06]
+    assert text == ("EoS at every seed at η ∈ {0.01, 0.04, 0.06} (median S·η/2 in the EoS phase "
+                    "1.10, 1.08, 1.11); at some seeds only at η ∈ {0.02} (median S·η/2 in the "
+                    "EoS phase 1.13)")
+    none = {"lr": np.array([0.1, 0.2]), "edge_ratio": np.full((2, 2), nan)}
+    assert eos_reached(none) == ("no η reached EoS at every seed", [])
 
 
 def test_report_and_figures(tmp_path) -> None:
