@@ -42,7 +42,7 @@ from .views.controls import SPEEDS, LearningRateControl, settings_sections
 from .views.plots import PLOT_HEIGHT, LivePlots
 from .views.server_files import ServerFiles
 from .views.sweep_view import sweep_tab
-from .views.untrusted import clean_query, html_text, install_location, plain
+from .views.untrusted import NO_LINKS, clean_query, file_name, html_text, install_location, plain
 from .views.upload import UploadBox
 
 pn.extension("filedropper", notifications=False)
@@ -106,6 +106,7 @@ class Dashboard(pn.viewable.Viewer):
         self._started = False
         self._callback: Any = None
         self._url_message = ""
+        self._url_bad: dict = {}  # the link's fields that could not be applied
         self._file_message: tuple[str, str] = ("", "info")  # shown until the next reset
         self._viewed_note = ""
         self.param.watch(lambda e: self.controller.set_speed(e.new), "speed")
@@ -195,6 +196,7 @@ class Dashboard(pn.viewable.Viewer):
     def apply_url(self, location: Any) -> None:
         """Sync the settings with ``location`` (a panel Location). A value that cannot be
         applied leaves a message, never an error: the query comes from whoever wrote the link."""
+        self._url_bad = {}
         search, dropped = clean_query(location.search)
         if dropped:
             location.search = search
@@ -208,8 +210,12 @@ class Dashboard(pn.viewable.Viewer):
                                  f"({plain(type(exc).__name__)}); the defaults are shown.")
 
     def _url_error(self, values: dict) -> None:
+        """Name the link's bad fields; Panel reports them in several calls (one per synced
+        object), and each adds to the list."""
+        self._url_bad.update(values)
+        shown = ", ".join(f"{str(k)[:40]}={str(v)[:40]}" for k, v in self._url_bad.items())
         self._url_message = ("**The link's settings could not all be applied:** "
-                             + plain(", ".join(f"{k}={v}" for k, v in values.items()), 300)
+                             + plain(shown, 600)
                              + ". Check the values against the bounds of each control.")
 
     # ---- files ---------------------------------------------------------------------------
@@ -227,7 +233,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _upload_refused(self, name: str, why: str) -> None:
         server_limits.opened_runs().release((self, "upload"))
-        self._report(f"**Could not open {plain(name)}:** {plain(why, 300)}.", "danger")
+        self._report(f"**Could not open {file_name(name)}:** {plain(why, 300)}.", "danger")
 
     def open_bytes(self, name: str, data: bytes) -> None:
         """Open run file bytes from outside (an upload, the server's folder) in place of the
@@ -238,13 +244,13 @@ class Dashboard(pn.viewable.Viewer):
         most = MAX_DATA_MB * 2**20 if room is None else min(MAX_DATA_MB * 2**20, budget.total // 4,
                                                            room)
         if most < 2**20:
-            self._report(f"**Could not open {plain(name)}:** the server holds as many opened "
+            self._report(f"**Could not open {file_name(name)}:** the server holds as many opened "
                          "runs as it has memory for; try again in a few minutes.", "danger")
             return
         try:
             ds = read_run_bytes(data, max_data_mb=most / 2**20)
         except RunFileError as exc:
-            self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
+            self._report(f"**Could not open {file_name(name)}:** {plain(exc, 300)}.", "danger")
             return
         self._view_dataset(ds, name)
 
@@ -253,17 +259,17 @@ class Dashboard(pn.viewable.Viewer):
         try:
             buffer = RunBuffer.from_dataset(ds)
         except (RunFileError, ConfigError, ValueError, KeyError) as exc:
-            self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
+            self._report(f"**Could not open {file_name(name)}:** {plain(exc, 300)}.", "danger")
             return
         if not server_limits.opened_runs().hold(self, int(ds.nbytes)):
-            self._report(f"**Could not open {plain(name)}:** the server holds as many opened "
+            self._report(f"**Could not open {file_name(name)}:** the server holds as many opened "
                          "runs as it has memory for; try again in a few minutes.", "danger")
             return
         self._file_message = ("", "info")
         self.controller.view(buffer, name)
         lr = run_config_dict(buffer.attrs).get("lr", buffer.attrs.get("lr"))
         left_out = ds.attrs.get(LEFT_OUT, "")
-        self._viewed_note = (f"Viewing the saved run **{plain(name)}** (η = {plain(lr)}); "
+        self._viewed_note = (f"Viewing the saved run **{file_name(name)}** (η = {plain(lr)}); "
                              + (f"left out: {plain(left_out, 200)}; " if left_out else "")
                              + "Reset trains again.")
         self.tick()
@@ -432,9 +438,9 @@ class Dashboard(pn.viewable.Viewer):
                                         styles={"font-size": "1.4em", "font-weight": "600",
                                                 "white-space": "nowrap"})
         self.config_alert = pn.pane.Alert("", alert_type="danger", visible=False,
-                                          sizing_mode="stretch_width")
+                                          renderer_options=NO_LINKS, sizing_mode="stretch_width")
         self.run_alert = pn.pane.Alert("", alert_type="info", visible=False,
-                                       sizing_mode="stretch_width")
+                                       renderer_options=NO_LINKS, sizing_mode="stretch_width")
         self.ladder_pane = pn.pane.Markdown("", margin=(0, 10))
 
     def _sidebar(self) -> pn.Column:

@@ -61,5 +61,5 @@ def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable:
 
 
 if pn.state.served:
-    pn.extension(notifications=False)
+    pn.extension("filedropper", notifications=False)  # the upload box (app.views.upload)
     create_app().servable(title=TITLE)

@@ -2,7 +2,7 @@
 
 * kernel spectrum: dense ``eigh`` of the float64 kernel when it fits (explicit K by the
   structured rules on a float64 copy of the model; cross-checked against torch.func jacrev in
-  tests/test_benchmarks.py), otherwise ARPACK (scipy ``eigsh``, tol 1e-10) on float64
+  tests/integration/test_benchmarks.py), otherwise ARPACK (scipy ``eigsh``, tol 1e-10) on float64
   NTK-vector products;
 * sharpness: ARPACK on float64 Hessian-vector products, tol 1e-10.
 """

@@ -101,6 +101,9 @@ class RunSettings(param.Parameterized):
     Choosing a preset applies its values, except for fields set in the same update (so that a URL
     ``?preset=catapult&lr=0.3`` gives the catapult run at η = 0.3). After every coherent change the
     ``changed`` event fires with ``last_changed`` holding the names that changed.
+
+    A value typed into a control that the settings cannot take (see ``propose``) leaves them as
+    they were; ``rejected`` holds why until the control gets a value they take.
     """
 
     preset = param.Selector(default=DEFAULT_PRESET, objects=[], label="Preset")
@@ -114,6 +117,7 @@ class RunSettings(param.Parameterized):
         initial = {**_preset_values(self.preset_info), **params, "preset": preset}
         super().__init__(**initial)
         self.last_changed: frozenset[str] = frozenset()
+        self.rejected: dict[str, str] = {}  # control -> the message for the value typed there
         self._applying = False
         self.param.watch(self._on_change, ["preset", *CONTROL_FIELDS])
 
@@ -122,6 +126,8 @@ class RunSettings(param.Parameterized):
         if self._applying:
             return
         names = {e.name for e in events}
+        for name in names:  # a value set from elsewhere (slider, preset, link) replaces it
+            self.rejected.pop(name, None)
         if "preset" in names:
             self.preset_info = load_preset(self.preset)
             values = _preset_values(self.preset_info)
@@ -131,8 +137,40 @@ class RunSettings(param.Parameterized):
             finally:
                 self._applying = False
             names |= set(CONTROL_FIELDS)
+            self.rejected.clear()
+        self._announce(names)
+
+    def _announce(self, names: set[str]) -> None:
         self.last_changed = frozenset(names)
         self.param.trigger("changed")
+
+    def propose(self, name: str, value: Any) -> None:
+        """Set control ``name`` to a value typed into its widget. A value the settings cannot
+        take (the engine refuses it, or it lies outside the dashboard's ``BOUNDS``) leaves them
+        unchanged: ``validate`` then returns its message, the engine's where the engine refuses
+        it, until the control gets a value they take. ``changed`` fires either way, so the page
+        shows the message the way it shows any invalid setting."""
+        message = self._refusal(name, value)
+        if message:
+            self.rejected[name] = message
+            self._announce({name})
+        elif getattr(self, name) != value:
+            setattr(self, name, value)  # _on_change clears the rejection and announces it
+        elif self.rejected.pop(name, None) is not None:  # back to the value the run has
+            self._announce({name})
+
+    def _refusal(self, name: str, value: Any) -> str:
+        """Why control ``name`` cannot take ``value`` ('' when it can)."""
+        try:
+            RunConfig.from_dict({**self.preset_info.config.to_dict(), **self.values(),
+                                 name: value})
+        except ConfigError as exc:
+            if str(exc).startswith(f"{name}:"):  # another field's message is validate's job
+                return str(exc)
+        bounds = BOUNDS.get(name)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            return f"{name}: the dashboard allows {bounds[0]:g} to {bounds[1]:g}, got {value:g}"
+        return ""
 
     # ---- derived -------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
@@ -151,7 +189,10 @@ class RunSettings(param.Parameterized):
         return grid_configs(self.to_config(), self.preset_info.sweep)
 
     def validate(self) -> str:
-        """'' when the settings make a valid run, else the engine's message."""
+        """'' when the settings make a valid run, else the engine's message (or the message for
+        a value a control could not take, first)."""
+        if self.rejected:
+            return next(iter(self.rejected.values()))
         try:
             self.to_config()
         except ConfigError as exc:

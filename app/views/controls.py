@@ -58,8 +58,10 @@ class LearningRateControl(pn.viewable.Viewer):
             label="Learning rate η (log scale)", start=math.log10(low), end=math.log10(high),
             step=0.01, value=math.log10(settings.lr), sizing_mode="stretch_width",
             format=CustomJSTickFormatter(code="return Number((10 ** tick).toPrecision(3))"))
-        self.input = pn.widgets.FloatInput(label="η", value=settings.lr, start=low, end=high,
-                                           step=0.01, width=110)
+        # No start/end: the browser's spinner drops a typed value outside them without a word
+        # (the box showed −1 while the run kept its η); the settings report it instead
+        self.input = pn.widgets.FloatInput(label="η", value=settings.lr, step=0.01, width=110,
+                                           description=_describe("lr"))
         self.threshold = pn.pane.Markdown(self._threshold_text(), margin=(22, 5, 0, 10))
         self.slider.param.watch(self._from_slider, "value_throttled")
         self.input.param.watch(self._from_input, "value")
@@ -69,8 +71,10 @@ class LearningRateControl(pn.viewable.Viewer):
         self.settings.lr = round_lr(10 ** event.new)
 
     def _from_input(self, event: param.parameterized.Event) -> None:
-        if event.new is not None and event.new != self.settings.lr:
-            self.settings.lr = float(event.new)
+        # through propose: a value the run cannot take (η ≤ 0, beyond the bounds) is reported
+        # on the page, where assigning it to the settings raised where no one saw it
+        if event.new is not None:
+            self.settings.propose("lr", float(event.new))
 
     def _from_settings(self, event: param.parameterized.Event) -> None:
         if abs(10 ** self.slider.value - event.new) > 1e-9 * event.new:

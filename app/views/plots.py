@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from bokeh.core.properties import value
 from bokeh.models import (
+    Axis,
     ColorBar,
     ColumnDataSource,
     FixedTicker,
@@ -249,6 +250,16 @@ class EmptyFrame:
             self.source.data = dict(wanted)
 
 
+def kernel_name(kind: str, outputs: int) -> str:
+    """Which NTK the alignment plots describe, in words. It decides what a₁ reads: with C
+    balanced one-hot classes the traced kernel's u₁ is close to the constant vector, so a₁ sits
+    near 1/C; the full kernel's u₁ is close to 1 ⊗ v for an output direction v, which the
+    targets meet only through Σ_c v_c, so a₁ starts at 1/C² and falls near 0 in training."""
+    if kind == "traced":
+        return "traced NTK (n × n)"
+    return "full NTK (nC × nC)" if outputs > 1 else "NTK (n × n)"
+
+
 def _step_hover() -> HoverTool:
     return HoverTool(tooltips=[("step", "@step{0}"), ("value", "$y{0.0000}")])
 
@@ -351,6 +362,9 @@ class LivePlots:
         # (source, the ranges of a figure drawing it, the source's columns on that figure)
         self._followers: list[tuple[ColumnDataSource, FollowedRanges, list[str]]] = []
         self._spectrum_frames: list[EmptyFrame] = []
+        # (axis, its label, hover tool) of the figures showing alignments: they name the kernel
+        self._kernel_labelled: list[tuple[Axis, str, HoverTool]] = []
+        self.kernel_label = ""  # kernel_name of the run on screen; "" before one
         self._build()
 
     # ---- construction --------------------------------------------------------------------
@@ -392,7 +406,9 @@ class LivePlots:
                  for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "Aₖ", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
         alignment_legend = _legend(f, items, "bottom_right")
-        f.add_tools(_step_hover())
+        hover = _step_hover()
+        f.add_tools(hover)
+        self._kernel_labelled.append((f.yaxis[0], "alignment", hover))
         self.alignment_fig = f
         # 5. u₁ᵀr
         f = _figure("Residual along u₁: u₁ᵀr (the EoS oscillation)", "u₁ᵀr")
@@ -432,7 +448,9 @@ class LivePlots:
             dots = f.scatter("lr", col, source=self.comparison, color=color, size=8)
             items.append(LegendItem(label=label, renderers=[line, dots]))
         _legend(f, items, outside=True)
-        f.add_tools(HoverTool(tooltips=[("η", "@lr"), ("value", "$y{0.0000}")]))
+        hover = HoverTool(tooltips=[("η", "@lr"), ("value", "$y{0.0000}")])
+        f.add_tools(hover)
+        self._kernel_labelled.append((f.yaxis[0], "final value", hover))
         self.comparison_fig = f
 
     def _spectrum_figure(self, legend: bool) -> figure:
@@ -444,8 +462,10 @@ class LivePlots:
                       color="black", alpha=0.5)
         dots = f.scatter("eigval_normalized", "alignment", source=self.current_alignment,
                          color="black", size=8)
-        f.add_tools(HoverTool(renderers=[dots], tooltips=[("λ/‖K‖", "@eigval_normalized{0.0000}"),
-                                                         ("a", "@alignment{0.0000}")]))
+        hover = HoverTool(renderers=[dots], tooltips=[("λ/‖K‖", "@eigval_normalized{0.0000}"),
+                                                      ("a", "@alignment{0.0000}")])
+        f.add_tools(hover)
+        self._kernel_labelled.append((f.yaxis[0], "aᵢ = (uᵢᵀy)²/‖y‖²", hover))
         if legend:
             self._spectrum_legend = _legend(
                 f, [LegendItem(label="current", renderers=[line, dots])], outside=True)
@@ -561,6 +581,8 @@ class LivePlots:
                 ranges.apply()
 
     def push_matrices(self, buffer: RunBuffer, history: bool = True) -> None:
+        outputs = int(np.max(buffer.row_data["output_index"], initial=0)) + 1
+        self.set_kernel(kernel_name(str(buffer.attrs.get("kernel", "full")), outputs))
         self.show_matrices(matrix_payload(buffer, history))
         rows = buffer.rows(max(0, len(buffer) - 64))  # the last measurement is recent
         i = last_measured(rows["measured"])
@@ -571,6 +593,17 @@ class LivePlots:
             for fig in (self.spectrum_fig, self.spectrum_legend_fig):
                 fig.title.text = f"Alignment spectrum at step {int(rows['step'][i])}"
             self._show_empty_frames()
+
+    def set_kernel(self, name: str) -> None:
+        """Name the kernel (``kernel_name``) on the axes and in the tooltips of the alignment
+        figures; the kept runs' final values are labelled with the current run's kernel."""
+        if name == self.kernel_label:
+            return
+        self.kernel_label = name
+        for axis, label, hover in self._kernel_labelled:
+            axis.axis_label = f"{label}, {name}"
+            tooltips = [row for row in hover.tooltips if row[0] != "kernel"]
+            hover.tooltips = [*tooltips, ("kernel", name)]
 
     def show_matrices(self, data: dict) -> None:
         """Draw a ``matrix_payload``; matrices it lacks keep their previous picture."""

@@ -15,7 +15,7 @@ from ntk_core.training.buffer import RunBuffer
 
 from ..files.runs import RunFileError
 from ..files.storage import MAX_NAME, RunStore, visitor_of
-from .untrusted import plain
+from .untrusted import file_name, plain
 
 
 class ServerFiles(pn.viewable.Viewer):
@@ -51,7 +51,7 @@ class ServerFiles(pn.viewable.Viewer):
             self._report(f"**Could not save to the server:** {plain(exc, 300)}.", "danger")
             return
         self.refresh()
-        self._report(f"**Saved on the server** as {plain(name)}.", "success")
+        self._report(f"**Saved on the server** as {file_name(name)}.", "success")
 
     def open(self, *_: Any) -> None:
         name = self.select.value
@@ -61,7 +61,7 @@ class ServerFiles(pn.viewable.Viewer):
         try:
             data = self.store.read_bytes(name)
         except RunFileError as exc:
-            self._report(f"**Could not open {plain(name)}:** {plain(exc, 300)}.", "danger")
+            self._report(f"**Could not open {file_name(name)}:** {plain(exc, 300)}.", "danger")
             self.refresh()
             return
         self._open_bytes(name, data)

@@ -41,7 +41,7 @@ from .sweep_plots import (
     sharpness_curves,
     spectrum_plot,
 )
-from .untrusted import plain
+from .untrusted import NO_LINKS, file_name, plain
 from .upload import UploadBox
 
 EXAMPLE = "eta-ladder-small.nc"
@@ -215,15 +215,15 @@ class SweepView(pn.viewable.Viewer):
         self.series_select.options = list(self._series)
         self.series_select.value = self.series_select.options[0]
         self.series_select.visible = len(points) > 1
-        self.header.object = (f"**{_code(name)}** · {plain(describe(cube), 400)}\n\n"
+        self.header.object = (f"**{file_name(name)}** · {plain(describe(cube), 400)}\n\n"
                               f"{status_summary(cube)}")
         self._alert("", "info")
         self._quiet = False
         self.refresh()
 
     def _fail(self, name: str, exc: Exception) -> bool:
-        still = f" Still showing {_code(self.source)}." if self.source else ""
-        self._alert(f"**Could not open {_code(name)}:** {plain(exc, 300)}.{still}", "danger")
+        still = f" Still showing {file_name(self.source)}." if self.source else ""
+        self._alert(f"**Could not open {file_name(name)}:** {plain(exc, 300)}.{still}", "danger")
         return False
 
     def _open_from_server(self, *_: Any) -> None:
@@ -266,8 +266,8 @@ class SweepView(pn.viewable.Viewer):
                                                visible=False)
         for widget in (self.metric_select, self.seed_select, self.series_select):
             widget.param.watch(self.refresh, "value")
-        self.header = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self.alert = pn.pane.Alert("", alert_type="info", visible=False,
+        self.header = pn.pane.Markdown("", renderer_options=NO_LINKS, sizing_mode="stretch_width")
+        self.alert = pn.pane.Alert("", alert_type="info", visible=False, renderer_options=NO_LINKS,
                                    sizing_mode="stretch_width")
         self.final_pane, self.spectrum_pane, self.kta_pane, self.sharpness_pane = (
             pn.pane.HoloViews(sizing_mode="stretch_width", height=PLOT_HEIGHT + 10,
@@ -304,9 +304,6 @@ class SweepView(pn.viewable.Viewer):
         return self._layout
 
 
-def _code(name: str) -> str:
-    """A file name as inline code (escaped, and not turned into a link like ``x.nc``)."""
-    return f"<code>{plain(name)}</code>"
 
 
 def uploads_allowed() -> bool:

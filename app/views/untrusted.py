@@ -26,6 +26,9 @@ from bokeh.document import Document
 from panel.io.location import Location
 from panel.util import parse_query
 
+# For Markdown panes that show visitor text: Panel's markdown-it turns text such as
+# ``alert(1)>.nc`` into a link (``.nc`` is a top-level domain), and no escaping prevents that.
+NO_LINKS = {"linkify": False}
 MAX_FIELDS = 64
 MAX_KEY = 64
 MAX_VALUE = 256
@@ -40,6 +43,12 @@ def _short_line(text: object, limit: int) -> str:
 def plain(text: object, limit: int = 120) -> str:
     """``text`` as literal, single-line Markdown of at most ``limit`` characters."""
     return html.escape(_MARKDOWN.sub(r"\\\1", _short_line(text, limit)), quote=False)
+
+
+def file_name(name: object) -> str:
+    """A file or run name for Markdown: escaped, as inline code (Markdown would turn a bare
+    ``run.nc`` into a link: ``.nc`` is a top-level domain)."""
+    return f"<code>{plain(name)}</code>"
 
 
 def html_text(text: object, limit: int = 120) -> str:

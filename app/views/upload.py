@@ -30,16 +30,19 @@ class UploadBox(pn.widgets.FileDropper):
 
     max_mb = param.Number(default=200.0, bounds=(0, None), constant=True)
 
+    _rename = {**pn.widgets.FileDropper._rename, "max_mb": None}  # server-side only
+
     def __init__(self, on_file: Callable[[str, bytes], None],
-                 on_refused: Callable[[str, str], None], accept: str = ".nc",
+                 on_refused: Callable[[str, str], None],
                  room: Callable[[int], bool] = lambda nbytes: True, **params: Any) -> None:
         """``room(nbytes)``: whether the file in flight may grow to ``nbytes`` (a server-wide
         memory budget); False refuses it."""
         max_mb = params.get("max_mb", self.param.max_mb.default)
         params.setdefault("max_file_size", f"{max_mb:g}MB")
         params.setdefault("chunk_size", CHUNK_BYTES)
-        super().__init__(accepted_filetypes=[accept], multiple=False, layout="compact",
-                         **params)
+        # no type filter: FilePond matches MIME types, and browsers give .nc files none or
+        # several; the server's reader decides what a run file is
+        super().__init__(multiple=False, layout="compact", **params)
         self._on_file, self._on_refused, self._room = on_file, on_refused, room
         self._received: dict[str, int] = {}
 

@@ -292,7 +292,7 @@ def test_opening_a_saved_run_views_it_without_training(dash: Dashboard) -> None:
     data = dash._download_netcdf().getvalue()
     send_upload(dash.upload, "bad.nc", b"garbage")
     assert dash.run_alert.visible and dash.run_alert.alert_type == "danger"
-    assert "Could not open bad.nc" in dash.run_alert.object
+    assert "Could not open <code>bad.nc</code>" in dash.run_alert.object
     send_upload(dash.upload, "saved.nc", data)
     assert dash.controller.run is None and dash.controller.viewed is not None
     assert dash.status == "step 3 · paused · saved.nc"

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from bokeh.embed import file_html
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, GlyphRenderer, Legend
+from bokeh.models import ColumnDataSource, GlyphRenderer, HoverTool, Legend
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
 from playwright.sync_api import Page
 
 from app.session.kept_runs import keep_run
-from app.views.plots import LivePlots
+from app.views.plots import LivePlots, kernel_name
 from ntk_core import RunConfig, Trainer
 
 pytestmark = pytest.mark.timeout(120)
@@ -96,3 +96,37 @@ def test_empty_log_axis_figures_are_drawn_with_axes(page: Page) -> None:
     page.wait_for_timeout(500)
     assert any("document idle" in m for m in messages), messages  # it was drawn
     assert not [m for m in messages if "could not set initial ranges" in m]
+
+
+def test_kernel_names() -> None:
+    assert kernel_name("full", 4) == "full NTK (nC × nC)"
+    assert kernel_name("traced", 4) == "traced NTK (n × n)"
+    assert kernel_name("full", 1) == "NTK (n × n)"  # one output: full and traced agree
+
+
+@pytest.mark.parametrize("kernel", ["full", "traced"])
+def test_alignment_figures_name_the_kernel_a1_reads(kernel: str) -> None:
+    """a₁ of the same run reads differently on the two kernels (four balanced classes: near 1/C
+    on the traced one, 1/C² at the start and then near 0 on the full one), so every figure that
+    shows it says which kernel it is."""
+    run = Trainer(SMALL_CONFIG.replace(kernel=kernel))
+    for _ in range(30):
+        run.step()
+    a1 = run.buffer.rows(0)["alignment"][:, 0]
+    C = len(SMALL_CONFIG.classes)
+    if kernel == "traced":
+        assert abs(a1[0] * C - 1) < 0.05 and abs(a1[-1] * C - 1) < 0.05
+    else:
+        assert abs(a1[0] * C**2 - 1) < 0.1 and a1[-1] < 0.1 / C**2
+    plots = LivePlots()
+    plots.push_rows(run.buffer.rows(0), n=32)
+    plots.push_matrices(run.buffer)
+    name = kernel_name(kernel, C)
+    assert plots.alignment_fig.yaxis[0].axis_label == f"alignment, {name}"
+    assert plots.comparison_fig.yaxis[0].axis_label == f"final value, {name}"
+    for fig in (plots.alignment_fig, plots.spectrum_fig, plots.spectrum_legend_fig,
+                plots.comparison_fig):
+        assert fig.yaxis[0].axis_label.endswith(name), fig.title.text
+        (hover,) = fig.select(type=HoverTool)
+        assert ("kernel", name) in hover.tooltips
+        assert sum(row[0] == "kernel" for row in hover.tooltips) == 1

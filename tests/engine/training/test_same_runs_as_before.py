@@ -29,7 +29,7 @@ import pytest
 import xarray as xr
 
 ROOT = Path(__file__).resolve().parents[3]
-REFERENCE_COMMIT = "90e3c894709f2781a6d7e6422a87b62ad19a3dd6"
+REFERENCE_COMMIT = "567a60b7a0efaca2415ead00865effc54c52396f"
 CLOCK_VARIABLES = ("time_step", "time_measure")
 CLOCK_ATTRIBUTES = ("created",)
 # An exact multi-output kernel with thinned eigenvector snapshots, and a matrix-free binary ViT
