@@ -77,7 +77,7 @@ def main() -> None:
     print(f"file: {(work / 'heavy.nc').stat().st_size / 2**20:.2f} MB on disk, {data_mb:.0f} MB "
           f"once read (per-file share {share:.0f} MB of a {HOSTED_OPEN_RUNS_MB:.0f} MB budget)")
     env = {**os.environ, "NTK_EOS_STATS_SECONDS": "0.25"}
-    server = subprocess.Popen([sys.executable, "-m", "ntk_core.cli", "serve", "--hosted",
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--hosted",
                                "--port", str(args.port)], env=env, cwd=ROOT,
                               stderr=subprocess.PIPE, text=True)
     rss: list[float] = []

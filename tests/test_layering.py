@@ -6,8 +6,8 @@ included, and checked against the rules below.
   ``holoviews``).
 * The engine's layers, lowest first (``ENGINE_LAYERS``): a module imports from its own layer or
   lower ones, never from a higher one. Every engine module belongs to a layer.
-* The dashboard's session and file modules work without a browser: no ``panel``, ``bokeh`` or
-  ``holoviews``.
+* The dashboard's session and file modules, and the data its plots draw, are computed without a
+  browser library: no ``panel``, ``bokeh`` or ``holoviews``.
 * The isolated reader of run files from outside (``app.files.runfile``) runs as a process of its
   own that imports only the standard library, numpy and h5py.
 
@@ -40,7 +40,7 @@ ENGINE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("ntk_core.cli",),  # argparse and printing
     ("ntk_core",),
 )
-NO_BROWSER = ("app.session", "app.files")
+NO_BROWSER = ("app.session", "app.files", "app.views.plot_data")
 READER = "app.files.runfile"
 READER_MAY_IMPORT = {"numpy", "h5py"}
 
@@ -196,7 +196,7 @@ def test_the_engine_imports_only_from_its_own_layer_or_below() -> None:
 
 
 @pytest.mark.parametrize("package", NO_BROWSER)
-def test_the_session_and_file_modules_work_without_a_browser(package) -> None:
+def test_sessions_files_and_plot_data_need_no_browser_library(package) -> None:
     modules = [name for name in project_modules() if name.startswith(package)]
     assert modules
     bad = sorted(f"{name} imports {target}" for name in modules for target in imports_of(name)

@@ -1,4 +1,5 @@
-"""The dashboard's live plots: Bokeh figures fed straight from the engine's buffer.
+"""The dashboard's live plots: Bokeh figures fed from the engine's buffer through
+``plot_data``, which prepares every row and matrix they draw.
 
 Curves live in ``ColumnDataSource`` objects that only ever receive ``stream`` calls with the rows
 appended since the last update, so the browser gets a few hundred bytes per update. Matrices
@@ -6,8 +7,7 @@ appended since the last update, so the browser gets a few hundred bytes per upda
 replace one image source each. Everything is built once per page; an update touches data only.
 That keeps a page update at a few milliseconds of server time: the equivalent HoloViews
 DynamicMaps re-ran their element pipeline and walked the whole document per plot per update,
-which at 4 Hz took most of a core and starved the training thread. All values are the engine's;
-the only arithmetic here is display scaling (λ/n, block means, row order).
+which at 4 Hz took most of a core and starved the training thread.
 """
 
 from __future__ import annotations
@@ -33,152 +33,42 @@ from bokeh.palettes import RdBu, interp_palette
 from bokeh.plotting import figure
 
 from ntk_core.training.buffer import RunBuffer
-from ntk_core.training.schema import last_measured
 
 from ..session.kept_runs import KEPT_COLUMNS, MAX_KEPT, KeptRun
+from .plot_data import (
+    ALIGNMENT_COLUMNS,
+    COMPARE_COLUMNS,
+    EIGENVALUE_COLUMNS,
+    K_SHOW,
+    LABEL_ALIGNMENT_COLUMNS,
+    MEASURE_COLUMNS,
+    SPECTRUM_COLUMNS,
+    STEP_COLUMNS,
+    buffer_kernel_name,
+    column_data,
+    comparison_frame,
+    empty_data,
+    last_alignment,
+    matrix_payload,
+    measure_frame,
+    spectrum_frame,
+    step_frame,
+)
 from .ranges import FollowedRanges, quietest_corner
 
-K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
 BUFFER_LENGTH = 20_000  # rows kept per curve source (the most recent steps)
-MAX_PIXELS = 256  # NTK heatmap side after block-averaging
-MAX_VECTOR_COLUMNS = 512
-MAX_HISTORY_ROWS = 128
 PLOT_HEIGHT = 290
 LOG_TICKS = [1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 THRESHOLD_COLOR = "#d62728"
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
               "#bcbd22", "#7f7f7f")
 DIVERGING = interp_palette(RdBu[11], 256)  # blue (negative) to red (positive)
-STEP_COLUMNS = ["step", "loss", "accuracy", "two_over_lr"]
-# Measured rows are split by how often the page redraws them: the fast curves (sharpness and
-# the u₁ᵀr oscillation) with every update, the slow ones (eigenvalues and alignment, which
-# change over tens of steps) once a second; each redrawn figure costs the browser a paint.
-MEASURE_COLUMNS = ["step", "two_over_lr", "sharpness", "gn_sharpness", "u1_residual"]
-EIGENVALUE_COLUMNS = [f"lam{i + 1}" for i in range(K_SHOW)]
-LABEL_ALIGNMENT_COLUMNS = ["kta", "topk_mass", "a1"]
-SPECTRUM_COLUMNS = ["step", "two_over_lr", *EIGENVALUE_COLUMNS, *LABEL_ALIGNMENT_COLUMNS]
-ALIGNMENT_COLUMNS = ["eigval_normalized", "alignment"]
-COMPARE_COLUMNS = ["lr", "kta", "a1", "topk_mass"]
 # What the log-axis figures show while they have no data: λᵢ/‖K‖ lies in (0, 1], alignments in
 # [0, 1], and η mostly within a decade of 0.1
 SPECTRUM_FRAME = ([0.01, 1.0], [0.0, 1.0])
 SPECTRUM_TITLE = "Alignment spectrum (top eigenpairs)"
 COMPARISON_FRAME = ([0.01, 1.0], [0.0, 1.0])
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
-
-
-def empty_data(columns: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {c: np.array([], dtype=float) for c in columns}
-
-
-def _finite(values: np.ndarray) -> np.ndarray:
-    out = np.asarray(values, dtype=float)
-    return np.where(np.isfinite(out), out, np.nan)
-
-
-def step_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Every step: loss, accuracy, 2/η."""
-    return pd.DataFrame({"step": rows["step"].astype(float), "loss": _finite(rows["loss"]),
-                         "accuracy": rows["accuracy"], "two_over_lr": rows["two_over_lr"]})
-
-
-def measure_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Measured steps only, so that measure_every > 1 still draws connected curves."""
-    keep = rows["measured"] == 1
-    return pd.DataFrame({c: _finite(rows[c][keep]) for c in MEASURE_COLUMNS})
-
-
-def spectrum_frame(rows: dict[str, np.ndarray], n: int) -> pd.DataFrame:
-    """Measured steps, the slow curves: the top K_SHOW eigenvalues divided by n (comparable
-    with 2/η), KTA, A_k and a₁."""
-    keep = rows["measured"] == 1
-    eig = rows["eigenvalues"][keep, :K_SHOW] / n
-    data = {"step": rows["step"][keep].astype(float), "two_over_lr": rows["two_over_lr"][keep]}
-    for i in range(K_SHOW):
-        data[f"lam{i + 1}"] = _finite(eig[:, i]) if i < eig.shape[1] else np.full(len(eig), np.nan)
-    data.update(kta=_finite(rows["kta"][keep]), topk_mass=_finite(rows["topk_mass"][keep]),
-                a1=_finite(rows["alignment"][keep, 0]))
-    return pd.DataFrame(data)
-
-
-def _columns(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {c: np.asarray(frame[c], dtype=float) for c in columns}
-
-
-# ---- matrices for display ----------------------------------------------------------------------
-# ---- matrices for display ----------------------------------------------------------------------
-def display_order(row_data: dict[str, np.ndarray]) -> np.ndarray:
-    """Kernel rows grouped by output, then by class (the engine sorts by class, sample-major)."""
-    labels = np.asarray(row_data["label"])
-    outputs = np.asarray(row_data.get("output_index", np.zeros_like(labels)))
-    return np.lexsort((np.arange(len(labels)), labels, outputs))
-
-
-def block_mean(a: np.ndarray, axis: int, max_size: int) -> tuple[np.ndarray, int]:
-    """Average runs of f consecutive entries along ``axis`` so at most ``max_size`` remain;
-    non-finite entries (padding, a diverged run) are left out of their block's mean."""
-    size = a.shape[axis]
-    f = max(1, math.ceil(size / max_size))
-    if f == 1:
-        return a, 1
-    a = np.asarray(a, np.float32)
-    pad = (-size) % f
-    if pad:
-        shape = list(a.shape)
-        shape[axis] = pad
-        a = np.concatenate([a, np.full(shape, np.nan, np.float32)], axis)
-    blocks = a.reshape(*a.shape[:axis], -1, f, *a.shape[axis + 1:])  # a view: no copy
-    if not pad:  # f strided adds: several times faster than a mean over a strided axis
-        index = [slice(None)] * a.ndim
-        total = np.zeros(blocks.shape[:axis + 1] + blocks.shape[axis + 2:], np.float32)
-        for i in range(f):
-            index[axis] = slice(i, None, f)
-            total += a[tuple(index)]
-        out = total / f
-        if np.isfinite(out).all():
-            return out, f
-    return np.nanmean(blocks, axis=axis + 1), f  # padding or non-finite entries: skip them
-
-
-def block_boundaries(row_data: dict[str, np.ndarray], order: np.ndarray) -> tuple[list, list]:
-    """Row positions where the class changes, where the output changes, and class tick marks."""
-    labels = np.asarray(row_data["label"])[order]
-    outputs = np.asarray(row_data.get("output_index", np.zeros_like(labels)))[order]
-    key = outputs * (labels.max() + 1) + labels
-    edges = list(np.flatnonzero(np.diff(key)) + 1)
-    out_edges = [e for e in edges if outputs[e] != outputs[e - 1]]
-    starts = [0, *edges]
-    ends = [*edges, len(labels)]
-    ticks = [((s + e) / 2, str(labels[s])) for s, e in zip(starts, ends, strict=True)]
-    return [e for e in edges if e not in out_edges], out_edges, ticks
-
-
-def matrix_payload(buffer: RunBuffer, history: bool) -> dict:
-    """What the matrix pipes need, block-averaged for the browser."""
-    order = display_order(buffer.row_data)
-    class_edges, output_edges, ticks = block_boundaries(buffer.row_data, order)
-    out: dict = {"m": buffer.m, "class_edges": class_edges, "output_edges": output_edges,
-                 "ticks": ticks}
-    latest = buffer.latest_eigenvectors()
-    if latest is not None:
-        vectors, f = block_mean(latest[1].take(order, axis=1), 1, MAX_VECTOR_COLUMNS)
-        out["vectors"] = (latest[0], vectors, f)
-    if history:
-        steps, u1 = buffer.eigenvector_history(0)
-        if len(steps) >= 2:
-            grid = np.linspace(steps[0], steps[-1], min(MAX_HISTORY_ROWS, len(steps)))
-            nearest = np.clip(np.searchsorted(steps, grid), 0, len(steps) - 1)
-            values, f = block_mean(u1[nearest].take(order, axis=1), 1, MAX_VECTOR_COLUMNS)
-            out["history"] = (grid, values, f)
-    kernel = buffer.latest_kernel_stored()
-    if kernel is not None:
-        step, K, rows = kernel
-        columns = rows[order]  # display row i is stored row columns[i]
-        # rows first (whole-row copies), then the columns of the 4× smaller result
-        k, f = block_mean(K.take(columns, axis=0), 0, MAX_PIXELS)
-        k, _ = block_mean(k.take(columns, axis=1), 1, MAX_PIXELS)
-        out["kernel"] = (step, k, f)
-    return out
 
 
 # ---- element builders --------------------------------------------------------------------------
@@ -248,16 +138,6 @@ class EmptyFrame:
         wanted = self.frame if empty else {"x": [], "y": []}
         if self.source.data["x"] != wanted["x"]:
             self.source.data = dict(wanted)
-
-
-def kernel_name(kind: str, outputs: int) -> str:
-    """Which NTK the alignment plots describe, in words. It decides what a₁ reads: with C
-    balanced one-hot classes the traced kernel's u₁ is close to the constant vector, so a₁ sits
-    near 1/C; the full kernel's u₁ is close to 1 ⊗ v for an output direction v, which the
-    targets meet only through Σ_c v_c, so a₁ starts at 1/C² and falls near 0 in training."""
-    if kind == "traced":
-        return "traced NTK (n × n)"
-    return "full NTK (nC × nC)" if outputs > 1 else "NTK (n × n)"
 
 
 def _step_hover() -> HoverTool:
@@ -506,10 +386,10 @@ class LivePlots:
         alignment) wait for the next ``flush_spectrum``."""
         if len(rows["step"]) == 0:
             return
-        self._stream(self.steps, _columns(step_frame(rows), STEP_COLUMNS))
+        self._stream(self.steps, column_data(step_frame(rows), STEP_COLUMNS))
         measured = measure_frame(rows)
         if len(measured):
-            self._stream(self.measures, _columns(measured, MEASURE_COLUMNS))
+            self._stream(self.measures, column_data(measured, MEASURE_COLUMNS))
             self._pending_spectrum.append(spectrum_frame(rows, n))
         if spectrum:
             self.flush_spectrum()
@@ -517,7 +397,7 @@ class LivePlots:
     def flush_spectrum(self) -> None:
         if self._pending_spectrum:
             frame = pd.concat(self._pending_spectrum, ignore_index=True)
-            self._stream(self.spectrum, _columns(frame, SPECTRUM_COLUMNS))
+            self._stream(self.spectrum, column_data(frame, SPECTRUM_COLUMNS))
             self._pending_spectrum = []
 
     def _stream(self, source: ColumnDataSource, data: dict[str, np.ndarray]) -> None:
@@ -581,17 +461,15 @@ class LivePlots:
                 ranges.apply()
 
     def push_matrices(self, buffer: RunBuffer, history: bool = True) -> None:
-        outputs = int(np.max(buffer.row_data["output_index"], initial=0)) + 1
-        self.set_kernel(kernel_name(str(buffer.attrs.get("kernel", "full")), outputs))
+        self.set_kernel(buffer_kernel_name(buffer))
         self.show_matrices(matrix_payload(buffer, history))
-        rows = buffer.rows(max(0, len(buffer) - 64))  # the last measurement is recent
-        i = last_measured(rows["measured"])
-        if i is not None:
-            frame = pd.DataFrame({"eigval_normalized": rows["eigval_normalized"][i],
-                                  "alignment": rows["alignment"][i]}).dropna()
-            self.current_alignment.data = _columns(frame, ALIGNMENT_COLUMNS)
+        # the last measurement is recent
+        latest = last_alignment(buffer.rows(max(0, len(buffer) - 64)))
+        if latest is not None:
+            step, frame = latest
+            self.current_alignment.data = column_data(frame, ALIGNMENT_COLUMNS)
             for fig in (self.spectrum_fig, self.spectrum_legend_fig):
-                fig.title.text = f"Alignment spectrum at step {int(rows['step'][i])}"
+                fig.title.text = f"Alignment spectrum at step {step}"
             self._show_empty_frames()
 
     def set_kernel(self, name: str) -> None:
@@ -631,21 +509,17 @@ class LivePlots:
             self._add_kept_slot()
         for i, source in enumerate(self.kept_sources):
             run = self._kept_runs[i] if i < len(self._kept_runs) else None
-            source.data = (_columns(run.frame, KEPT_COLUMNS) if run is not None
+            source.data = (column_data(run.frame, KEPT_COLUMNS) if run is not None
                            else empty_data(KEPT_COLUMNS))
             spectrum = run.spectrum if run is not None else None
-            self.kept_spectra[i].data = (_columns(spectrum, ALIGNMENT_COLUMNS)
+            self.kept_spectra[i].data = (column_data(spectrum, ALIGNMENT_COLUMNS)
                                          if spectrum is not None else empty_data(ALIGNMENT_COLUMNS))
             for renderer in self._kept_renderers[i]:
                 renderer.visible = run is not None
             for item in self._kept_legend_items[i]:
                 item.update(label=value(run.label if run is not None else ""),
                             visible=run is not None)
-        frame = pd.DataFrame([{"lr": k.lr, "kta": k.final.get("kta", np.nan),
-                               "a1": k.final.get("a1", np.nan),
-                               "topk_mass": k.final.get("topk_mass", np.nan)}
-                              for k in self._kept_runs], columns=COMPARE_COLUMNS)
-        self.comparison.data = _columns(frame.sort_values("lr"), COMPARE_COLUMNS)
+        self.comparison.data = column_data(comparison_frame(self._kept_runs), COMPARE_COLUMNS)
         self._show_empty_frames()
         self._refit_ranges()
 

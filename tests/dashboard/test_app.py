@@ -25,15 +25,15 @@ from app.server.launch import serve, serve_command
 from app.session.kept_runs import keep_run, lr_history_label
 from app.session.runner import TrainingRun, status_line, training_threads
 from app.session.settings import BOUNDS, CONTROL_FIELDS, RunSettings, round_lr
-from app.views.plots import (
+from app.views.plot_data import (
     MAX_PIXELS,
-    LivePlots,
     block_boundaries,
     block_mean,
     display_order,
     matrix_payload,
     spectrum_frame,
 )
+from app.views.plots import LivePlots
 from ntk_core import RunConfig, Trainer
 from ntk_core.presets import DEFAULT_PRESET, load_preset
 from ntk_core.training.buffer import RunBuffer, StepRecord

@@ -13,7 +13,8 @@ from bokeh.resources import INLINE
 from playwright.sync_api import Page
 
 from app.session.kept_runs import keep_run
-from app.views.plots import LivePlots, kernel_name
+from app.views.plot_data import kernel_name
+from app.views.plots import LivePlots
 from ntk_core import RunConfig, Trainer
 
 pytestmark = pytest.mark.timeout(120)
