@@ -481,7 +481,7 @@ class Dashboard(pn.viewable.Viewer):
         compare = pn.Column(
             pn.pane.Markdown(
                 "Press **Keep run** to keep a run; the *eta-ladder* preset keeps each run of its "
-                "ladder. KTA can fall while a₁ and A_k rise: the top eigenvectors can align "
+                "ladder. KTA can fall while a₁ and Aₖ rise: the top eigenvectors can align "
                 "with the labels better even as the whole kernel aligns less."),
             pn.Row(self._pane(p.comparison_fig), self._pane(p.spectrum_legend_fig),
                    sizing_mode="stretch_width"),

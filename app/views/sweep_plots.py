@@ -30,7 +30,7 @@ from ntk_core.vocabulary import RunStatus
 MEAN = "mean"  # the seed choice that averages over seeds
 PLOT_HEIGHT = 320
 SIZE = {"responsive": True, "height": PLOT_HEIGHT, "show_grid": True}
-METRICS = {"final KTA": "final_kta", "top-k mass A_k": "final_topk_mass",
+METRICS = {"final KTA": "final_kta", "top-k mass Aₖ": "final_topk_mass",
            "top eigenvector a₁": "a1", "centred KTA": "final_kta_centered"}
 STATUS_STYLE = {  # marker, fill alpha and legend text of each run's point
     RunStatus.REACHED_TARGET: ("circle", 0.5, "run at target loss"),
@@ -189,13 +189,14 @@ def spectrum_plot(cube: xr.Dataset, seed: int | str = MEAN, series: dict | None 
     for lr in cube.lr.values:
         lam, a = _spectrum(cube.sel(lr=lr), seed)
         keep = (lam > 0) & (a > 0)  # log axes
-        layers.append(hv.Scatter((lam[keep], a[keep]), "λᵢ/‖K‖_F", "aᵢ",
+        # (name, label): the name keys the data, the label is what axis and tooltip show
+        layers.append(hv.Scatter((lam[keep], a[keep]), ("λᵢ/‖K‖_F", "λᵢ / ‖K‖"), "aᵢ",
                                  label=lr_label(cube, lr)).opts(
             color=colors[float(lr)], size=7, alpha=0.8, tools=["hover"]))
     k = cube.sizes.get("eig", 0)
     return hv.Overlay(layers).opts(
         title=f"Final NTK: alignment of the top {k} eigenvectors ({_seed_text(seed)})",
-        logx=True, logy=True, xlabel="normalised eigenvalue λᵢ/‖K‖_F (log)",
+        logx=True, logy=True, xlabel="λᵢ / ‖K‖, Frobenius norm (log)",
         ylabel="alignment aᵢ (log)", legend_position="right", **SIZE)
 
 

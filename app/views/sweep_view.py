@@ -58,7 +58,7 @@ STATUS_TEXT = {RunStatus.REACHED_TARGET: "reached the target loss",
                RunStatus.FAILED: "failed", RunStatus.STOPPED: "were stopped"}
 TABLE_COLUMNS = {"lr": "η", "seed": "seed", "status": "stopped at", "steps": "steps",
                  "final_loss": "final loss", "final_kta": "final KTA", "a1": "a₁",
-                 "topk_mass": "A_k", "edge_ratio": "S·η/2 (1: at 2/η)"}
+                 "topk_mass": "Aₖ", "edge_ratio": "S·η/2 (1: at 2/η)"}
 
 EXPLANATION = """
 Each run trains the same network with full-batch gradient descent at one learning rate η and
@@ -162,12 +162,13 @@ def table_frame(cube: xr.Dataset) -> pd.DataFrame:
     table["status"] = [STATUS_LABEL.get(s, s) for s in table.status]
     out = pd.DataFrame({TABLE_COLUMNS.get(c, c): table[c] for c in table.columns})
     fmt = {"η": "{:g}", "final loss": "{:.4f}", "final KTA": "{:.4f}", "a₁": "{:.3f}",
-           "A_k": "{:.3f}", TABLE_COLUMNS["edge_ratio"]: "{:.2f}"}
+           "Aₖ": "{:.3f}", TABLE_COLUMNS["edge_ratio"]: "{:.2f}"}
     for column, spec in fmt.items():
         if column in out:  # a diverged run's loss is huge: scientific notation there
             out[column] = ["—" if not np.isfinite(v) else
                            f"{v:.2e}" if abs(v) >= 1000 else spec.format(v) for v in out[column]]
-    return out.rename(columns={"A_k": f"A_{cube.sizes['eig']}"})
+    k = str(cube.sizes["eig"]).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
+    return out.rename(columns={"Aₖ": f"A{k}"})
 
 
 class SweepView(pn.viewable.Viewer):

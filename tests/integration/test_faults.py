@@ -315,7 +315,7 @@ def test_store_saves_lists_and_loads_without_replacing(store: RunStore, run_file
 def test_dashboard_server_files_refuse_traversal(store: RunStore, run_file: bytes) -> None:
     messages: list[tuple[str, str]] = []
     buffer = RunBuffer.from_dataset(read_run_bytes(run_file))
-    files = ServerFiles(store, lambda: buffer, lambda ds, name: messages.append(("open", name)),
+    files = ServerFiles(store, lambda: buffer, lambda name, data: messages.append(("open", name)),
                         lambda text, kind: messages.append((kind, text)))
     files.name_input.value = "../../outside"
     files.save()
