@@ -221,7 +221,11 @@ the W1 MLP's 1000-row kernel: 2e-8 to 3e-7 against dense eigh, the top-20 subspa
 DENSE_ROWS = 400
 """Up to this many rows an explicit K goes to dense ``eigh``: on one CPU thread dense and the
 cold block solve (k = 20) cost the same at 300–400 rows, and dense grows as m³ beyond."""
-EXPLICIT_GUARD, OPERATOR_GUARD = 16, 2  # guards: one matmul against K, but costly as products
+# Guard vectors in a cold solve: against an explicit K a wider block means fewer, larger
+# iterations (W1, tol 1e-5: 2.9 GD steps with 16 guards, 3.5 with the trainer's 8). Products
+# are the whole cost without K: the ViT's (W4) top-5 took 33-37 products with 2 guards, 28-31
+# with 1 (and 23-27 with none, but a lone-vector block can settle on the wrong eigenvalue).
+EXPLICIT_GUARD, OPERATOR_GUARD = 16, 1
 
 
 def krylov_tol_floor(dtype: torch.dtype) -> float:
