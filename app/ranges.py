@@ -6,9 +6,6 @@ and five figures, twenty patches a second that the event loop must apply. Here t
 keeps the extent of what it streamed and sends it with the data, so each update is one paint
 and nothing comes back. A pan or zoom in the browser stops the following (the user is looking
 at something); the figure's reset tool resumes it.
-
-The legends of those figures are placed here too, in frame pixels: a legend goes to a spot its
-figure's curves leave free (``legend_place``), or beside the frame when there is none.
 """
 
 from __future__ import annotations
