@@ -100,7 +100,7 @@ def test_play_streams_rows_and_lr_changes_keep_training(server: str, page: Page)
     wait_column(page, "lam1", "return c.length >= arg;", 3)
     expect(page).to_have_url(re.compile(r"lr=0\.05"))
     # the legend's entry is a data-less twin of the streamed line; hiding it hides the line
-    assert page.evaluate(HIDE_BY_LEGEND_JS, "Hessian λ₁") is True
+    assert page.evaluate(HIDE_BY_LEGEND_JS, "sharpness λ_max(H)") is True
     page.wait_for_function("() => window.__line.visible === false")  # CustomJS runs async
 
 
