@@ -129,7 +129,7 @@ def test_pause_step_download_and_reset(server: str, page: Page, tmp_path: Path) 
     press(page, "Step")
     expect(status(page, str(n + 1), "paused")).to_be_visible()
 
-    page.get_by_text("Files", exact=True).click()
+    page.get_by_role("button", name="Files", exact=True).click()
     with page.expect_download() as download:
         page.get_by_text("Download run (NetCDF)").click()
     assert download.value.suggested_filename == "ntk-eos_eos-mlp-digits_lr0.1.nc"
