@@ -13,12 +13,10 @@ which at 4 Hz took most of a core and starved the training thread.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from bokeh.core.properties import value
-from bokeh.core.property.descriptors import UnsetValueError
 from bokeh.models import (
     Axis,
     ColorBar,
@@ -56,15 +54,7 @@ from .plot_data import (
     spectrum_frame,
     step_frame,
 )
-from .ranges import (
-    OUTSIDE,
-    FollowedRanges,
-    font_pixels,
-    legend_place,
-    legend_size,
-    spot_box,
-    to_pixels,
-)
+from .ranges import FollowedRanges, quietest_corner
 
 BUFFER_LENGTH = 20_000  # rows kept per curve source (the most recent steps)
 PLOT_HEIGHT = 290
@@ -106,20 +96,10 @@ def _figure(title: str, ylabel: str, xlabel: str = "step", **kwargs: object) -> 
     return fig
 
 
-# Small legends: on a frame of about 260 × 220 px (the Live tab's figures in a 1600 px window)
-# the former 9pt legend with 20 px glyphs covered 61 % × 36 % of the frame and no corner of
-# the sharpness plot was free while the sharpness climbed across it.
-LEGEND_STYLE = {"label_text_font_size": "8pt", "glyph_width": 16, "glyph_height": 12,
-                "label_standoff": 4, "padding": 3, "spacing": 0, "margin": 6}
-# The frame size assumed until the browser reports the figure's (inner_width, inner_height):
-# the Live tab's figures in a 1600 px wide window.
-FRAME_GUESS = (263.0, 218.0)
-
-
 def _legend(fig: figure, items: list[LegendItem], where: str = "top_right",
             outside: bool = False) -> Legend:
     legend = Legend(items=items, click_policy="hide", background_fill_alpha=0.7,
-                    **LEGEND_STYLE)
+                    label_text_font_size="9pt", spacing=0, padding=4)
     if outside:
         fig.add_layout(legend, "right")
     else:
@@ -141,68 +121,6 @@ def _streamed_entry(fig: figure, label: str, line: GlyphRenderer) -> LegendItem:
                          line.glyph.clone(x="step", y="y"))
     twin.js_link("visible", line, "visible")
     return LegendItem(label=label, renderers=[twin])
-
-
-class PlacedLegend:
-    """A legend inside the frame at a spot its figure's curves leave free (``legend_place``),
-    or above the frame, in a row, when they leave none. Its size is estimated from its labels
-    and style, and the frame's from what the browser reports (``inner_width``,
-    ``inner_height``); a resize places it again through ``replace``."""
-
-    def __init__(self, fig: figure, legend: Legend, replace: Callable[[], None]) -> None:
-        self.fig, self.legend, self.replace = fig, legend, replace
-        self.place = legend.location
-        fig.on_change("inner_width", self._resized)
-        fig.on_change("inner_height", self._resized)
-
-    def frame(self) -> tuple[float, float]:
-        try:
-            width, height = self.fig.inner_width, self.fig.inner_height
-        except UnsetValueError:  # not drawn yet
-            return FRAME_GUESS
-        return (float(width), float(height)) if width and height else FRAME_GUESS
-
-    def size(self, horizontal: bool = False) -> tuple[float, float]:
-        legend = self.legend
-        labels = [item.label.value for item in legend.items
-                  if item.visible and item.label is not None
-                  and getattr(item.label, "value", None)]
-        return legend_size(labels, font_pixels(legend.label_text_font_size),
-                           (legend.glyph_width, legend.glyph_height), legend.label_standoff,
-                           legend.padding, legend.spacing, horizontal)
-
-    def box(self) -> tuple[float, float, float, float] | None:
-        """(left, bottom, right, top) in frame pixels of the legend inside the frame, or None
-        when it sits outside."""
-        if self.place == OUTSIDE:
-            return None
-        return spot_box(self.place, self.frame(), self.size(), self.legend.margin)
-
-    def update(self, x: np.ndarray, y: np.ndarray, x_range: tuple[float, float],
-               y_range: tuple[float, float], log_y: bool) -> None:
-        frame = self.frame()
-        px, py = to_pixels(x, y, x_range, y_range, log_y, frame)
-        self.move(legend_place(px, py, frame, self.size(), self.legend.margin, self.place))
-
-    def move(self, place: str) -> None:
-        if place == self.place:
-            return
-        legend, fig = self.legend, self.fig
-        for panel in ("center", "above", "right"):
-            setattr(fig, panel, [r for r in getattr(fig, panel) if r is not legend])
-        if place != OUTSIDE:
-            fig.center = [*fig.center, legend]
-            legend.update(orientation="vertical", location=place)
-        elif self.size(horizontal=True)[0] <= self.frame()[0]:  # a row above the frame
-            fig.above = [*fig.above, legend]
-            legend.update(orientation="horizontal", location="top_left")
-        else:  # too many entries for a row: a column on the right
-            fig.right = [*fig.right, legend]
-            legend.update(orientation="vertical", location="top_left")
-        self.place = place
-
-    def _resized(self, attr: str, old: object, new: object) -> None:
-        self.replace()
 
 
 class EmptyFrame:
@@ -344,8 +262,8 @@ class LivePlots:
         f = _figure("Sharpness vs the stability threshold 2/η", "sharpness")
         items = [_streamed_entry(f, label, self._line(f, self.measures, col, **style))
                  for col, label, style in (
-                     ("sharpness", "Hessian λ₁", {"color": "#1f77b4", "line_width": 2.5}),
-                     ("gn_sharpness", "GN λ₁(K)/n",
+                     ("sharpness", "sharpness λ_max(H)", {"color": "#1f77b4", "line_width": 2.5}),
+                     ("gn_sharpness", "GN sharpness λ₁(K)/n",
                       {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"}),
                      ("two_over_lr", "2/η", {"color": THRESHOLD_COLOR, "line_width": 2.5,
                                              "line_dash": "dashed"}))]
@@ -388,11 +306,9 @@ class LivePlots:
                 (self.residual_fig, self.measures, ["u1_residual"])):
             self._followers.append((source, self.followed[fig], columns))
         # legends that move to the corner their curves leave freest (``_place_legends``)
-        self._legends = {
-            self.followed[fig]: PlacedLegend(fig, legend, self._placer(self.followed[fig]))
-            for fig, legend in ((self.loss_fig, self._loss_legend),
-                                (self.sharpness_fig, sharpness_legend),
-                                (self.alignment_fig, alignment_legend))}
+        self._legends = {self.followed[fig]: legend for fig, legend in (
+            (self.loss_fig, self._loss_legend), (self.sharpness_fig, sharpness_legend),
+            (self.alignment_fig, alignment_legend))}
         # 6.–8. heatmaps
         self.vectors = HeatMap("Top NTK eigenvectors", "kernel rows by class", "eigenvector i")
         self.history = HeatMap("u₁ over training", "kernel rows by class", "step")
@@ -499,7 +415,7 @@ class LivePlots:
         self._place_legends(touched)
 
     def _place_legends(self, which: set[FollowedRanges]) -> None:
-        """Move each followed figure's legend to a spot its curves leave free (``PlacedLegend``)."""
+        """Move each followed figure's legend to the corner its curves leave freest."""
         for ranges in which:
             legend = self._legends.get(ranges)
             if legend is None or not ranges.following:
@@ -513,12 +429,12 @@ class LivePlots:
             if not xs:
                 continue
             fig = ranges.fig
-            legend.update(np.concatenate(xs), np.concatenate(ys),
-                          (fig.x_range.start, fig.x_range.end),
-                          (fig.y_range.start, fig.y_range.end), ranges.log_y)
-
-    def _placer(self, ranges: FollowedRanges) -> Callable[[], None]:
-        return lambda: self._place_legends({ranges})
+            corner = quietest_corner(np.concatenate(xs), np.concatenate(ys),
+                                     (fig.x_range.start, fig.x_range.end),
+                                     (fig.y_range.start, fig.y_range.end), ranges.log_y,
+                                     legend.location)
+            if corner != legend.location:
+                legend.location = corner
 
     def _refit_ranges(self, which: set[FollowedRanges] | None = None) -> None:
         """Recompute followed extents (all, or ``which``) from what the sources hold now: after

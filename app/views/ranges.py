@@ -6,9 +6,6 @@ and five figures, twenty patches a second that the event loop must apply. Here t
 keeps the extent of what it streamed and sends it with the data, so each update is one paint
 and nothing comes back. A pan or zoom in the browser stops the following (the user is looking
 at something); the figure's reset tool resumes it.
-
-The legends of those figures are placed here too, in frame pixels: a legend goes to a spot its
-figure's curves leave free (``legend_place``), or beside the frame when there is none.
 """
 
 from __future__ import annotations
@@ -128,95 +125,32 @@ def _in_range(low: float, high: float, values: list[float]) -> list[float]:
     return [float(f"{v:.12g}") for v in values if low <= v <= high]
 
 
-# ---- legend placement --------------------------------------------------------------------------
-# Where a legend may sit inside the frame, in order of preference (corners first).
-SPOTS = ("top_right", "top_left", "bottom_right", "bottom_left", "center_right", "center_left",
-         "top_center", "bottom_center")
-OUTSIDE = "outside"  # beside the frame: it covers nothing, but takes room from the curves
-LINE_CLEARANCE = 3.0  # px around the box: half a thick line's width plus antialiasing
-RETURN_CLEARANCE = 12.0  # px: an outside legend comes back only to a spot this far from a curve
-# Glyph advance widths in em of Helvetica / Arial (what BokehJS's default "helvetica" resolves
-# to): enough to size a legend to a few pixels; characters not listed get WIDE_CHAR.
-_NARROW = dict.fromkeys("ijl'|", 0.22) | dict.fromkeys("ftI !.,:;/[]", 0.28) \
-    | dict.fromkeys("r()-", 0.33)
-_WIDE = dict.fromkeys("mMW", 0.85) | dict.fromkeys("wOQGDHNUC", 0.74)
-WIDE_CHAR = 0.6
+CORNERS = ("top_right", "top_left", "bottom_right", "bottom_left", "center_right", "center_left")
+LEGEND_BOX = (0.42, 0.38)  # the share of the x and y spans a legend covers in its corner
 
 
-def text_width(text: str, font_px: float) -> float:
-    """Approximate pixel width of ``text`` drawn at ``font_px``."""
-    return font_px * sum(_NARROW.get(c, _WIDE.get(c, 0.56 if c.isascii() else WIDE_CHAR))
-                         for c in text)
-
-
-def font_pixels(size: str) -> float:
-    """A CSS font size ("9pt", "12px", "1em") in pixels."""
-    for unit, scale in (("px", 1.0), ("pt", 4 / 3), ("em", 16.0)):
-        if size.endswith(unit):
-            return float(size[: -len(unit)]) * scale
-    raise ValueError(f"unsupported font size {size!r}")
-
-
-def legend_size(labels: list[str], font_px: float, glyph: tuple[float, float],
-                standoff: float, padding: float, spacing: float,
-                horizontal: bool = False) -> tuple[float, float]:
-    """Width and height in pixels of a legend with these entries (BokehJS lays out each entry
-    as a glyph sample, the standoff and the label, and pads the whole)."""
-    row = max(glyph[1], 1.25 * font_px)  # a label's line height
-    widths = [glyph[0] + standoff + text_width(label, font_px) for label in labels]
-    gaps = spacing * max(0, len(labels) - 1)
-    if horizontal:
-        return sum(widths) + gaps + 2 * padding, row + 2 * padding
-    return max(widths, default=0.0) + 2 * padding, row * len(labels) + gaps + 2 * padding
-
-
-def spot_box(spot: str, frame: tuple[float, float], box: tuple[float, float],
-             margin: float) -> tuple[float, float, float, float]:
-    """(left, bottom, right, top) in pixels from the frame's bottom left corner of a legend of
-    size ``box`` placed at ``spot``, ``margin`` pixels from the frame's edges."""
-    (w, h), (bw, bh) = frame, box
-    vertical, side = spot.split("_")
-    x0 = {"left": margin, "right": w - margin - bw, "center": (w - bw) / 2}[side]
-    y0 = {"bottom": margin, "top": h - margin - bh, "center": (h - bh) / 2}[vertical]
-    return x0, y0, x0 + bw, y0 + bh
-
-
-def to_pixels(x: np.ndarray, y: np.ndarray, x_range: tuple[float, float],
-              y_range: tuple[float, float], log_y: bool,
-              frame: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Frame pixel positions of the drawable points (finite, and positive on a log axis)."""
+def quietest_corner(x: np.ndarray, y: np.ndarray, x_range: tuple[float, float],
+                    y_range: tuple[float, float], log_y: bool, current: str) -> str:
+    """The plot corner (or the middle of a side) with the fewest points under a legend-sized
+    box, so the legend covers as little of the curves as it can. The current place is kept
+    unless another covers clearly fewer points (a legend hopping at every update distracts)."""
     (x0, x1), (y0, y1) = x_range, y_range
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if log_y:
         y0, y1 = math.log10(max(y0, 1e-300)), math.log10(max(y1, 1e-300))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.where(y > 0, np.log10(np.where(y > 0, y, 1.0)), np.nan)
-    ok = np.isfinite(x) & np.isfinite(y)
     if not (x1 > x0 and y1 > y0):
-        return np.zeros(0), np.zeros(0)
-    return ((x[ok] - x0) / (x1 - x0) * frame[0], (y[ok] - y0) / (y1 - y0) * frame[1])
-
-
-def points_under(px: np.ndarray, py: np.ndarray, spot: str, frame: tuple[float, float],
-                 box: tuple[float, float], margin: float, clearance: float = 0.0) -> int:
-    """How many of the pixel points lie under the legend box at ``spot``, widened by
-    ``clearance`` pixels on every side."""
-    left, bottom, right, top = spot_box(spot, frame, box, margin)
-    return int(((px > left - clearance) & (px < right + clearance)
-                & (py > bottom - clearance) & (py < top + clearance)).sum())
-
-
-def legend_place(px: np.ndarray, py: np.ndarray, frame: tuple[float, float],
-                 box: tuple[float, float], margin: float, current: str) -> str:
-    """A spot inside the frame where the legend covers no curve point, or ``OUTSIDE`` when the
-    curves leave none free. The current spot is kept while it stays free, so the legend does
-    not hop; an outside legend comes back in only to a spot well clear of the curves."""
-    if box[0] + 2 * margin > frame[0] or box[1] + 2 * margin > frame[1]:
-        return OUTSIDE
-    clearance = RETURN_CLEARANCE if current == OUTSIDE else LINE_CLEARANCE
-    if current in SPOTS and not points_under(px, py, current, frame, box, margin, clearance):
         return current
-    for spot in SPOTS:
-        if not points_under(px, py, spot, frame, box, margin, clearance):
-            return spot
-    return OUTSIDE
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & ((y > 0) if log_y else True)
+    px = (x[ok] - x0) / (x1 - x0)
+    py = ((np.log10(y[ok]) if log_y else y[ok]) - y0) / (y1 - y0)
+    left, right = px < LEGEND_BOX[0], px > 1 - LEGEND_BOX[0]
+    low, high = py < LEGEND_BOX[1], py > 1 - LEGEND_BOX[1]
+    middle = np.abs(py - 0.5) < LEGEND_BOX[1] / 2
+    counts = {f"{v}_{h}": int((vert & side).sum())
+              for v, vert in (("top", high), ("bottom", low), ("center", middle))
+              for h, side in (("left", left), ("right", right))}
+    # ties go to the current place, then to the order of CORNERS (corners first)
+    best = min(CORNERS, key=lambda c: (counts[c], c != current))
+    if current in counts and counts[current] <= 2 * counts[best] + 5:
+        return current
+    return best

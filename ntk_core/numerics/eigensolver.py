@@ -101,12 +101,22 @@ class _Basis:
     def ritz(self, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ritz values (descending), their coefficient vectors S, and the residual norms of
         the first ``block``: ‖A x − θ x‖² = sᵀ G s − θ² for x = Q s (Q orthonormal,
-        sᵀ T s = θ), so not a single Ritz vector is formed to judge convergence."""
+        sᵀ T s = θ), so a Ritz vector is formed only where that difference cancels.
+
+        G's entries reach θ_max², and each is a float64 dot over ``dim`` terms, so sᵀ G s − θ²
+        is noise below about dim·ε·θ_max². Where the spread of the spectrum puts converging
+        residuals there (a CNN's traced kernel, λ₁/λ₂₀ ≈ 3800: the solve never converged and
+        spent its 1,400 products), those residuals are formed from Q and AQ instead."""
         q = self.size
         theta, S = torch.linalg.eigh(self.T[:q, :q])
         theta, S = theta.flip(0), S.flip(1)
         Sb = S[:, :block]
         r2 = ((self.G[:q, :q] @ Sb) * Sb).sum(0) - theta[:block] ** 2
+        noise = 10 * self.Q.shape[1] * torch.finfo(r2.dtype).eps * float(theta.abs().max()) ** 2
+        near = torch.nonzero(r2 <= noise).flatten()
+        if near.numel():
+            X, AX = self.combine(Sb[:, near])
+            r2[near] = ((AX - X * theta[near]) ** 2).sum(0)
         return theta, S, r2.clamp_min(0).sqrt()
 
     def combine(self, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +231,11 @@ the W1 MLP's 1000-row kernel: 2e-8 to 3e-7 against dense eigh, the top-20 subspa
 DENSE_ROWS = 400
 """Up to this many rows an explicit K goes to dense ``eigh``: on one CPU thread dense and the
 cold block solve (k = 20) cost the same at 300–400 rows, and dense grows as m³ beyond."""
-EXPLICIT_GUARD, OPERATOR_GUARD = 16, 2  # guards: one matmul against K, but costly as products
+# Guard vectors in a cold solve: against an explicit K a wider block means fewer, larger
+# iterations (W1, tol 1e-5: 2.9 GD steps with 16 guards, 3.5 with the trainer's 8). Products
+# are the whole cost without K: the ViT's (W4) top-5 took 33-37 products with 2 guards, 28-31
+# with 1 (and 23-27 with none, but a lone-vector block can settle on the wrong eigenvalue).
+EXPLICIT_GUARD, OPERATOR_GUARD = 16, 1
 
 
 def krylov_tol_floor(dtype: torch.dtype) -> float:

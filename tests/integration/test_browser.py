@@ -100,7 +100,7 @@ def test_play_streams_rows_and_lr_changes_keep_training(server: str, page: Page)
     wait_column(page, "lam1", "return c.length >= arg;", 3)
     expect(page).to_have_url(re.compile(r"lr=0\.05"))
     # the legend's entry is a data-less twin of the streamed line; hiding it hides the line
-    assert page.evaluate(HIDE_BY_LEGEND_JS, "Hessian λ₁") is True
+    assert page.evaluate(HIDE_BY_LEGEND_JS, "sharpness λ_max(H)") is True
     page.wait_for_function("() => window.__line.visible === false")  # CustomJS runs async
 
 
@@ -129,7 +129,7 @@ def test_pause_step_download_and_reset(server: str, page: Page, tmp_path: Path) 
     press(page, "Step")
     expect(status(page, str(n + 1), "paused")).to_be_visible()
 
-    page.get_by_text("Files", exact=True).click()
+    page.get_by_role("button", name="Files", exact=True).click()
     with page.expect_download() as download:
         page.get_by_text("Download run (NetCDF)").click()
     assert download.value.suggested_filename == "ntk-eos_eos-mlp-digits_lr0.1.nc"

@@ -337,10 +337,11 @@ def test_a_small_file_declaring_a_huge_kernel_costs_neither_time_nor_memory(
     assert MAX_KERNEL_ROWS >= 1024
 
 
-def test_opened_runs_share_one_budget(dash: Dashboard, run_file: bytes) -> None:
+def test_opened_runs_share_one_budget(run_file: bytes) -> None:
     ds = read_run_bytes(run_file)
     limits = ServerLimits(open_runs_mb=ds.nbytes * 1.5 / 2**20)
     server_limits.configure(limits)
+    dash = Dashboard(settings=RunSettings(**SMALL))
     try:
         budget = server_limits.opened_runs()
         other = object()
@@ -352,9 +353,10 @@ def test_opened_runs_share_one_budget(dash: Dashboard, run_file: bytes) -> None:
         assert dash.controller.viewed_name == "second.nc" and budget.held == ds.nbytes
         dash._view_dataset(ds, "third.nc")  # replaces this session's run: no more memory
         assert budget.held == ds.nbytes
-        dash.reset()
+        dash.reset()  # back to training: the viewed run goes
         assert budget.held == 0
     finally:
+        dash.close()
         server_limits.configure(ServerLimits())
 
 

@@ -157,10 +157,14 @@ def _upper_blocks(n: int) -> list[tuple[slice, slice]]:
 
 
 def _mirror_upper(K: torch.Tensor) -> None:
-    """Copy the blocks above the diagonal to those below (diagonal blocks are computed whole)."""
+    """Copy the blocks above the diagonal to those below; the diagonal blocks, computed whole,
+    are averaged with their transposes (their products round differently on either side)."""
     for rows, cols in _upper_blocks(K.shape[0]):
         if rows != cols:
             K[cols, rows].copy_(K[rows, cols].T)
+        else:
+            block = K[rows, cols]
+            block.copy_((block + block.T) / 2)
 
 
 def _add_sym_gram(K: torch.Tensor, Z: torch.Tensor, alpha: float = 1.0, shift: float = 0.0) -> None:

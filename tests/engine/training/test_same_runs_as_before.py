@@ -29,7 +29,7 @@ import pytest
 import xarray as xr
 
 ROOT = Path(__file__).resolve().parents[3]
-REFERENCE_COMMIT = "f96d709429af597cc71aa8594d242a5e4100913d"
+REFERENCE_COMMIT = "8db4452ee96f52440226498ae7fddcc384c1702a"
 CLOCK_VARIABLES = ("time_step", "time_measure")
 CLOCK_ATTRIBUTES = ("created",)
 # An exact multi-output kernel with thinned eigenvector snapshots, and a matrix-free binary ViT
