@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import panel.models  # noqa: F401  (the client document needs Panel's model classes)
+import panel.models.file_dropper  # noqa: F401  (the upload box, loaded only on demand)
 from bokeh.client import ClientSession, pull_session
 from bokeh.document.events import MessageSentEvent
 from bokeh.events import ButtonClick, DocumentReady
