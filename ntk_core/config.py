@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_type_hints
 
-from .vocabulary import KernelKind, NTKMode
+from .vocabulary import KernelKind, NTKMode, OptimizerName
 
 DatasetName = Literal["digits", "mnist1d", "synthetic", "teacher", "cifar10"]
 ArchName = Literal["mlp", "cnn", "vit", "linear2"]
@@ -36,8 +36,9 @@ class RunConfig:
 
     Data: ``dataset`` of ``n`` examples (balanced over ``classes``), targets ``binary`` (±1, one
     output; needs exactly two classes) or ``onehot`` (C outputs). Model: ``arch`` with ``width``,
-    ``depth`` and ``activation``. Optimiser: constant learning rate ``lr`` with optional heavy-ball
-    ``momentum``; loss ``mse`` is L = (1/2n) Σ‖f − y‖². Measurements every ``measure_every`` steps:
+    ``depth`` and ``activation``. Optimiser: ``optimizer`` at the constant learning rate ``lr``:
+    full-batch ``gd`` with optional heavy-ball (or ``nesterov``) ``momentum``, mini-batch ``sgd``
+    with ``batch_size``, or ``adam`` / ``rmsprop`` (``beta1``, ``beta2``, ``eps``); loss ``mse`` is L = (1/2n) Σ‖f − y‖². Measurements every ``measure_every`` steps:
     the top-``k`` NTK eigenpairs (``ntk_mode``), Hessian sharpness, and alignment.
     """
 
@@ -60,8 +61,14 @@ class RunConfig:
     patch: int = 4  # vit (and the token length for 1-D data)
     heads: int = 4  # vit
     # optimisation
+    optimizer: OptimizerName = "gd"
     lr: float = 0.1
-    momentum: float = 0.0
+    momentum: float = 0.0  # gd, sgd: heavy ball, or Nesterov's with ``nesterov``
+    nesterov: bool = False
+    beta1: float = 0.9  # adam
+    beta2: float = 0.999  # adam, rmsprop
+    eps: float = 1e-8  # adam, rmsprop
+    batch_size: int | None = None  # sgd
     loss: Literal["mse", "ce"] = "mse"
     steps: int = 1000
     target_loss: float | None = None
@@ -251,6 +258,20 @@ def _validate(c: RunConfig) -> None:
     _check(c.lr > 0, f"lr: the learning rate must be positive, got {c.lr}")
     _check(c.lr <= 1e4, f"lr: {c.lr} is absurdly large")
     _check(0 <= c.momentum < 1, f"momentum: must be in [0, 1), got {c.momentum}")
+    _check(0 <= c.beta1 < 1, f"beta1: must be in [0, 1), got {c.beta1}")
+    _check(0 <= c.beta2 < 1, f"beta2: must be in [0, 1), got {c.beta2}")
+    _check(0 < c.eps < 1, f"eps: must be in (0, 1), got {c.eps}")
+    adaptive = c.optimizer in ("adam", "rmsprop")
+    _check(not (adaptive and c.momentum), f"momentum: {c.optimizer} has no momentum option"
+           f"{' (its β₁ is beta1)' if c.optimizer == 'adam' else ''}; got {c.momentum}")
+    _check(not c.nesterov or c.momentum > 0, "nesterov: needs a momentum above 0")
+    if c.optimizer == "sgd":
+        _check(c.batch_size is not None, "batch_size: sgd needs a batch size (e.g. batch_size=64)")
+        _check(c.batch_size is None or 1 <= c.batch_size <= c.n,
+               f"batch_size: must be between 1 and n = {c.n}, got {c.batch_size}")
+    else:
+        _check(c.batch_size is None, f"batch_size: only sgd takes mini-batches; {c.optimizer} "
+               f"uses the full batch (got batch_size={c.batch_size})")
     _check(c.init_scale > 0, f"init_scale: must be positive, got {c.init_scale}")
     _check(1 <= c.steps <= MAX_STEPS, f"steps: must be between 1 and {MAX_STEPS}, got {c.steps}")
     _check(c.target_loss is None or c.target_loss > 0,

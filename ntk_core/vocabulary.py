@@ -1,4 +1,5 @@
-"""The words the engine, its files and the app share: a run's status and the kernel choices.
+"""The words the engine, its files and the app share: a run's status, the kernel choices and
+the optimisers.
 
 A status is stored in a run's attributes, and in a sweep's ``status`` variable, as its plain
 text (``"reached_target"``), so files read the same without this module. ``RunStatus`` members
@@ -41,3 +42,6 @@ TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.REACHED_TARGET, RunStatus.D
 NTKMethod = Literal["exact", "matrix_free"]  # an explicit kernel, or vjp/jvp products
 NTKMode = Literal["auto", NTKMethod]  # auto: the cheaper method by the cost model
 KernelKind = Literal["full", "traced"]  # the (nC × nC) kernel, or Σ_c K_cc (n × n)
+# full-batch GD (with optional heavy-ball or Nesterov momentum), mini-batch SGD, and the two
+# adaptive methods, which take their steps in the metric of a diagonal preconditioner
+OptimizerName = Literal["gd", "sgd", "adam", "rmsprop"]

@@ -7,7 +7,9 @@ from, so a measured step pays only for the products.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -58,6 +60,49 @@ class HessianOperator:
                 self.products -= b
         self.products += b
         return out.to(torch.float64)
+
+
+class PreconditionedHessian(HessianOperator):
+    """P^{-1/2} ∇²L P^{-1/2} for a positive diagonal P (flat, one entry per parameter): it is
+    symmetric and shares its eigenvalues with P⁻¹∇²L, whose top one is the preconditioned
+    sharpness of Adam and RMSProp (Cohen et al. 2022). Nothing dense is formed."""
+
+    def __init__(self, grads: tuple[torch.Tensor, ...], params: list[torch.Tensor],
+                 preconditioner: torch.Tensor) -> None:
+        super().__init__(grads, params)
+        if preconditioner.shape != (self.dim,):
+            raise ValueError(f"preconditioner: expected shape ({self.dim},) for the "
+                             f"{self.dim} parameters, got {tuple(preconditioner.shape)}")
+        if not bool((preconditioner > 0).all()):
+            raise ValueError("preconditioner: every entry must be positive")
+        self.scale = preconditioner.to(torch.float64).rsqrt()[:, None]
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        scale = self.scale.to(V.device)
+        return scale * super().matmat(scale * V.to(torch.float64))
+
+
+def batch_sharpness(model: nn.Module, X: torch.Tensor, Y: torch.Tensor,
+                    batches: Sequence[torch.Tensor], loss: str = "mse") -> float:
+    """The mean over ``batches`` (index tensors) of g_Bᵀ H_B g_B / ‖g_B‖², each batch's
+    curvature along its own gradient: the quantity mini-batch SGD holds at 2/η (Andreyev and
+    Beneventano 2024). One Hessian-vector product per batch; a batch whose gradient vanishes
+    is left out of the mean."""
+    if len(batches) == 0:
+        raise ValueError("batches: need at least one batch")
+    params = [p for p in model.parameters() if p.requires_grad]
+    values = []
+    for batch in batches:
+        L = loss_value(model(X[batch]), Y[batch], loss)
+        g = torch.autograd.grad(L, params, create_graph=True)
+        hg = torch.autograd.grad(g, params, grad_outputs=[x.detach() for x in g],
+                                 allow_unused=True)
+        gg = sum(float((x.detach().double() ** 2).sum()) for x in g)
+        ghg = sum(float((x.detach().double() * h.double()).sum())
+                  for x, h in zip(g, hg, strict=True) if h is not None)
+        if gg > 0:
+            values.append(ghg / gg)
+    return sum(values) / len(values) if values else math.nan
 
 
 def top_hessian_eigenpair(op: HessianOperator, start: torch.Tensor | None = None,

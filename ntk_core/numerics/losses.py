@@ -13,6 +13,8 @@ that does not fit fails here with both shapes named, never by silent broadcastin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -111,3 +113,13 @@ def accuracy(f: torch.Tensor, Y: torch.Tensor) -> float:
     if Y.shape[1] == 1:
         return float(((f[:, 0] > 0) == (Y[:, 0] > 0)).double().mean())
     return float((f.argmax(1) == Y.argmax(1)).double().mean())
+
+
+def gradient_norm(grads: Sequence[torch.Tensor]) -> float:
+    """‖g‖ over every parameter tensor, each square summed in float64: a float32 sum's rounding
+    depends on how many threads split it (a sweep's workers and a lone process differed in the
+    last bit of float32 runs)."""
+    total = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+    for g in grads:  # in order, as a float64 run always summed them
+        total = total + (g.detach().double() ** 2).sum()
+    return float(total.sqrt())

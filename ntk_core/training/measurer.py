@@ -8,6 +8,7 @@ sharpness solve. At EoS u₁ flips sign every step, so seeds are subspaces, neve
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,8 +25,13 @@ from ..numerics.alignment import (
     target_fro,
 )
 from ..numerics.eigensolver import explicit_matmat, top_eigenpairs
-from ..numerics.hessian import HessianOperator, top_hessian_eigenpair
-from ..numerics.losses import kernel_targets
+from ..numerics.hessian import (
+    HessianOperator,
+    PreconditionedHessian,
+    batch_sharpness,
+    top_hessian_eigenpair,
+)
+from ..numerics.losses import gradient_norm, kernel_targets
 from ..numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture
 from ..numerics.ntk.cost import CostEstimate, estimate_costs
 from ..numerics.ntk.exact import output_major_order
@@ -61,6 +67,7 @@ class Measurer:
     def __init__(self, config: RunConfig, Y: torch.Tensor, mode: NTKMethod) -> None:
         self.config = config
         self.mode = mode
+        self.Y = Y  # the training targets, as the loss takes them (the batch sharpness)
         n, C = Y.shape
         self.full = config.kernel == "full" or C == 1
         # Targets in kernel coordinates: vec(Y) sample-major for the full kernel, Y for traced.
@@ -79,6 +86,7 @@ class Measurer:
         self.generator = torch.Generator(device=Y.device).manual_seed(config.seed + 1)
         self.prev_vectors: torch.Tensor | None = None
         self.prev_hessian: torch.Tensor | None = None
+        self.prev_preconditioned: torch.Tensor | None = None
         self.K0: torch.Tensor | None = None
         self.K0_fro = math.nan
 
@@ -88,7 +96,12 @@ class Measurer:
 
     def measure(self, model: nn.Module, X: torch.Tensor, f: torch.Tensor, r: torch.Tensor,
                 grads: tuple[torch.Tensor, ...], params: list[torch.Tensor],
-                capture: LayerCapture | None) -> Measurement:
+                capture: LayerCapture | None, preconditioner: torch.Tensor | None = None,
+                batches: Sequence[torch.Tensor] | None = None) -> Measurement:
+        """The NTK spectrum, alignment and sharpness at the current weights. ``preconditioner``
+        (Adam, RMSProp: the diagonal P of this step's update) adds the preconditioned
+        sharpness λ_max(P⁻¹H); ``batches`` (SGD: the epoch's mini-batches) the batch
+        sharpness."""
         cfg = self.config
         s: dict[str, float] = {}
         K = None
@@ -140,12 +153,17 @@ class Measurer:
         R = self._internal((r.reshape(-1, 1) if self.full else r).to(torch.float64))
         proj = self._residual_projection(U, R)
         s["u1_residual"] = float(proj[0])
-        s["grad_norm"] = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
+        s["grad_norm"] = gradient_norm(grads)
 
         if cfg.sharpness:
             s.update(self._sharpness(grads, params, U[:, :1], f, op, values))
         else:
             s.update(sharpness=math.nan, hvp_products=0.0, hessian_residual=math.nan)
+        s["preconditioned_sharpness"] = (
+            self._preconditioned_sharpness(grads, params, preconditioner)
+            if cfg.sharpness and preconditioner is not None else math.nan)
+        s["batch_sharpness"] = (batch_sharpness(model, X, self.Y, batches, cfg.loss)
+                                if cfg.sharpness and batches is not None else math.nan)
         spectrum = {
             "eigenvalues": values.cpu().numpy(),
             "eigval_normalized": (values / fro if fro > 0 else values * math.nan).cpu().numpy(),
@@ -199,6 +217,17 @@ class Measurer:
         self.prev_hessian = res.vectors[:, :1]
         return {"sharpness": float(res.values[0]), "hvp_products": float(res.products),
                 "hessian_residual": float(res.residuals[0])}
+
+    def _preconditioned_sharpness(self, grads: tuple[torch.Tensor, ...],
+                                  params: list[torch.Tensor], preconditioner: torch.Tensor
+                                  ) -> float:
+        """λ_max(P^{-1/2} H P^{-1/2}), warm-started from the previous step's eigenvector."""
+        op = PreconditionedHessian(grads, params, preconditioner)
+        start = self.prev_preconditioned
+        res = top_hessian_eigenpair(op, start=start, tol=self.config.eig_tol,
+                                    guard=1, generator=self.generator)
+        self.prev_preconditioned = res.vectors[:, :1]
+        return float(res.values[0])
 
     def _gauss_newton_gap(self, ntk_values: torch.Tensor, n: int) -> float | None:
         """λ₁ − λⱼ of the Gauss–Newton matrix (spectrum λ(K)/n) to its first eigenvalue more

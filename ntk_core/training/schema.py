@@ -35,8 +35,13 @@ SCALARS: dict[str, tuple[str, str]] = {
     # logged with its own label: xarray arithmetic keeps the operand's attributes, so a plot
     # of ``2 / ds.lr`` is labelled "learning rate η"
     "two_over_lr": ("stability threshold 2/η", "1"),
+    # the optimiser's own threshold (numerics.stability): 2/η for plain GD, (2 + 2β)/η with
+    # heavy-ball momentum, 2(1 + β₁)/((1 − β₁)η) for Adam on the preconditioned sharpness ...
+    "stability_threshold": ("stability threshold of the optimiser", "1"),
     "grad_norm": ("gradient norm ‖∇L‖", "1"),
     "sharpness": ("Hessian sharpness λ_max(∇²L)", "1"),
+    "preconditioned_sharpness": ("preconditioned sharpness λ_max(P⁻¹∇²L)", "1"),
+    "batch_sharpness": ("batch sharpness E_B[g_Bᵀ H_B g_B / ‖g_B‖²]", "1"),
     "gn_sharpness": ("Gauss–Newton sharpness λ₁(K)/n", "1"),
     "kta": ("kernel–target alignment", "1"),
     "kta_centered": ("centred kernel–target alignment", "1"),

@@ -1,8 +1,10 @@
-"""Full-batch gradient descent, one step at a time, with a measurement every ``measure_every``.
+"""Training one step at a time, with a measurement every ``measure_every``.
 
-Each step does a single forward pass: it yields the loss, the residual, the per-layer signals
-for the exact NTK and the gradient graph for Hessian-vector products. The measurement is taken
-at θ_t, then θ_{t+1} = θ_t − η (∇L(θ_t) + β·momentum). Step t's record describes θ_t.
+Each step does a single full-batch forward pass: it yields the loss, the residual, the
+per-layer signals for the exact NTK and the gradient graph for Hessian-vector products. The
+measurement is taken at θ_t, then the update rule (``optimizers``) takes θ_t to θ_{t+1}: with
+the full-batch gradient, or for ``sgd`` with the gradient of the step's mini-batch. Step t's
+record describes θ_t, and its ``stability_threshold`` is the one of the rule that step uses.
 
 Stopping: the step budget (``completed``), the target loss of the matched-loss protocol
 (``reached_target``), or divergence (``diverged``: a non-finite loss, or a loss above
@@ -26,11 +28,13 @@ import xarray as xr
 from ..config import ConfigError, RunConfig
 from ..data import Dataset, load_dataset
 from ..models import build_model
-from ..numerics.losses import accuracy, loss_value, residual
+from ..numerics.losses import accuracy, gradient_norm, loss_value, residual
+from ..numerics.stability import tracked_sharpness
 from ..version import __version__
 from ..vocabulary import RunStatus
 from .buffer import RunBuffer, StepRecord
 from .measurer import Measurer, kernel_rows, resolve_ntk_mode
+from .optimizers import BatchOrder, UpdateRule
 from .protocol import LoggedRun
 
 KERNEL_KEEP_MAX_ROWS = 4096  # keep the explicit K in the log up to this size
@@ -79,7 +83,9 @@ class Trainer(LoggedRun):
                                                          self.Y.shape[1])
         self.measurer = Measurer(config, self.Y, self.mode)
         self.lr = config.lr
-        self._velocity: list[torch.Tensor] | None = None
+        self.rule = UpdateRule.from_config(config)
+        self.batches = (BatchOrder(self.data.n, config.batch_size, config.seed, self.device)
+                        if config.optimizer == "sgd" and config.batch_size is not None else None)
         self._stop_event = threading.Event()
         self.step_index = 0
         self.initial_loss: float | None = None
@@ -114,6 +120,8 @@ class Trainer(LoggedRun):
             "Conventions": "CF-1.8",
             "config": cfg.to_json(),
             "lr": cfg.lr,
+            "optimizer": cfg.optimizer,
+            "tracked_sharpness": tracked_sharpness(cfg.optimizer),
             "ntk_mode": self.mode,
             **self.cost_estimate.as_attrs(),
             "kernel": "full" if self.measurer.full else "traced",
@@ -137,6 +145,12 @@ class Trainer(LoggedRun):
     def set_lr(self, lr: float) -> None:
         """Change η from the next step on, keeping the current weights."""
         self.lr = checked_lr(lr)
+
+    def set_hyper(self, momentum: float | None = None, beta1: float | None = None) -> None:
+        """Change the momentum β (gd, sgd) or Adam's β₁ from the next step on, keeping the
+        weights and the optimiser's state; the stability threshold follows (ValueError when
+        the optimiser has no such option or the value is outside [0, 1))."""
+        self.rule.set_hyper(momentum=momentum, beta1=beta1)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -180,6 +194,7 @@ class Trainer(LoggedRun):
         if self.initial_loss is None:
             self.initial_loss = loss
         scalars: dict[str, float] = {"loss": loss, "lr": self.lr, "two_over_lr": 2.0 / self.lr,
+                                     "stability_threshold": self.rule.threshold(self.lr),
                                      "accuracy": accuracy(f.detach(), self.Y), "measured": 0.0}
         record = StepRecord(t, scalars)
         diverged = self._diverged(loss)
@@ -191,7 +206,10 @@ class Trainer(LoggedRun):
             tm = time.perf_counter()
             try:
                 r = residual(f.detach(), self.Y, self.config.loss)
-                m = self.measurer.measure(self.model, self.X, f, r, grads, self.params, capture)
+                m = self.measurer.measure(
+                    self.model, self.X, f, r, grads, self.params, capture,
+                    preconditioner=self.rule.preconditioner(grads),
+                    batches=self.batches.epoch() if self.batches is not None else None)
             except Exception as exc:  # a failed measurement ends the run; the log so far is kept
                 reason = f"measurement failed at step {t}: {type(exc).__name__}: {exc}"
                 self.buffer.set_attr("traceback", traceback.format_exc(limit=8))
@@ -210,8 +228,8 @@ class Trainer(LoggedRun):
                                                          copy=True).numpy()
                     record.kernel_outputs = m.output_major
         else:
-            scalars["grad_norm"] = float(torch.sqrt(sum((g**2).sum() for g in grads)))
-        self._update(grads)
+            scalars["grad_norm"] = gradient_norm(grads)
+        self.rule.update(self.params, self._update_gradient(grads), self.lr)
         self.step_index += 1
         scalars["time_step"] = time.perf_counter() - t0
         self.buffer.append(record)
@@ -241,18 +259,13 @@ class Trainer(LoggedRun):
         self.buffer.set_status(status, reason)
         return record
 
-    @torch.no_grad()
-    def _update(self, grads: tuple[torch.Tensor, ...]) -> None:
-        beta = self.config.momentum
-        if beta and self._velocity is None:
-            self._velocity = [torch.zeros_like(p) for p in self.params]
-        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
-            g = g.detach()
-            if beta:
-                v = self._velocity[i]  # type: ignore[index]
-                v.mul_(beta).add_(g)
-                g = v
-            p.sub_(self.lr * g)
+    def _update_gradient(self, grads: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The gradient the update takes: the full batch's, or the next mini-batch's (SGD)."""
+        if self.batches is None:
+            return grads
+        batch = self.batches.take()
+        L = loss_value(self.model(self.X[batch]), self.Y[batch], self.config.loss)
+        return torch.autograd.grad(L, self.params)
 
     # ---- loop ----------------------------------------------------------------------------
     def run(self, callback: Callable[[StepRecord], object] | None = None) -> xr.Dataset:
