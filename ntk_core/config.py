@@ -32,14 +32,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A full-batch gradient-descent run and what to measure along it.
+    """A training run and what to measure along it.
 
     Data: ``dataset`` of ``n`` examples (balanced over ``classes``), targets ``binary`` (±1, one
     output; needs exactly two classes) or ``onehot`` (C outputs). Model: ``arch`` with ``width``,
     ``depth`` and ``activation``. Optimiser: ``optimizer`` at the constant learning rate ``lr``:
     full-batch ``gd`` with optional heavy-ball (or ``nesterov``) ``momentum``, mini-batch ``sgd``
-    with ``batch_size``, or ``adam`` / ``rmsprop`` (``beta1``, ``beta2``, ``eps``); loss ``mse`` is L = (1/2n) Σ‖f − y‖². Measurements every ``measure_every`` steps:
-    the top-``k`` NTK eigenpairs (``ntk_mode``), Hessian sharpness, and alignment.
+    with ``batch_size``, or ``adam`` / ``rmsprop`` (``beta1``, ``beta2``, ``eps``). Loss: ``mse``
+    is L = (1/2n) Σ‖f − y‖². Measurements every ``measure_every`` steps: the top-``k`` NTK
+    eigenpairs (``ntk_mode``), Hessian sharpness (and the optimiser's own: preconditioned for
+    Adam and RMSProp, batch sharpness for SGD), and alignment.
     """
 
     # data
