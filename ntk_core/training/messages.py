@@ -1,6 +1,6 @@
 """The messages between a ``ProcessTrainer`` and its child process, one record type each.
 
-Parent to child: ``StepRequest`` (one step at η, sending the kernel or not), ``KernelRequest``
+Parent to child: ``StepRequest`` (one step at η and β or β₁, sending the kernel or not), ``KernelRequest``
 (the latest kernel, on a pause or at the end) and ``Stop``. Child to parent: first ``Ready``
 (the run is built; what the parent's mirror of its log needs) or ``BuildFailed``, then one
 ``StepReply`` per ``StepRequest`` and one ``KernelReply`` per ``KernelRequest``, in order.
@@ -24,6 +24,8 @@ from .buffer import StepRecord
 class StepRequest:
     lr: float  # η for this step
     want_kernel: bool  # write the step's kernel into the map
+    momentum: float = 0.0  # β for this step (gd, sgd)
+    beta1: float = 0.9  # β₁ for this step (adam)
 
 
 @dataclass(frozen=True)

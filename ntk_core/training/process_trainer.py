@@ -59,6 +59,7 @@ from .messages import (
     Stop,
     ToChild,
 )
+from .optimizers import UpdateRule
 from .protocol import LoggedRun
 from .trainer import KERNEL_KEEP_MAX_ROWS, Trainer, checked_lr
 
@@ -158,6 +159,7 @@ class ProcessTrainer(LoggedRun):
                  own_session: bool = True, nice: int = 0) -> None:
         self.config = config
         self.lr = config.lr
+        self.rule = UpdateRule.from_config(config)  # its hyperparameters only: the child steps
         self._cancelled = cancelled
         context = _context()
         self._conn, child_conn = context.Pipe()
@@ -202,6 +204,10 @@ class ProcessTrainer(LoggedRun):
         """η from the next step on (checked here, applied by the child with the next step)."""
         self.lr = checked_lr(lr)
 
+    def set_hyper(self, momentum: float | None = None, beta1: float | None = None) -> None:
+        """β or β₁ from the next step on (checked here, applied by the child with it)."""
+        self.rule.set_hyper(momentum=momentum, beta1=beta1)
+
     def step(self, want_kernel: bool | None = None, ahead: int = 0) -> StepRecord:
         """One step in the child; its record is appended to ``buffer`` and returned.
 
@@ -237,7 +243,7 @@ class ProcessTrainer(LoggedRun):
         # one kernel on its way at a time: the child writes the map only when asked, and it is
         # asked again only after this process has copied the last one out
         want_kernel = bool(want_kernel) and self._kernel is not None and not kernel_on_its_way
-        self._send(StepRequest(self.lr, want_kernel))
+        self._send(StepRequest(self.lr, want_kernel, self.rule.momentum, self.rule.beta1))
         self._in_flight.append(want_kernel)
 
     def _absorb(self, reply: FromChild) -> StepRecord:
@@ -412,9 +418,12 @@ def _serve(conn: Connection, trainer: Trainer, kernel: torch.Tensor | None) -> N
                 conn.send(KernelReply(write_kernel()))
             case StepRequest() if trainer.finished:  # queued before the parent saw the end
                 conn.send(reply(None, None))
-            case StepRequest(lr=lr, want_kernel=want_kernel):
+            case StepRequest(lr=lr, want_kernel=want_kernel, momentum=momentum, beta1=beta1):
                 if lr != trainer.lr:
                     trainer.set_lr(lr)
+                if (momentum, beta1) != (trainer.rule.momentum, trainer.rule.beta1):
+                    trainer.set_hyper(momentum=momentum if not trainer.rule.adaptive else None,
+                                      beta1=beta1 if trainer.config.optimizer == "adam" else None)
                 before = len(trainer.buffer)
                 record = trainer.step()
                 appended = len(trainer.buffer) > before

@@ -30,8 +30,9 @@ class SteppableRun(Protocol):
 
     ``buffer`` is its log, complete up to the last step collected. ``step(ahead=n)`` takes one
     step and returns its record; a run in another process may keep ``n`` more queued, which
-    ``sync`` collects (a run in this process has no queue and ignores it). ``set_lr`` changes η
-    from the next step on; ``close`` frees what the run holds besides its log, which stays.
+    ``sync`` collects (a run in this process has no queue and ignores it). ``set_lr`` changes η,
+    and ``set_hyper`` the momentum β or Adam's β₁, from the next step on; ``close`` frees
+    what the run holds besides its log, which stays.
     """
 
     buffer: RunBuffer
@@ -48,6 +49,8 @@ class SteppableRun(Protocol):
         ...
 
     def set_lr(self, lr: float) -> None: ...
+
+    def set_hyper(self, momentum: float | None = None, beta1: float | None = None) -> None: ...
 
     def step(self, *, ahead: int = 0) -> StepRecord: ...
 

@@ -25,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from ..config import MAX_K, MAX_N, MAX_STEPS, ConfigError, RunConfig
+from ..numerics.stability import stability_threshold
 from ..vocabulary import RunStatus
 
 # name -> (long name, units)
@@ -181,11 +182,29 @@ def from_dataset(ds: xr.Dataset) -> LogContents:
     attrs["status_reason"] = str(attrs.get("status_reason", ""))
     return LogContents(
         steps=ds["step"].values.astype(np.int64),
-        scalars={name: _values(ds, name, (r,)) for name in SCALARS},
+        scalars={name: _values(ds, name, (r,)) for name in SCALARS} | _derived(ds, attrs),
         spectrum={name: _values(ds, name, (r, k)) for name in SPECTRUM},
         snapshot_steps=np.asarray(snapshot_steps, np.int64), eigenvectors=eigenvectors,
         kernel=kernel, rows={name: ds[name].values for name in ROWS if name in ds.variables},
         attrs=attrs)
+
+
+def _derived(ds: xr.Dataset, attrs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """What a file from before a variable existed implies for it: runs saved before
+    ``stability_threshold`` were gradient descent, with heavy-ball momentum at most."""
+    if "stability_threshold" in ds.variables or "lr" not in ds.variables:
+        return {}
+    try:
+        momentum = float(json.loads(str(attrs.get("config", "{}"))).get("momentum", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return {}
+    if not (math.isfinite(momentum) and 0 <= momentum < 1):
+        return {}
+    lr = ds["lr"].values.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # every threshold is a constant over η
+        return {"stability_threshold": np.where(
+            lr > 0, stability_threshold("gd", 1.0, momentum) / lr, np.nan)}
 
 
 def _values(ds: xr.Dataset, name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntk_core import ConfigError, RunConfig, Trainer, run
+from ntk_core import ConfigError, RunBuffer, RunConfig, Trainer, run
 from ntk_core.numerics.hessian import (
     HessianOperator,
     PreconditionedHessian,
@@ -243,3 +243,11 @@ def test_a_steps_preconditioned_sharpness_uses_that_steps_preconditioner(optimiz
     assert record.scalars["preconditioned_sharpness"] == pytest.approx(expected, rel=1e-7)
     assert record.scalars["stability_threshold"] == pytest.approx(
         stability_threshold(optimizer, 0.002))
+
+
+def test_a_file_from_before_thresholds_reads_back_with_its_momentum_threshold() -> None:
+    ds = run(small(momentum=0.5, lr=0.1, steps=4))
+    old = ds.drop_vars(["stability_threshold", "preconditioned_sharpness", "batch_sharpness"])
+    back = RunBuffer.from_dataset(old).snapshot()
+    np.testing.assert_allclose(back.stability_threshold.values, 30)
+    assert np.isnan(back.preconditioned_sharpness.values).all()

@@ -32,6 +32,13 @@ ROOT = Path(__file__).resolve().parents[3]
 REFERENCE_COMMIT = "8db4452ee96f52440226498ae7fddcc384c1702a"
 CLOCK_VARIABLES = ("time_step", "time_measure")
 CLOCK_ATTRIBUTES = ("created",)
+# What the optimisers added since: a threshold per step (for these GD runs (2 + 2β)/η), two
+# sharpness variables that GD leaves empty, two attributes, and the options in ``config``
+# (whose defaults are the GD of before).
+ADDED_VARIABLES = ("stability_threshold", "preconditioned_sharpness", "batch_sharpness")
+ADDED_ATTRIBUTES = {"optimizer": "gd", "tracked_sharpness": "sharpness"}
+ADDED_OPTIONS = {"optimizer": "gd", "nesterov": False, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                 "batch_size": None}
 # An exact multi-output kernel with thinned eigenvector snapshots, and a matrix-free binary ViT
 # with momentum: between them every part of a measured and an unmeasured step is exercised.
 CONFIGS = {
@@ -97,7 +104,12 @@ def test_a_seeded_run_saves_the_same_variables_as_before(saved_runs, name) -> No
     before = xr.load_dataset(before_dir / f"{name}.nc", engine="h5netcdf", decode_times=False)
     now = xr.load_dataset(now_dir / f"{name}.nc", engine="h5netcdf", decode_times=False)
     assert now.attrs["status"] == "completed" and now.sizes["step"] == CONFIGS[name]["steps"]
-    assert sorted(now.variables) == sorted(before.variables)
+    assert sorted(now.variables) == sorted([*before.variables, *ADDED_VARIABLES])
+    momentum = CONFIGS[name].get("momentum", 0.0)
+    np.testing.assert_allclose(now.stability_threshold.values,
+                               (2 + 2 * momentum) / before.lr.values, rtol=1e-15)
+    assert np.isnan(now.preconditioned_sharpness.values).all()
+    assert np.isnan(now.batch_sharpness.values).all()
     assert dict(now.sizes) == dict(before.sizes)
     for var in before.variables:
         if var in CLOCK_VARIABLES:
@@ -106,5 +118,10 @@ def test_a_seeded_run_saves_the_same_variables_as_before(saved_runs, name) -> No
         assert now[var].dtype == before[var].dtype, var
         np.testing.assert_array_equal(now[var].values, before[var].values, err_msg=var)
         assert now[var].attrs == before[var].attrs, var
-    clock_free = {k: v for k, v in before.attrs.items() if k not in CLOCK_ATTRIBUTES}
-    assert {k: v for k, v in now.attrs.items() if k not in CLOCK_ATTRIBUTES} == clock_free
+    config_now = json.loads(now.attrs["config"])
+    assert {k: config_now.pop(k) for k in ADDED_OPTIONS} == ADDED_OPTIONS
+    assert config_now == json.loads(before.attrs["config"])
+    assert {k: now.attrs[k] for k in ADDED_ATTRIBUTES} == ADDED_ATTRIBUTES
+    compared_apart = (*CLOCK_ATTRIBUTES, "config", *ADDED_ATTRIBUTES)
+    clock_free = {k: v for k, v in before.attrs.items() if k not in compared_apart}
+    assert {k: v for k, v in now.attrs.items() if k not in compared_apart} == clock_free
