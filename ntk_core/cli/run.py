@@ -12,6 +12,7 @@ from pathlib import Path
 import xarray as xr
 from tqdm import tqdm
 
+from ..numerics.stability import tracked_sharpness
 from ..presets import DEFAULT_PRESET
 from ..training.allocator import keep_freed_memory
 from ..training.buffer import StepRecord
@@ -44,17 +45,20 @@ def run(args: argparse.Namespace) -> int:
     keep_freed_memory()  # this process trains one run, then exits
     trainer = Trainer(config)
     print(f"ntk-eos run · {config.arch} on {config.dataset} (n={config.n}, "
-          f"{trainer.data.num_outputs} output(s)) · η = {config.lr:g} · 2/η = {2 / config.lr:.4g}"
+          f"{trainer.data.num_outputs} output(s)) · {config.optimizer} at η = {config.lr:g} · "
+          f"threshold {trainer.rule.threshold_label()} = {trainer.rule.threshold(config.lr):.4g}"
           f" · NTK {trainer.mode}, {trainer.measurer.m}×{trainer.measurer.m} kernel",
           file=sys.stderr)
     bar = tqdm(total=config.steps, unit="step", disable=args.quiet, mininterval=0.5,
                file=sys.stderr)
 
+    tracked = tracked_sharpness(config.optimizer)
+
     def progress(record: StepRecord) -> None:
         s = record.scalars
         bar.update(1)
-        bar.set_postfix_str(f"loss {fmt(s['loss'], '.3e')} · S {fmt(s.get('sharpness'))} "
-                            f"vs 2/η {2 / s['lr']:.4g} · KTA {fmt(s.get('kta'), '.3f')}",
+        bar.set_postfix_str(f"loss {fmt(s['loss'], '.3e')} · S {fmt(s.get(tracked))} "
+                            f"vs {s['stability_threshold']:.4g} · KTA {fmt(s.get('kta'), '.3f')}",
                             refresh=False)
 
     try:

@@ -9,6 +9,7 @@ import xarray as xr
 
 from ..config import RunConfig
 from ..models import UNUSED_FIELDS
+from ..numerics.stability import threshold_label, tracked_sharpness
 from ..training.schema import measured_rows
 
 
@@ -31,18 +32,30 @@ def summarize(ds: xr.Dataset) -> str:
         # isel, not where: where would broadcast the eigenvector snapshots over every step
         measured = ds.isel(step=measured_rows(ds.measured.values))
         lr = float(last.lr)
-        lines.append(f"final η      {lr:g} (2/η = {2 / lr:.4g})")
+        label = threshold_label(cfg.optimizer, cfg.momentum, cfg.nesterov, cfg.beta1)
+        thresholds = (ds.stability_threshold.values if "stability_threshold" in ds
+                      else 2 / ds.lr.values)  # files from before the optimisers: GD
+        lines.append(f"optimiser    {_optimizer(cfg)}")
+        lines.append(f"final η      {lr:g} (threshold {label} = {thresholds[-1]:.4g})")
         lines.append(f"final loss   {float(last.loss):.4e} (start {float(ds.loss[0]):.4e}), "
                      f"accuracy {float(last.accuracy):.3f}")
         if measured.sizes.get("step", 0):
             m = measured.isel(step=-1)
-            sharp = measured.sharpness.values
-            half = sharp[len(sharp) // 2:]
-            ratio = np.nanmedian(half / (2 / measured.lr.values[len(sharp) // 2:])) if np.isfinite(
-                half).any() else float("nan")
+            rows = measured_rows(ds.measured.values)
+            tracked = str(ds.attrs.get("tracked_sharpness", tracked_sharpness(cfg.optimizer)))
+            for name, title in (("sharpness", "sharpness   "),
+                                ("preconditioned_sharpness", "λ_max(P⁻¹H) "),
+                                ("batch_sharpness", "batch S     ")):
+                if name != "sharpness" and (name != tracked or name not in ds):
+                    continue
+                values = measured[name].values
+                line = f"{title} {fmt(float(values[-1]))} (max {fmt(_nanmax(values))}"
+                if name == tracked:
+                    half = len(values) // 2
+                    ratio = _nanmedian(values[half:] / thresholds[rows][half:])
+                    line += f"; median over the 2nd half = {fmt(ratio, '.3f')} × {label}"
+                lines.append(line + ")")
             lines += [
-                f"sharpness    {fmt(float(m.sharpness))} (max {fmt(float(np.nanmax(sharp)) if np.isfinite(sharp).any() else float('nan'))}; "  # noqa: E501
-                f"median over the 2nd half = {fmt(ratio, '.3f')} × 2/η)",
                 f"GN λ₁(K)/n   {fmt(float(m.gn_sharpness))}",
                 f"KTA          {fmt(float(m.kta), '.4f')} (start {fmt(float(measured.kta[0]), '.4f')})"
                 f" · centred {fmt(float(m.kta_centered), '.4f')}",
@@ -53,6 +66,26 @@ def summarize(ds: xr.Dataset) -> str:
                 f"{steps / np.nansum(ds.time_step):.1f} steps/s over the run",
             ]
     return "\n".join(lines)
+
+
+def _nanmax(values: np.ndarray) -> float:
+    return float(np.nanmax(values)) if np.isfinite(values).any() else math.nan
+
+
+def _nanmedian(values: np.ndarray) -> float:
+    return float(np.nanmedian(values)) if np.isfinite(values).any() else math.nan
+
+
+def _optimizer(cfg: RunConfig) -> str:
+    """The optimiser and the options it uses: "gd, momentum 0.9 (Nesterov)", "adam (β₁ 0.9,
+    β₂ 0.999, ε 1e-08)", "sgd, batch 32"."""
+    if cfg.optimizer in ("adam", "rmsprop"):
+        betas = f"β₁ {cfg.beta1:g}, " if cfg.optimizer == "adam" else ""
+        return f"{cfg.optimizer} ({betas}β₂ {cfg.beta2:g}, ε {cfg.eps:g})"
+    text = cfg.optimizer + (f", batch {cfg.batch_size}" if cfg.optimizer == "sgd" else "")
+    if cfg.momentum:
+        text += f", momentum {cfg.momentum:g}" + (" (Nesterov)" if cfg.nesterov else "")
+    return text
 
 
 def _shape(cfg: RunConfig) -> str:
