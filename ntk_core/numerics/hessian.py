@@ -8,6 +8,7 @@ from, so a measured step pays only for the products.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from .losses import loss_value
 class HessianOperator:
     """∇²L at the current weights as an operator on flat parameter vectors (float64 in and out)."""
 
-    def __init__(self, grads: tuple[torch.Tensor, ...], params: list[torch.Tensor]) -> None:
+    def __init__(self, grads: tuple[torch.Tensor, ...], params: Sequence[torch.Tensor]) -> None:
         self.grads = grads
         self.params = params
         self.dim = sum(p.numel() for p in params)

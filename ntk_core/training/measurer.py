@@ -8,6 +8,7 @@ sharpness solve. At EoS u₁ flips sign every step, so seeds are subspaces, neve
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,12 @@ def kernel_rows(n: int, num_outputs: int, kernel: KernelKind) -> int:
     return n if kernel == "traced" or num_outputs == 1 else n * num_outputs
 
 
+def grad_norm(grads: Sequence[torch.Tensor]) -> float:
+    """‖∇L‖ from the per-parameter gradients (their squares summed one parameter at a time)."""
+    total = sum((g.detach() ** 2).sum() for g in grads)  # a tensor; 0 for no parameters
+    return float(torch.sqrt(torch.as_tensor(total)))
+
+
 def resolve_ntk_mode(config: RunConfig, model: nn.Module, X: torch.Tensor,
                      num_outputs: int) -> tuple[NTKMethod, CostEstimate]:
     """``auto`` picks the cheaper of exact and matrix-free by the FLOP model in ``ntk.cost``,
@@ -49,6 +56,10 @@ def resolve_ntk_mode(config: RunConfig, model: nn.Module, X: torch.Tensor,
 
 @dataclass
 class Measurement:
+    """What one measured step found: the per-step scalars (``kta``, ``sharpness`` ...), the
+    per-eigen-index arrays (``eigenvalues``, ``alignment`` ...), the top-k eigenvectors and, in
+    exact mode, the kernel itself."""
+
     scalars: dict[str, float]
     spectrum: dict[str, np.ndarray]
     vectors: torch.Tensor  # (m, k) float64 eigenvectors, sign-fixed, rows sample-major
@@ -58,6 +69,16 @@ class Measurement:
 
 
 class Measurer:
+    """Measures a run at its current weights (``measure``): the top-k NTK eigenpairs, KTA and
+    the label alignments, the residual along each eigenvector and the Hessian sharpness.
+
+    ``mode`` is ``exact`` (K by per-layer rules, from the layer inputs and outputs that the
+    hooks of ``capture`` record in the training forward pass) or ``matrix_free`` (vjp/jvp
+    products only). Between steps it keeps the warm starts (the last eigenvectors and Hessian
+    eigenvector), the first explicit K for the kernel distance, and the workspace the explicit
+    K is built in.
+    """
+
     def __init__(self, config: RunConfig, Y: torch.Tensor, mode: NTKMethod) -> None:
         self.config = config
         self.mode = mode
@@ -87,7 +108,7 @@ class Measurer:
         return LayerCapture(model) if self.mode == "exact" else None
 
     def measure(self, model: nn.Module, X: torch.Tensor, f: torch.Tensor, r: torch.Tensor,
-                grads: tuple[torch.Tensor, ...], params: list[torch.Tensor],
+                grads: tuple[torch.Tensor, ...], params: Sequence[torch.Tensor],
                 capture: LayerCapture | None) -> Measurement:
         cfg = self.config
         s: dict[str, float] = {}
@@ -140,7 +161,7 @@ class Measurer:
         R = self._internal((r.reshape(-1, 1) if self.full else r).to(torch.float64))
         proj = self._residual_projection(U, R)
         s["u1_residual"] = float(proj[0])
-        s["grad_norm"] = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
+        s["grad_norm"] = grad_norm(grads)
 
         if cfg.sharpness:
             s.update(self._sharpness(grads, params, U[:, :1], f, op, values))
@@ -174,7 +195,7 @@ class Measurer:
         return (ur * uy).sum(1) / uy.norm(dim=1).clamp_min(1e-300)
 
     # ---- Hessian sharpness ---------------------------------------------------------------
-    def _sharpness(self, grads: tuple[torch.Tensor, ...], params: list[torch.Tensor],
+    def _sharpness(self, grads: tuple[torch.Tensor, ...], params: Sequence[torch.Tensor],
                    u1: torch.Tensor, f: torch.Tensor, op: NTKOperator | None,
                    ntk_values: torch.Tensor) -> dict[str, float]:
         hop = HessianOperator(grads, params)
@@ -210,7 +231,7 @@ class Measurer:
         far = gaps[gaps > self.config.eig_tol * float(ntk_values[0]) / n]
         return float(far[0]) if far.numel() else None
 
-    def _pullback(self, u: torch.Tensor, f: torch.Tensor, params: list[torch.Tensor],
+    def _pullback(self, u: torch.Tensor, f: torch.Tensor, params: Sequence[torch.Tensor],
                   op: NTKOperator | None) -> torch.Tensor:
         if op is not None:
             return op.pullback(u).to(torch.float64)
