@@ -82,21 +82,23 @@ def _set_if_changed(obj: param.Parameterized, **values: object) -> None:
 class Dashboard(pn.viewable.Viewer):
     """Train a RunConfig live and watch sharpness, the NTK spectrum and label alignment."""
 
-    settings = param.ClassSelector(class_=RunSettings, constant=True)
-    speed = param.Selector(default=0.0, objects=list(SPEEDS.values()),
-                           doc="Steps per second cap (0: as fast as the engine goes).")
+    speed: param.Selector[float] = param.Selector(
+        default=0.0, objects=list(SPEEDS.values()),
+        doc="Steps per second cap (0: as fast as the engine goes).")
     status = param.String(default="step 0 · loading data and model")
     columns = param.Integer(default=3, bounds=(1, 9), constant=True,
                             doc="Plots per row on the Live tab (2 suits a notebook's width).")
 
-    def __init__(self, staged: bool = False, **params: Any) -> None:
-        """``staged``: the Live tab's plots start out of the page and join it one by one
-        through ``add_plots`` (see ``app.server.page_loading``)."""
-        params.setdefault("settings", RunSettings())
+    def __init__(self, *, settings: RunSettings | None = None, staged: bool = False,
+                 **params: Any) -> None:
+        """``settings``: what the next run trains (the default preset when None). ``staged``:
+        the Live tab's plots start out of the page and join it one by one through
+        ``add_plots`` (see ``app.server.page_loading``)."""
         super().__init__(**params)
+        self.settings = settings if settings is not None else RunSettings()
         self.controller = RunController()
         self.plots = LivePlots()
-        self._source = None
+        self._source: RunBuffer | None = None  # the buffer on screen
         self._cursor = 0
         self._seen_version = -1
         self._matrix_version = -1
@@ -458,14 +460,13 @@ class Dashboard(pn.viewable.Viewer):
                          width=SIDEBAR_WIDTH, scroll=True)
 
     def _header(self) -> pn.Column:
-        about = pn.bind(lambda *_: self._about(), self.settings.param.preset,
-                        self.settings.param.changed)
+        about = pn.bind(self._about, self.settings.param.preset, self.settings.param.changed)
         return pn.Column(
             pn.Row(pn.pane.Markdown(about, sizing_mode="stretch_width"), self.status_pane,
                    sizing_mode="stretch_width"),
             self.ladder_pane, self.config_alert, self.run_alert, sizing_mode="stretch_width")
 
-    def _about(self) -> str:
+    def _about(self, *_: object) -> str:
         """The preset's title and paragraph, and what the controls changed from it (the
         paragraph's numbers are the preset's)."""
         info = self.settings.preset_info

@@ -40,7 +40,7 @@ def busy_page(capacity: int) -> pn.viewable.Viewable:
                      css_classes=["ntk-busy"])
 
 
-def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable:
+def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable | pn.viewable.Viewer:
     """A Dashboard for this tab, or the busy page when ``sessions`` is full."""
     sessions = sessions or live_sessions()
     doc = pn.state.curdoc
@@ -53,8 +53,8 @@ def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable:
     key = context.id if context is not None else object()
     if not sessions.enter(key):
         return busy_page(sessions.capacity)
-    if context is None:  # outside a server nothing ends the session: the caller leaves
-        return Dashboard()
+    if doc is None or context is None:  # outside a server nothing ends the session
+        return Dashboard()  # the caller leaves
     pn.state.on_session_destroyed(lambda _: sessions.leave(key))
     browser_patches.install(doc)
     return deferred_page(lambda: Dashboard(staged=True), Dashboard.add_plots)

@@ -48,7 +48,7 @@ from ntk_core.numerics.alignment import (  # noqa: E402
     fro_norm,
     target_fro,
 )
-from ntk_core.numerics.eigensolver import explicit_matmat, top_eigenpairs  # noqa: E402
+from ntk_core.numerics.eigensolver import explicit_matmat, kernel_eigenpairs, top_eigenpairs  # noqa: E402
 from ntk_core.numerics.hessian import HessianOperator, top_hessian_eigenpair  # noqa: E402
 from ntk_core.numerics.losses import kernel_targets, loss_value  # noqa: E402
 from ntk_core.numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture  # noqa: E402
@@ -161,7 +161,7 @@ class Ours:
 COLD_KEYS = ("cold_spectrum", "cold_sharpness", "jacrev_eigh")
 
 
-def cold_calls(spec: Spec, w: Workload, k: int) -> tuple[dict[str, float], float, dict]:
+def cold_calls(spec: Spec, w: Workload, ours: Ours) -> tuple[dict[str, float], float, dict]:
     """What a user pays for one answer from nothing, at the current weights: the top-k of K by
     ``ntk_eigenpairs`` and the sharpness by ``hessian_sharpness``, both at their defaults (tol
     1e-5; the workload's kernel), and, where jacrev is a peer, the torch.func tutorial's K
@@ -173,23 +173,30 @@ def cold_calls(spec: Spec, w: Workload, k: int) -> tuple[dict[str, float], float
     (forward and backward, the update skipped to leave the trajectory alone) and their median
     is returned with the seconds and the values for the errors: ``cold_ratio_beside``. Those
     steps run back to back with warm caches and come out faster than the trajectory's, which
-    follow a measurement (W1: 22 against 34 ms), so that ratio is the stricter one."""
+    follow a measurement (W1: 22 against 34 ms), so that ratio is the stricter one.
+
+    ``values`` also holds, untimed, the products of the call's solve where K is explicit:
+    ``kernel_eigenpairs`` (what ``ntk_eigenpairs`` runs on an explicit K) again on this step's K,
+    at the same defaults and seed."""
     from benchmarks.peers import jacrev_kernel  # noqa: PLC0415
 
     def gradient_step() -> None:
         torch.autograd.grad(loss_value(w.model(w.X), w.Y), w.params)
 
     beside = [timed(gradient_step)[0] for _ in range(3)]
-    kernel = spec.config.kernel
+    kernel, k = spec.config.kernel, ours.k
     times, values = {}, {}
-    times["cold_spectrum"], (values["cold_topk"], _) = timed(
+    times["cold_spectrum"], (values["cold_topk"], values["cold_vectors"]) = timed(
         lambda: ntk_eigenpairs(w.model, w.X, k, kernel=kernel))
     times["cold_sharpness"], values["cold_sharpness"] = timed(
         lambda: hessian_sharpness(w.model, w.X, w.Y))
     if "jacrev" in spec.peers:
-        times["jacrev_eigh"], _ = timed(
+        times["jacrev_eigh"], (jacrev_values, _) = timed(
             lambda: torch.linalg.eigh(jacrev_kernel(w.model, w.X, kernel)))
+        values["jacrev_eigh"] = jacrev_values.flip(0)[:k]
     beside += [timed(gradient_step)[0] for _ in range(3)]
+    if spec.mode == "exact":
+        values["cold_products"] = kernel_eigenpairs(k, K=ours.last["K"]).products
     return times, median(beside), values
 
 
@@ -203,6 +210,13 @@ def references(spec: Spec, w: Workload, ours: Ours, last: bool, quick: bool) -> 
     return ref
 
 
+def subspace_angle(U: torch.Tensor, V: torch.Tensor) -> float:
+    """The largest principal angle (radians) between span(U) and span(V), both orthonormal
+    (m, k): arcsin ‖U − V VᵀU‖₂, accurate for small angles where arccos of the cosines is not."""
+    U = U.to(V)
+    return math.asin(min(1.0, float(torch.linalg.matrix_norm(U - V @ (V.T @ U), ord=2))))
+
+
 def errors_against(ref: dict, ours: Ours, cold: dict) -> dict[str, float]:
     """Relative errors of this step's measured values (warm, and the cold calls') against the
     references."""
@@ -213,6 +227,11 @@ def errors_against(ref: dict, ours: Ours, cold: dict) -> dict[str, float]:
         out["topk"] = float(((values - rv).abs() / rv.abs()).max())
         out["top1"] = rel_err(float(values[0]), float(rv[0]))
         out["cold_topk"] = float(((cold["cold_topk"].to(rv) - rv).abs() / rv.abs()).max())
+        if "jacrev_eigh" in cold:
+            out["jacrev_eigh"] = float(((cold["jacrev_eigh"].to(rv) - rv).abs() / rv.abs()).max())
+    if "vectors" in ref:
+        out["topk_subspace"] = subspace_angle(ours.last["eig"].vectors, ref["vectors"])
+        out["cold_subspace"] = subspace_angle(cold["cold_vectors"], ref["vectors"])
     if "kta" in ref:
         out["kta_abs"] = abs(ours.last["kta"][0] - ref["kta"])
         out["kta_centered_abs"] = abs(ours.last["kta"][1] - ref["kta_centered"])
@@ -260,9 +279,11 @@ def run_workload(spec: Spec, steps: int, check_every: int, tol: float = 1e-4,
             continue
         for key, value in ours.cold_products().items():
             series.add(key, products=value)
-        cold_times, gd_beside, cold_values = cold_calls(spec, w, ours.k)
+        cold_times, gd_beside, cold_values = cold_calls(spec, w, ours)
         for key, value in cold_times.items():
             series.add(key, seconds=value, ratio_beside=value / gd_beside)
+        if "cold_products" in cold_values:
+            series.add("cold_spectrum", products=cold_values["cold_products"])
         ref = references(spec, w, ours, step == total - 1, quick)
         for key, value in errors_against(ref, ours, cold_values).items():
             errors.setdefault(key, []).append(value)

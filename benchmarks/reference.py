@@ -2,8 +2,8 @@
 
 * kernel spectrum: dense ``eigh`` of the float64 kernel when it fits (explicit K by the
   structured rules on a float64 copy of the model; cross-checked against torch.func jacrev in
-  tests/integration/test_benchmarks.py), otherwise ARPACK (scipy ``eigsh``, tol 1e-10) on float64
-  NTK-vector products;
+  tests/integration/test_benchmarks.py; LAPACK's subset solver, so the top-k eigenvectors come
+  with the values), otherwise ARPACK (scipy ``eigsh``, tol 1e-10) on float64 NTK-vector products;
 * sharpness: ARPACK on float64 Hessian-vector products, tol 1e-10.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import scipy.linalg
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
@@ -30,10 +31,12 @@ def float64_copy(model: nn.Module) -> nn.Module:
 
 def dense_kernel_reference(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, kernel: str,
                            k: int) -> dict[str, object]:
-    """Top-k eigenvalues, KTA and centred KTA of the float64 kernel, by dense eigh."""
+    """Top-k eigenpairs (descending), KTA and centred KTA of the float64 kernel, by dense eigh."""
     K = empirical_ntk(float64_copy(model), X.double(), kernel)
-    values = torch.linalg.eigvalsh(K).flip(0)[:k]
-    return {"values": values, "kta": kernel_target_alignment(K, Y),
+    m = K.shape[0]
+    values, vectors = scipy.linalg.eigh(K.cpu().numpy(), subset_by_index=[m - k, m - 1])
+    values, vectors = (torch.from_numpy(a.copy()).to(K.device) for a in (values[::-1], vectors[:, ::-1]))
+    return {"values": values, "vectors": vectors, "kta": kernel_target_alignment(K, Y),
             "kta_centered": centered_kernel_target_alignment(K, Y), "K": K}
 
 

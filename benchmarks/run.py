@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -178,12 +179,12 @@ OUR_ROWS = [("ntk", "exact NTK", None, None), ("topk", "top-k eigenpairs (warm)"
             ("matrix_free+kta", "matrix-free top-k + KTA", None, None),
             ("sharpness", "sharpness (warm, in trainer)", "hvp", "hvp_cold"),
             ("sharpness_standalone", "sharpness (warm, standalone)", "hvp", None),
-            ("cold_spectrum", "K + top-k, cold (ntk_eigenpairs defaults)", None, None),
+            ("cold_spectrum", "K + top-k, cold (ntk_eigenpairs defaults)", "cold_spectrum", None),
             ("cold_sharpness", "sharpness, cold (hessian_sharpness)", None, None),
             ("jacrev_eigh", "torch.func jacrev + eigh, cold", None, None)]
 ERR_OF = {"topk": "topk", "matrix_free": "topk", "kta": "kta_abs", "sharpness": "sharpness",
           "sharpness_standalone": "sharpness", "cold_spectrum": "cold_topk",
-          "cold_sharpness": "cold_sharpness"}
+          "cold_sharpness": "cold_sharpness", "jacrev_eigh": "jacrev_eigh"}
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -204,6 +205,10 @@ def format_table(results: dict[str, dict]) -> str:
             e = err.get(ERR_OF.get(key, ""), {}).get("max")
             lines.append(f"  {label:44s} {_fmt(r[key]):>9s} {_fmt(p, '.0f'):>9s} {_fmt(c, '.0f'):>6s} "
                          f"{_fmt(e, '.1e'):>9s}")
+        angles = [f"{label} {err[key]['max']:.1e}" for key, label in
+                  (("topk_subspace", "warm"), ("cold_subspace", "cold")) if key in err]
+        if angles:
+            lines.append(f"  top-k subspace vs dense eigh, max angle (rad): {', '.join(angles)}")
         for key, entry in res.get("peers", {}).items():
             ratio = entry.get("pipeline_ratio_to_gd", entry.get("ratio_to_gd"))
             label = f"peer {key}" + (" (K + eigh + KTA)" if "pipeline_ratio_to_gd" in entry else "")
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_targets(rows))
     out = Path(args.json) if args.json else RESULTS_DIR / ("quick.json" if args.quick else "latest.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
     info = {**machine(), "threads": args.threads, "jobs": args.jobs, "command": command}
     out.write_text(json.dumps({"machine": info, "quick": args.quick, "workloads": results,
                                "targets": rows}, indent=1))

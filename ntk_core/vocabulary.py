@@ -27,8 +27,10 @@ class RunStatus(str, Enum):
     FAILED = "failed"  # an exception inside a step; the message is the status reason
 
     __str__ = str.__str__
-    __format__ = str.__format__
     __hash__ = str.__hash__
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
     @property
     def terminal(self) -> bool:

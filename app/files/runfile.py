@@ -100,15 +100,16 @@ def read_isolated(data: bytes, schema: Schema, timeout: float = READ_SECONDS) ->
     for people."""
     with _worker_lock:
         worker = _worker()
+        stdin, stdout = worker.stdin, worker.stdout
+        assert stdin is not None and stdout is not None  # _worker opens both as pipes
         deadline = time.monotonic() + timeout
         try:
-            _write_frame(worker.stdin, json.dumps(schema.to_dict()).encode())
-            _write_frame(worker.stdin, data)
-            worker.stdin.flush()
-            head = json.loads(_read_frame(worker.stdout, MAX_ATTR_CHARS * MAX_ATTRIBUTES,
-                                          deadline))
+            _write_frame(stdin, json.dumps(schema.to_dict()).encode())
+            _write_frame(stdin, data)
+            stdin.flush()
+            head = json.loads(_read_frame(stdout, MAX_ATTR_CHARS * MAX_ATTRIBUTES, deadline))
             ok = isinstance(head, dict) and head.get("ok") is True
-            blob = _read_frame(worker.stdout, schema.max_bytes + 2**20, deadline) if ok else b""
+            blob = _read_frame(stdout, schema.max_bytes + 2**20, deadline) if ok else b""
         except TimeoutError:
             _stop_worker()
             raise RunFileError(f"reading the file took longer than {timeout:g} s") from None
@@ -163,7 +164,8 @@ def _stop_worker() -> None:
     process.wait(5)
     for pipe in (process.stdin, process.stdout):
         with contextlib.suppress(OSError):
-            pipe.close()
+            if pipe is not None:
+                pipe.close()
 
 
 def _write_frame(out: Any, payload: bytes) -> None:
@@ -241,7 +243,7 @@ def _serve(data: bytes, schema: Schema) -> bytes:
         head = json.dumps({"ok": True, "attrs": contents.attrs, "var_attrs": contents.var_attrs,
                            "left_out": contents.left_out}).encode()
         out = io.BytesIO()
-        np.savez(out, **contents.arrays)
+        np.savez(out, allow_pickle=False, **contents.arrays)  # numbers only, as the parent reads
     except RunFileError as exc:
         return _error_reply(str(exc))
     except MemoryError:

@@ -86,7 +86,8 @@ def read_run_bytes(data: bytes, max_mb: float = MAX_UPLOAD_MB,
 
 def _dataset(arrays: dict[str, np.ndarray], attrs: dict[str, Any],
              var_attrs: dict[str, dict[str, Any]], schema: Schema) -> xr.Dataset:
-    coords = {name: arrays.pop(name) for name in ("step", "eig", "sample") if name in arrays}
+    coords: dict[str, Any] = {name: arrays.pop(name) for name in ("step", "eig", "sample")
+                              if name in arrays}
     if "snapshot_step" in arrays:
         coords["snapshot_step"] = ("snapshot", arrays.pop("snapshot_step"))
     data_vars = {name: (schema.variables[name][0], values, var_attrs.get(name, {}))

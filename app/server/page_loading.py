@@ -107,14 +107,16 @@ def deferred_page(build: Callable[[], Any], stages: Callable[[Any], Iterable[Non
     doc = pn.state.curdoc
     if doc is None or doc.session_context is None:
         raise RuntimeError("deferred_page needs a server session")
-    holder = pn.Column(pn.pane.HTML(LOADING_HTML.format(ahead="")), sizing_mode="stretch_width")
+    loading = pn.pane.HTML(LOADING_HTML.format(ahead=""))
+    holder = pn.Column(loading, sizing_mode="stretch_width")
     job = PageJob(doc, holder, build, stages)
     pn.state.on_session_destroyed(lambda _: job.closed.set())
 
     def queue_build() -> None:
         ahead = _builder.submit(job)
         if ahead:
-            holder[0].object = LOADING_HTML.format(
+            # the pane, not holder[0]: the builder may have put the page there already
+            loading.object = LOADING_HTML.format(
                 ahead=f" ({ahead} page{'s' if ahead > 1 else ''} ahead of this one)")
 
     pn.state.onload(queue_build)

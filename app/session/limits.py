@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from ntk_core.config import ConfigError, RunConfig
 
@@ -34,8 +34,8 @@ Mode = Literal["hosted", "local"]
 Training = Literal["process", "thread"]
 ENV_PREFIX = "NTK_EOS_"
 # Per-run caps of hosted mode (0: no cap). The default preset has n = 256, p ≈ 25k: n·p ≈ 6.5M.
-HOSTED_CAPS = {"max_n": 1024, "max_width": 512, "max_depth": 6, "max_steps": 5000,
-               "max_np": 20_000_000}
+HOSTED_CAPS: dict[str, Any] = {"max_n": 1024, "max_width": 512, "max_depth": 6, "max_steps": 5000,
+                               "max_np": 20_000_000}
 # Runs opened from files, all sessions together (0: no cap). One opened run may take a quarter.
 HOSTED_OPEN_RUNS_MB = 1024.0
 
@@ -107,8 +107,8 @@ class ServerLimits:
         mode = env.get(ENV_PREFIX + "MODE", "local").strip().lower() or "local"
         if mode not in ("hosted", "local"):
             raise ConfigError(f"{ENV_PREFIX}MODE: expected hosted or local, got {mode!r}")
-        base = cls.defaults(mode)  # type: ignore[arg-type]
-        values: dict[str, float | int | str] = {}
+        base = cls.defaults(cast(Mode, mode))
+        values: dict[str, Any] = {}
         for f in fields(cls):
             text = env.get(ENV_PREFIX + f.name.upper(), "").strip()
             if f.name == "mode" or not text:

@@ -75,7 +75,8 @@ def config_parameter(name: str) -> param.Parameter:
         return param.String(default=text, label=label, doc=doc)
     bounds = BOUNDS.get(name)
     if base is int:
-        return param.Integer(default=default, bounds=bounds, allow_None=optional, label=label,
+        int_bounds = None if bounds is None else (int(bounds[0]), int(bounds[1]))
+        return param.Integer(default=default, bounds=int_bounds, allow_None=optional, label=label,
                              softbounds=SLIDER_RANGES.get(name), doc=doc)
     if base is float:
         inclusive = (name != "target_loss", True)
@@ -106,8 +107,23 @@ class RunSettings(param.Parameterized):
     they were; ``rejected`` holds why until the control gets a value they take.
     """
 
-    preset = param.Selector(default=DEFAULT_PRESET, objects=[], label="Preset")
+    preset: param.Selector[str] = param.Selector(default=DEFAULT_PRESET, objects=[], label="Preset")
     changed = param.Event(doc="Fires once after each coherent change of the settings.")
+    # The control fields, added below from RunConfig (``config_parameter``), hold these types:
+    dataset: str
+    n: int
+    classes: str  # comma-separated, "" for all
+    target: str
+    arch: str
+    width: int
+    depth: int
+    activation: str
+    lr: float
+    steps: int
+    target_loss: float | None
+    measure_every: int
+    k: int
+    seed: int
 
     def __init__(self, **params: Any) -> None:
         names = preset_names()

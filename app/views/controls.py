@@ -8,6 +8,7 @@ restarts the run. η gets a log-scale slider plus an exact input, both linked to
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import panel as pn
 import param
@@ -25,7 +26,7 @@ SPEEDS = {"1": 1.0, "2": 2.0, "5": 5.0, "10": 10.0, "20": 20.0, "50": 50.0, "max
 def field_widget(settings: RunSettings, name: str) -> pn.widgets.Widget:
     """The widget for one control field, linked both ways to ``settings``."""
     p = settings.param[name]
-    common = {"sizing_mode": "stretch_width"}
+    common: dict[str, Any] = {"sizing_mode": "stretch_width"}
     if isinstance(p, param.Selector):
         kind = pn.widgets.RadioButtonGroup if name in RADIO_FIELDS else pn.widgets.Select
         return kind.from_param(p, **common)
@@ -50,7 +51,7 @@ def _describe(name: str) -> str:
 class LearningRateControl(pn.viewable.Viewer):
     """η on a log slider (10⁻³ … 10) and as an exact number, with 2/η shown beside it."""
 
-    def __init__(self, settings: RunSettings, **params) -> None:
+    def __init__(self, settings: RunSettings, **params: Any) -> None:
         super().__init__(**params)
         self.settings = settings
         low, high = BOUNDS["lr"]
@@ -77,7 +78,8 @@ class LearningRateControl(pn.viewable.Viewer):
             self.settings.propose("lr", float(event.new))
 
     def _from_settings(self, event: param.parameterized.Event) -> None:
-        if abs(10 ** self.slider.value - event.new) > 1e-9 * event.new:
+        shown = self.slider.value
+        if shown is None or abs(10**shown - event.new) > 1e-9 * event.new:
             self.slider.value = min(max(math.log10(event.new), self.slider.start), self.slider.end)
         if self.input.value != event.new:
             self.input.value = event.new

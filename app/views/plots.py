@@ -54,7 +54,7 @@ from .plot_data import (
     spectrum_frame,
     step_frame,
 )
-from .ranges import FollowedRanges, quietest_corner
+from .ranges import FollowedRanges
 
 BUFFER_LENGTH = 20_000  # rows kept per curve source (the most recent steps)
 PLOT_HEIGHT = 290
@@ -69,6 +69,17 @@ SPECTRUM_FRAME = ([0.01, 1.0], [0.0, 1.0])
 SPECTRUM_TITLE = "Alignment spectrum (top eigenpairs)"
 COMPARISON_FRAME = ([0.01, 1.0], [0.0, 1.0])
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
+# A legend above the frame may be as wide as the frame: about 270 px for each figure of the
+# three-column Live tab at 1600 px, so the wider legends wrap after ``ncols`` entries. Its labels
+# are the size of the tick labels (11 px). The Live tab lines up the frames of a row, which
+# leaves spare room above a shorter legend: "top_left" put it on the title there.
+LEGEND_STYLE = {
+    "above": {"location": "bottom_left", "label_text_font_size": "8pt", "margin": 0, "padding": 2,
+              "spacing": 6, "glyph_width": 16, "glyph_height": 12, "label_standoff": 4,
+              "border_line_color": None, "background_fill_alpha": 0},
+    "right": {"label_text_font_size": "9pt", "padding": 4, "spacing": 0,
+              "background_fill_alpha": 0.7},
+}
 
 
 # ---- element builders --------------------------------------------------------------------------
@@ -96,15 +107,15 @@ def _figure(title: str, ylabel: str, xlabel: str = "step", **kwargs: object) -> 
     return fig
 
 
-def _legend(fig: figure, items: list[LegendItem], where: str = "top_right",
-            outside: bool = False) -> Legend:
-    legend = Legend(items=items, click_policy="hide", background_fill_alpha=0.7,
-                    label_text_font_size="9pt", spacing=0, padding=4)
-    if outside:
-        fig.add_layout(legend, "right")
-    else:
-        legend.location = where
-        fig.add_layout(legend)
+def _legend(fig: figure, items: list[LegendItem], side: str = "above",
+            ncols: int | str = "auto") -> Legend:
+    """A legend outside the frame, so no curve can run under it whatever the data do (the
+    sharpness climbing to a new 2/η after η is lowered crossed one placed inside): rows of
+    ``ncols`` entries between the title and the frame, or a column to the right of it."""
+    legend = Legend(items=items, click_policy="hide", ncols=ncols,
+                    orientation="horizontal" if side == "above" else "vertical",
+                    **LEGEND_STYLE[side])
+    fig.add_layout(legend, side)
     return legend
 
 
@@ -255,7 +266,8 @@ class LivePlots:
         # 1. loss
         f = _figure("Training loss", "loss L (log)", y_axis_type="log")
         live = self._line(f, self.steps, "loss", color="black", line_width=2)
-        self._loss_legend = _legend(f, [_streamed_entry(f, "current", live)])
+        # kept runs add entries: "current" and up to two kept runs a row
+        self._loss_legend = _legend(f, [_streamed_entry(f, "current", live)], ncols=3)
         f.add_tools(_step_hover())
         self.loss_fig = f
         # 2. sharpness against 2/η
@@ -267,7 +279,8 @@ class LivePlots:
                       {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"}),
                      ("two_over_lr", "2/η", {"color": THRESHOLD_COLOR, "line_width": 2.5,
                                              "line_dash": "dashed"}))]
-        sharpness_legend = _legend(f, items, "bottom_right")
+        # in one row the three labels want 300 px: 2/η goes beside the sharpness, GN below
+        _legend(f, [items[0], items[2], items[1]], ncols=2)
         f.add_tools(_step_hover())
         self.sharpness_fig = f
         # 3. top NTK eigenvalues / n
@@ -285,7 +298,7 @@ class LivePlots:
                                                       line_width=2))
                  for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "Aₖ", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
-        alignment_legend = _legend(f, items, "bottom_right")
+        _legend(f, items)
         hover = _step_hover()
         f.add_tools(hover)
         self._kernel_labelled.append((f.yaxis[0], "alignment", hover))
@@ -305,10 +318,6 @@ class LivePlots:
                 (self.alignment_fig, self.spectrum, LABEL_ALIGNMENT_COLUMNS),
                 (self.residual_fig, self.measures, ["u1_residual"])):
             self._followers.append((source, self.followed[fig], columns))
-        # legends that move to the corner their curves leave freest (``_place_legends``)
-        self._legends = {self.followed[fig]: legend for fig, legend in (
-            (self.loss_fig, self._loss_legend), (self.sharpness_fig, sharpness_legend),
-            (self.alignment_fig, alignment_legend))}
         # 6.–8. heatmaps
         self.vectors = HeatMap("Top NTK eigenvectors", "kernel rows by class", "eigenvector i")
         self.history = HeatMap("u₁ over training", "kernel rows by class", "step")
@@ -327,7 +336,7 @@ class LivePlots:
             line = f.line("lr", col, source=self.comparison, color=color, line_width=2)
             dots = f.scatter("lr", col, source=self.comparison, color=color, size=8)
             items.append(LegendItem(label=label, renderers=[line, dots]))
-        _legend(f, items, outside=True)
+        _legend(f, items, "right")
         hover = HoverTool(tooltips=[("η", "@lr"), ("value", "$y{0.0000}")])
         f.add_tools(hover)
         self._kernel_labelled.append((f.yaxis[0], "final value", hover))
@@ -348,7 +357,7 @@ class LivePlots:
         self._kernel_labelled.append((f.yaxis[0], "aᵢ = (uᵢᵀy)²/‖y‖²", hover))
         if legend:
             self._spectrum_legend = _legend(
-                f, [LegendItem(label="current", renderers=[line, dots])], outside=True)
+                f, [LegendItem(label="current", renderers=[line, dots])], "right")
         return f
 
     def _add_kept_slot(self) -> None:
@@ -412,29 +421,6 @@ class LivePlots:
                 ranges.include(data["step"], *(data[c] for c in columns))
         for ranges in touched:
             ranges.apply()
-        self._place_legends(touched)
-
-    def _place_legends(self, which: set[FollowedRanges]) -> None:
-        """Move each followed figure's legend to the corner its curves leave freest."""
-        for ranges in which:
-            legend = self._legends.get(ranges)
-            if legend is None or not ranges.following:
-                continue
-            xs, ys = [], []
-            for source, followed, columns in self._followers:
-                if followed is ranges and len(source.data["step"]):
-                    step = np.asarray(source.data["step"], dtype=float)
-                    xs += [step] * len(columns)
-                    ys += [np.asarray(source.data[c], dtype=float) for c in columns]
-            if not xs:
-                continue
-            fig = ranges.fig
-            corner = quietest_corner(np.concatenate(xs), np.concatenate(ys),
-                                     (fig.x_range.start, fig.x_range.end),
-                                     (fig.y_range.start, fig.y_range.end), ranges.log_y,
-                                     legend.location)
-            if corner != legend.location:
-                legend.location = corner
 
     def _refit_ranges(self, which: set[FollowedRanges] | None = None) -> None:
         """Recompute followed extents (all, or ``which``) from what the sources hold now: after
@@ -448,7 +434,6 @@ class LivePlots:
                 ranges.include(data["step"], *(data[c] for c in columns))
         for ranges in which:
             ranges.apply()
-        self._place_legends(which)
 
     @property
     def ranges_stale(self) -> bool:

@@ -124,33 +124,3 @@ def _in_range(low: float, high: float, values: list[float]) -> list[float]:
     # Rounded to 12 significant digits so 3 × 0.1 is labelled 0.3, not 0.30000000000000004.
     return [float(f"{v:.12g}") for v in values if low <= v <= high]
 
-
-CORNERS = ("top_right", "top_left", "bottom_right", "bottom_left", "center_right", "center_left")
-LEGEND_BOX = (0.42, 0.38)  # the share of the x and y spans a legend covers in its corner
-
-
-def quietest_corner(x: np.ndarray, y: np.ndarray, x_range: tuple[float, float],
-                    y_range: tuple[float, float], log_y: bool, current: str) -> str:
-    """The plot corner (or the middle of a side) with the fewest points under a legend-sized
-    box, so the legend covers as little of the curves as it can. The current place is kept
-    unless another covers clearly fewer points (a legend hopping at every update distracts)."""
-    (x0, x1), (y0, y1) = x_range, y_range
-    if log_y:
-        y0, y1 = math.log10(max(y0, 1e-300)), math.log10(max(y1, 1e-300))
-    if not (x1 > x0 and y1 > y0):
-        return current
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y) & ((y > 0) if log_y else True)
-    px = (x[ok] - x0) / (x1 - x0)
-    py = ((np.log10(y[ok]) if log_y else y[ok]) - y0) / (y1 - y0)
-    left, right = px < LEGEND_BOX[0], px > 1 - LEGEND_BOX[0]
-    low, high = py < LEGEND_BOX[1], py > 1 - LEGEND_BOX[1]
-    middle = np.abs(py - 0.5) < LEGEND_BOX[1] / 2
-    counts = {f"{v}_{h}": int((vert & side).sum())
-              for v, vert in (("top", high), ("bottom", low), ("center", middle))
-              for h, side in (("left", left), ("right", right))}
-    # ties go to the current place, then to the order of CORNERS (corners first)
-    best = min(CORNERS, key=lambda c: (counts[c], c != current))
-    if current in counts and counts[current] <= 2 * counts[best] + 5:
-        return current
-    return best

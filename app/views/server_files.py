@@ -30,7 +30,9 @@ class ServerFiles(pn.viewable.Viewer):
         doc = pn.state.curdoc
         context = doc.session_context if doc is not None else None
         # the per-visitor caps count by client address; a notebook has none
-        self.visitor = visitor_of(context.request) if context is not None else ""
+        # bokeh's SessionContext declares no request; the server's BokehSessionContext has it
+        self.visitor = (visitor_of(context.request)  # type: ignore[attr-defined]
+                        if context is not None else "")
         self.name_input = pn.widgets.TextInput(placeholder="name, e.g. catapult-lr0.3",
                                                max_length=MAX_NAME, sizing_mode="stretch_width")
         self.save_button = pn.widgets.Button(label="Save to server", sizing_mode="stretch_width")
@@ -46,7 +48,7 @@ class ServerFiles(pn.viewable.Viewer):
             self._report("**Nothing to save yet:** take a step first.", "warning")
             return
         try:
-            name = self.store.save(buffer, self.name_input.value, visitor=self.visitor)
+            name = self.store.save(buffer, self.name_input.value or "", visitor=self.visitor)
         except RunFileError as exc:
             self._report(f"**Could not save to the server:** {plain(exc, 300)}.", "danger")
             return

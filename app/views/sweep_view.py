@@ -179,6 +179,8 @@ class SweepView(pn.viewable.Viewer):
     def __init__(self, path: str | Path | None = None, **params: Any) -> None:
         super().__init__(**params)
         self.cube: xr.Dataset | None = None
+        self._series: dict[str, dict] = {}  # series label -> its point of the sweep
+        self._quiet = False
         self._make_widgets()
         self._layout = self._make_layout()
         path = path if path is not None else example_sweep_path()
@@ -204,7 +206,8 @@ class SweepView(pn.viewable.Viewer):
         self.show(cube, name)
         return True
 
-    def show(self, cube: xr.Dataset, name: str) -> None:
+    # replaces Viewer.show (serve the view in a new browser tab), which an embedded view never needs
+    def show(self, cube: xr.Dataset, name: str) -> None:  # type: ignore[override]
         """Put ``cube`` on screen: selectors for its seeds and series, then every plot."""
         self.cube, self.source = cube, name
         self._quiet = True  # one refresh below, not one per selector change
@@ -255,8 +258,6 @@ class SweepView(pn.viewable.Viewer):
 
     # ---- widgets and layout ----------------------------------------------------------------
     def _make_widgets(self) -> None:
-        self._series: dict[str, dict] = {}
-        self._quiet = False
         self.upload = UploadBox(lambda name, data: self.load_bytes(data, name),
                                 lambda name, why: self._fail(name, ValueError(why)),
                                 max_mb=MAX_UPLOAD_MB, width=260)
@@ -283,6 +284,7 @@ class SweepView(pn.viewable.Viewer):
         self.server_button.on_click(self._open_from_server)
 
     def _make_layout(self) -> pn.Column:
+        opener: pn.viewable.Viewable
         if uploads_allowed():
             opener = pn.Column(pn.pane.Markdown(f"Open a sweep (.nc, up to {MAX_UPLOAD_MB} MB):",
                                                 margin=(5, 10, 0, 10)), self.upload)

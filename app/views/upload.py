@@ -32,8 +32,8 @@ class UploadBox(pn.widgets.FileDropper):
 
     _rename = {**pn.widgets.FileDropper._rename, "max_mb": None}  # server-side only
 
-    def __init__(self, on_file: Callable[[str, bytes], None],
-                 on_refused: Callable[[str, str], None],
+    def __init__(self, on_file: Callable[[str, bytes], object],
+                 on_refused: Callable[[str, str], object],
                  room: Callable[[int], bool] = lambda nbytes: True, **params: Any) -> None:
         """``room(nbytes)``: whether the file in flight may grow to ``nbytes`` (a server-wide
         memory budget); False refuses it."""

@@ -12,6 +12,7 @@ needs. Batches are read lazily, training batches first, only as many as the requ
 from __future__ import annotations
 
 import codecs
+import importlib
 import os
 import pickle
 from collections.abc import Mapping
@@ -32,9 +33,9 @@ META_FILE = "batches.meta"
 def _numpy_global(module: str, name: str) -> Any:
     # NumPy 2 moved numpy.core to numpy._core; pickles written by either must resolve.
     try:
-        import numpy._core as core  # type: ignore[import-not-found]
+        core = importlib.import_module("numpy._core")
     except ImportError:  # NumPy < 2
-        import numpy.core as core
+        core = importlib.import_module("numpy.core")
     return getattr(getattr(core, module), name)
 
 

@@ -148,7 +148,8 @@ def _json_default(value: Any) -> Any:
 def _schedulervalue_label(scheduler: Any, workers: int) -> str:
     if scheduler is None or scheduler == "local":
         return f"LocalCluster({workers} workers × 1 thread)"
-    return str(getattr(scheduler, "scheduler_info", lambda: {})().get("address", scheduler))
+    info = getattr(scheduler, "scheduler_info", None)  # a dask Client; else an address
+    return str(info().get("address", scheduler) if info is not None else scheduler)
 
 
 def _load_done(path: str | None, config: RunConfig) -> xr.Dataset | None:

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 import xarray as xr
+from numpy.typing import ArrayLike
 from scipy.stats import spearmanr
 
 from ..vocabulary import RunStatus
@@ -59,7 +60,7 @@ def final_spectrum(run: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return lam[ok], a[ok]
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
+def spearman(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman's ρ over the finite pairs (NaN with fewer than 3 or a constant y)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)

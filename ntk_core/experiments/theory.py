@@ -59,6 +59,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ from scipy.optimize import brentq, minimize_scalar
 from ..config import RunConfig
 from ..data import Dataset
 from ..models import build_model
+from ..models.linear2 import Linear2
 from ..numerics.alignment import kernel_target_alignment
 
 FLOW_TIME = 2000.0  # flow time budget of the reference (GD at η for t steps ≈ time ηt)
@@ -124,8 +126,8 @@ def balanced_flow_a2(G: np.ndarray, y: np.ndarray) -> float:
     return math.sqrt(float(y @ np.linalg.lstsq(G, y, rcond=None)[0]))
 
 
-def predict(G: np.ndarray, y: np.ndarray, lrs: Sequence[float], a2_flow: float | None = None
-            ) -> xr.Dataset:
+def predict(G: np.ndarray, y: np.ndarray, lrs: Sequence[float] | np.ndarray,
+            a2_flow: float | None = None) -> xr.Dataset:
     """The predicted final layer scale b(η) = min(b_flow, b_max(η)), its KTA and sharpness, per η."""
     b_flow = balanced_flow_a2(G, y) if a2_flow is None else a2_flow
     b_max = np.array([max_admissible_a2(G, y, lr) for lr in lrs])
@@ -200,8 +202,8 @@ def gradient_flow(X: np.ndarray, y: np.ndarray, W: np.ndarray, v: np.ndarray, ti
         k4 = _grads(X, y, W - dt * k3[0], v - dt * k3[1])[:2]
         W = W - dt / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
         v = v - dt / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
-    t, loss, a2, drift = (np.array(c) for c in zip(*log, strict=True))
-    return FlowResult(W, v, t, loss, a2, drift)
+    t, losses, a2, drifts = (np.array(c) for c in zip(*log, strict=True))
+    return FlowResult(W, v, t, losses, a2, drifts)
 
 
 # ---- 5. data and simulation -------------------------------------------------------------------
@@ -232,21 +234,28 @@ def outlier_data(n: int = 32, d: int = 128, strength: float = 1.0, spread: float
 
 def linear2_config(data: Dataset, lr: float, seed: int = 0, width: int = 32, init_scale: float = 0.1,
                    steps: int = 5000, target_loss: float = 1e-8, measure_every: int = 10,
-                   **overrides) -> RunConfig:
+                   **overrides: Any) -> RunConfig:
     """The engine configuration for a linear2 run on ``data`` (float64, exact n × n NTK)."""
-    options = dict(dataset="synthetic", classes=(0, 1), target="binary", arch="linear2",
-                   n=data.n, input_dim=int(data.X.shape[1]), width=width, init_scale=init_scale,
-                   lr=lr, steps=steps, target_loss=target_loss, k=min(10, data.n),
-                   dtype="float64", seed=seed, measure_every=measure_every, eigvec_every=10**6)
+    options: dict[str, Any] = dict(
+        dataset="synthetic", classes=(0, 1), target="binary", arch="linear2", n=data.n,
+        input_dim=int(data.X.shape[1]), width=width, init_scale=init_scale, lr=lr, steps=steps,
+        target_loss=target_loss, k=min(10, data.n), dtype="float64", seed=seed,
+        measure_every=measure_every, eigvec_every=10**6)
     options.update(overrides)
     return RunConfig(**options)
 
 
 def initial_weights(data: Dataset, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     """The engine's initial (W, v) for ``config`` (the same seeded construction as the Trainer)."""
-    model = build_model(config, tuple(data.X.shape[1:]), 1)
+    model = _linear2(build_model(config, tuple(data.X.shape[1:]), 1))
     return (model.W.weight.detach().numpy().copy(),
             model.v.weight.detach().numpy().reshape(-1).copy())
+
+
+def _linear2(model: torch.nn.Module) -> Linear2:
+    if not isinstance(model, Linear2):
+        raise ValueError(f"the theory needs arch='linear2', got {type(model).__name__}")
+    return model
 
 
 def simulate(data: Dataset, config: RunConfig) -> dict[str, float | str]:
@@ -257,7 +266,8 @@ def simulate(data: Dataset, config: RunConfig) -> dict[str, float | str]:
     t0 = time.perf_counter()
     trainer = Trainer(config, data=data)
     ds = trainer.run()
-    W, v = trainer.model.W.weight.detach(), trainer.model.v.weight.detach().reshape(-1)
+    model = _linear2(trainer.model)
+    W, v = model.W.weight.detach(), model.v.weight.detach().reshape(-1)
     K = linear2_ntk(data.X, W, v)  # the final weights' kernel, whichever step was last measured
     return {"kta": kernel_target_alignment(K, data.Y), "a2": float(v @ v),
             "loss": float(ds.loss[-1]), "sharpness": float(torch.linalg.eigvalsh(K)[-1]) / data.n,
@@ -303,7 +313,8 @@ def compare(lrs: Sequence[float], seeds: Sequence[int] = (0,), data: Dataset | N
     attrs = {k: v for k, v in pred.attrs.items() if k != "a2_flow"}
     attrs.update(outlier_eigenvalue=float(eig[-1]), bulk_top_eigenvalue=float(eig[-2]), n=data.n,
                  d=int(X.shape[1]), y_on_outlier=float((vecs[:, -1] @ y) ** 2 / (y @ y)))
-    data_vars = {k: (("lr", "seed"), v) for k, v in out.items()}
+    data_vars: dict[str, tuple[str | tuple[str, str], np.ndarray]] = {
+        k: (("lr", "seed"), v) for k, v in out.items()}
     data_vars.update({k: ("seed", v) for k, v in per_seed.items()})
     data_vars["status"] = (("lr", "seed"), status.astype(str))
     return xr.Dataset(data_vars, coords={"lr": np.asarray(lrs, float), "seed": np.asarray(seeds)},

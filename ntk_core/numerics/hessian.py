@@ -21,7 +21,7 @@ from .losses import loss_value
 class HessianOperator:
     """∇²L at the current weights as an operator on flat parameter vectors (float64 in and out)."""
 
-    def __init__(self, grads: tuple[torch.Tensor, ...], params: list[torch.Tensor]) -> None:
+    def __init__(self, grads: tuple[torch.Tensor, ...], params: Sequence[torch.Tensor]) -> None:
         self.grads = grads
         self.params = params
         self.dim = sum(p.numel() for p in params)

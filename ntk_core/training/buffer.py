@@ -108,10 +108,10 @@ class RunBuffer:
             new = np.full(cap, np.nan)
             new[: len(arr)] = arr
             self._scalars[name] = new
-        for name, arr in self._spectrum.items():
-            new = np.full((cap, self.k), np.nan)
-            new[: len(arr)] = arr
-            self._spectrum[name] = new
+        for name, block in self._spectrum.items():
+            rows = np.full((cap, self.k), np.nan)
+            rows[: len(block)] = block
+            self._spectrum[name] = rows
 
     def set_kernel(self, step: int, kernel: np.ndarray, outputs: int = 0) -> None:
         """Replace the kept kernel with step ``step``'s (a mirror catching up with its source)."""

@@ -55,6 +55,10 @@ def resolve_ntk_mode(config: RunConfig, model: nn.Module, X: torch.Tensor,
 
 @dataclass
 class Measurement:
+    """What one measured step found: the per-step scalars (``kta``, ``sharpness`` ...), the
+    per-eigen-index arrays (``eigenvalues``, ``alignment`` ...), the top-k eigenvectors and, in
+    exact mode, the kernel itself."""
+
     scalars: dict[str, float]
     spectrum: dict[str, np.ndarray]
     vectors: torch.Tensor  # (m, k) float64 eigenvectors, sign-fixed, rows sample-major
@@ -64,6 +68,16 @@ class Measurement:
 
 
 class Measurer:
+    """Measures a run at its current weights (``measure``): the top-k NTK eigenpairs, KTA and
+    the label alignments, the residual along each eigenvector and the Hessian sharpness.
+
+    ``mode`` is ``exact`` (K by per-layer rules, from the layer inputs and outputs that the
+    hooks of ``capture`` record in the training forward pass) or ``matrix_free`` (vjp/jvp
+    products only). Between steps it keeps the warm starts (the last eigenvectors and Hessian
+    eigenvector), the first explicit K for the kernel distance, and the workspace the explicit
+    K is built in.
+    """
+
     def __init__(self, config: RunConfig, Y: torch.Tensor, mode: NTKMethod) -> None:
         self.config = config
         self.mode = mode
@@ -95,7 +109,7 @@ class Measurer:
         return LayerCapture(model) if self.mode == "exact" else None
 
     def measure(self, model: nn.Module, X: torch.Tensor, f: torch.Tensor, r: torch.Tensor,
-                grads: tuple[torch.Tensor, ...], params: list[torch.Tensor],
+                grads: tuple[torch.Tensor, ...], params: Sequence[torch.Tensor],
                 capture: LayerCapture | None, preconditioner: torch.Tensor | None = None,
                 batches: Sequence[torch.Tensor] | None = None) -> Measurement:
         """The NTK spectrum, alignment and sharpness at the current weights. ``preconditioner``
@@ -192,7 +206,7 @@ class Measurer:
         return (ur * uy).sum(1) / uy.norm(dim=1).clamp_min(1e-300)
 
     # ---- Hessian sharpness ---------------------------------------------------------------
-    def _sharpness(self, grads: tuple[torch.Tensor, ...], params: list[torch.Tensor],
+    def _sharpness(self, grads: tuple[torch.Tensor, ...], params: Sequence[torch.Tensor],
                    u1: torch.Tensor, f: torch.Tensor, op: NTKOperator | None,
                    ntk_values: torch.Tensor) -> dict[str, float]:
         hop = HessianOperator(grads, params)
@@ -219,10 +233,10 @@ class Measurer:
                 "hessian_residual": float(res.residuals[0])}
 
     def _preconditioned_sharpness(self, grads: tuple[torch.Tensor, ...],
-                                  params: list[torch.Tensor], preconditioner: torch.Tensor
+                                  params: Sequence[torch.Tensor], preconditioner: torch.Tensor
                                   ) -> float:
         """λ_max(P^{-1/2} H P^{-1/2}), warm-started from the previous step's eigenvector."""
-        op = PreconditionedHessian(grads, params, preconditioner)
+        op = PreconditionedHessian(grads, list(params), preconditioner)
         start = self.prev_preconditioned
         res = top_hessian_eigenpair(op, start=start, tol=self.config.eig_tol,
                                     guard=1, generator=self.generator)
@@ -239,7 +253,7 @@ class Measurer:
         far = gaps[gaps > self.config.eig_tol * float(ntk_values[0]) / n]
         return float(far[0]) if far.numel() else None
 
-    def _pullback(self, u: torch.Tensor, f: torch.Tensor, params: list[torch.Tensor],
+    def _pullback(self, u: torch.Tensor, f: torch.Tensor, params: Sequence[torch.Tensor],
                   op: NTKOperator | None) -> torch.Tensor:
         if op is not None:
             return op.pullback(u).to(torch.float64)

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Hashable
 from pathlib import Path
 
 import xarray as xr
@@ -65,7 +66,7 @@ def _local_write_lock() -> contextlib.AbstractContextManager:
     return dask.config.set(scheduler="synchronous")
 
 
-def _compression(ds: xr.Dataset) -> dict[str, dict]:
+def _compression(ds: xr.Dataset) -> dict[Hashable, dict]:
     """zlib for the per-step arrays: their NaN on unmeasured steps, and the NaN padding of sweep
     runs that stop early, shrink about tenfold at the fastest level. Dense matrices (kernel,
     eigenvectors) barely compress and stay raw, so saving them stays fast."""

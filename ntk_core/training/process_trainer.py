@@ -78,7 +78,7 @@ class TrainingCancelled(TrainingProcessError):
     """``cancelled()`` turned true while waiting for the child, which was then killed."""
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" not in methods:  # Windows
         return multiprocessing.get_context("spawn")

@@ -240,9 +240,9 @@ def check_run_dataset(ds: xr.Dataset) -> None:
             raise RunSchemaError("the kernel must be a square matrix")
         if not isinstance(ds["kernel"].attrs.get("step", 0), (int, np.integer)):
             raise RunSchemaError("the kernel's step attribute must be a whole number")
-    for name in ds.data_vars:
-        if ds[name].dtype.kind not in "iuf":
-            raise RunSchemaError(f"{name} has type {ds[name].dtype}; a run holds numbers only")
+    for var in ds.data_vars:
+        if ds[var].dtype.kind not in "iuf":
+            raise RunSchemaError(f"{var} has type {ds[var].dtype}; a run holds numbers only")
     _check_attributes(ds.attrs)
 
 

@@ -218,14 +218,14 @@ class Trainer(LoggedRun):
             scalars["measured"] = 1.0
             scalars["time_measure"] = time.perf_counter() - tm
             record.spectrum = m.spectrum
-            keep_kernel = m.kernel is not None and m.kernel.shape[0] <= KERNEL_KEEP_MAX_ROWS
-            if keep_kernel:  # every measured step: a training process sends it when asked
-                self.latest_kernel = (t, m.kernel.detach(), m.output_major)
+            kept = (m.kernel if m.kernel is not None and m.kernel.shape[0] <= KERNEL_KEEP_MAX_ROWS
+                    else None)
+            if kept is not None:  # every measured step: a training process sends it when asked
+                self.latest_kernel = (t, kept.detach(), m.output_major)
             if wants_vectors:
                 record.eigenvectors = m.vectors.T.float().cpu().numpy()
-                if keep_kernel and self.copy_kernels:  # the workspace is overwritten next step
-                    record.kernel = m.kernel.detach().to("cpu", torch.float32,
-                                                         copy=True).numpy()
+                if kept is not None and self.copy_kernels:  # the workspace is overwritten next step
+                    record.kernel = kept.detach().to("cpu", torch.float32, copy=True).numpy()
                     record.kernel_outputs = m.output_major
         else:
             scalars["grad_norm"] = gradient_norm(grads)

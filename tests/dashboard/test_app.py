@@ -541,19 +541,6 @@ def test_streamed_figures_follow_their_data_until_the_user_moves_the_view() -> N
     assert sharp.x_range.start < 0 and sharp.x_range.end > 6 and not plots.ranges_stale
 
 
-def test_the_sharpness_legend_moves_off_a_curve_hovering_where_it_sits() -> None:
-    plots = LivePlots()
-    legend = plots.sharpness_fig.legend[0]
-    assert legend.location == "bottom_right"
-    steps = np.arange(200.0)
-    # the catapult: a spike to 20, then the sharpness hovers at 2/η = 10, at the bottom
-    low = np.where(steps < 5, 20.0, 10.0 + 0.5 * np.sin(steps))
-    edge = np.full(200, 10.0)
-    plots._stream(plots.measures, {"step": steps, "sharpness": low, "gn_sharpness": low,
-                                   "two_over_lr": edge, "u1_residual": np.zeros(200)})
-    assert legend.location.startswith("top")
-
-
 def test_followed_ranges_shrink_when_old_rows_roll_off(monkeypatch: pytest.MonkeyPatch) -> None:
     import app.views.plots as plots_module
 

@@ -1,9 +1,13 @@
-"""The live plots' labels and empty states, without a server: what the figures say before and
-after a run's rows arrive. A standalone page in Chromium checks that BokehJS can draw them."""
+"""The live plots' labels, legends and empty states, without a server: what the figures say
+before and after a run's rows arrive. Standalone pages in Chromium check that BokehJS can draw
+them and where it puts the legends."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import panel as pn
 import pytest
 from bokeh.embed import file_html
 from bokeh.layouts import column
@@ -12,9 +16,10 @@ from bokeh.plotting import figure
 from bokeh.resources import INLINE
 from playwright.sync_api import Page
 
+from app.dashboard import SIDEBAR_WIDTH
 from app.session.kept_runs import keep_run
 from app.views.plot_data import kernel_name
-from app.views.plots import LivePlots
+from app.views.plots import PLOT_HEIGHT, LivePlots
 from ntk_core import RunConfig, Trainer
 
 pytestmark = pytest.mark.timeout(120)
@@ -131,3 +136,95 @@ def test_alignment_figures_name_the_kernel_a1_reads(kernel: str) -> None:
         (hover,) = fig.select(type=HoverTool)
         assert ("kernel", name) in hover.tooltips
         assert sum(row[0] == "kernel" for row in hover.tooltips) == 1
+
+
+def all_figures(plots: LivePlots) -> list[figure]:
+    return [*plots.live_figures(), plots.comparison_fig, plots.spectrum_legend_fig]
+
+
+def test_every_legend_lies_outside_the_plot_frame() -> None:
+    """A legend inside the frame sits on the curves whenever they pass under it: after η is
+    lowered mid-run the sharpness climbs to the new, higher 2/η and crossed the sharpness
+    legend wherever it had been put. Beside the frame no curve can reach it."""
+    plots = LivePlots()
+    placed = {fig.title.text: [side for side in ("above", "right", "center", "below", "left")
+                               for legend in fig.select(type=Legend)
+                               if legend in getattr(fig, side)]
+              for fig in all_figures(plots)}
+    assert {title: sides for title, sides in placed.items() if sides} == {
+        "Training loss": ["above"],
+        "Sharpness vs the stability threshold 2/η": ["above"],
+        "Label alignment: KTA, Aₖ, a₁": ["above"],
+        "Final alignment against η (kept runs)": ["right"],
+        "Alignment spectrum (top eigenpairs)": ["right"],  # the Compare tab's twin
+    }
+
+
+LEGEND_BOXES_JS = """() => {
+  const out = [];
+  const walk = (view) => {
+    if (view.frame !== undefined && view.canvas_view !== undefined) {
+      const canvas = view.canvas_view.el.getBoundingClientRect();
+      const on_page = (b) => [canvas.left + b.left, canvas.top + b.top, canvas.left + b.right,
+                              canvas.top + b.bottom];
+      const drawn = [...view.renderer_views.values()];
+      const title = drawn.find((r) => r.model.type === 'Title');
+      for (const r of drawn) {
+        if (r.model.type !== 'Legend') continue;
+        const box = r.el.getBoundingClientRect();
+        out.push({title: view.model.title.text, canvas: [canvas.left, canvas.right],
+                  frame: on_page(view.frame.bbox), title_box: on_page(title.bbox),
+                  legend: [box.left, box.top, box.right, box.bottom]});
+      }
+    }
+    for (const child of view.child_views ?? []) walk(child);
+  };
+  for (const view of Object.values(Bokeh.index)) walk(view);
+  return out;
+}"""
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    """Whether two boxes (left, top, right, bottom) share more than a pixel's width (the DOM's
+    boxes and BokehJS's are rounded differently)."""
+    return a[0] + 1 < b[2] and b[0] + 1 < a[2] and a[1] + 1 < b[3] and b[1] + 1 < a[3]
+
+
+@pytest.mark.browser
+def test_no_legend_covers_the_frame_or_title_after_eta_is_lowered(page: Page,
+                                                                  tmp_path: Path) -> None:
+    """A run with η halved halfway, its figures laid out as the Live and Compare tabs lay them
+    out at 1600 px (three figures a row, their frames lined up): every legend BokehJS draws is
+    clear of its frame and its title, and is not cut off at the figure's edges."""
+    run = Trainer(SMALL_CONFIG)
+    for step in range(40):
+        if step == 20:
+            run.set_lr(SMALL_CONFIG.lr / 2)
+        run.step()
+    plots = LivePlots()
+    plots.push_rows(run.buffer.rows(0), n=32)
+    plots.push_matrices(run.buffer)
+    plots.set_kept([keep_run(run.buffer, "η=0.1→0.05", 0.05)])
+    threshold = plots.measures.data["two_over_lr"]
+    assert threshold[0] == 20 and threshold[-1] == 40
+    pane = {"sizing_mode": "stretch_width", "height": PLOT_HEIGHT + 10}
+    tabs = pn.Column(
+        pn.GridBox(*(pn.pane.Bokeh(fig, **pane) for fig in plots.live_figures()), ncols=3,
+                   sizing_mode="stretch_width"),
+        pn.Row(pn.pane.Bokeh(plots.comparison_fig, **pane),
+               pn.pane.Bokeh(plots.spectrum_legend_fig, **pane), sizing_mode="stretch_width"),
+        sizing_mode="stretch_width")
+    tabs.save(tmp_path / "plots.html", resources=INLINE)
+    page.set_viewport_size({"width": 1600 - SIDEBAR_WIDTH, "height": 1200})
+    page.goto((tmp_path / "plots.html").as_uri())
+    page.wait_for_function("() => window.Bokeh && Object.keys(Bokeh.index).length > 0")
+    page.wait_for_timeout(1000)
+    boxes = page.evaluate(LEGEND_BOXES_JS)
+    assert sorted(box["title"] for box in boxes) == sorted(
+        fig.title.text for fig in all_figures(plots) if fig.select(type=Legend))
+    for box in boxes:
+        (left, top, right, bottom) = box["legend"]
+        assert right - left > 30 and bottom - top > 10, box  # drawn
+        assert not overlap(box["legend"], box["frame"]), box
+        assert not overlap(box["legend"], box["title_box"]), box
+        assert box["canvas"][0] <= left and right <= box["canvas"][1], box  # nothing cut off

@@ -1,14 +1,13 @@
-"""Where the server puts tick labels and legends on the streamed figures."""
+"""The tick labels the server puts on the streamed figures' log axes."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.views.ranges import MAX_LOG_LABELS, log_ticks, quietest_corner
+from app.views.ranges import MAX_LOG_LABELS, log_ticks
 
 
 def test_a_loss_range_of_two_decades_is_labelled_1_2_3_5_down_to_its_bottom() -> None:
@@ -39,18 +38,3 @@ def test_ticks_lie_inside_increase_and_are_few_but_at_least_two(exponent: float,
     assert all(low * (1 - 1e-11) <= t <= high * (1 + 1e-11) for t in ticks)
     assert all(a < b for a, b in zip(ticks, ticks[1:], strict=False))
 
-
-def test_the_legend_goes_to_the_corner_the_curves_leave_free() -> None:
-    x = np.linspace(0, 100, 201)
-    falling = 1 - x / 100  # top left to bottom right: both other corners are free
-    assert quietest_corner(x, falling, (0, 100), (0, 1), False, "top_right") == "top_right"
-    hovering_low = np.full_like(x, 0.1)  # a sharpness hovering at the bottom (the catapult)
-    assert quietest_corner(x, hovering_low, (0, 100), (0, 1), False, "bottom_right") in (
-        "top_right", "top_left")
-    # a log axis: the position is judged in decades
-    loss = 10.0 ** (-2 * x / 100)  # 1 → 0.01, a straight falling line in log space
-    assert quietest_corner(x, loss, (0, 100), (0.01, 1), True, "bottom_left") in (
-        "top_right", "bottom_left")
-    # a corner only a few points away from the best is kept: no hopping
-    some = np.where(x > 98, 0.9, 0.5)  # a handful of points in the top right
-    assert quietest_corner(x, some, (0, 100), (0, 1), False, "top_right") == "top_right"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ...config import ConfigError, RunConfig
 
@@ -57,9 +58,10 @@ def experiments(dataset: str = "digits", quick: bool = False, data_dir: str | No
     output-traced kernel Σ_c K_cc against YYᵀ), each with an η grid that spans gradient-flow-like
     runs to strong Edge of Stability and a common target loss."""
     s = QUICK if quick else FULL
-    common = dict(dataset=dataset, data_dir=data_dir, classes=(0, 1, 2, 3), target="onehot",
-                  kernel="traced", k=20, target_loss=s.target_loss, steps=s.steps, eig_tol=1e-3,
-                  eigvec_every=10**6, patch=PATCH.get(dataset, 4))
+    common: dict[str, Any] = dict(
+        dataset=dataset, data_dir=data_dir, classes=(0, 1, 2, 3), target="onehot", kernel="traced",
+        k=20, target_loss=s.target_loss, steps=s.steps, eig_tol=1e-3, eigvec_every=10**6,
+        patch=PATCH.get(dataset, 4))
     table = {
         "mlp": Experiment("mlp", f"MLP (2 hidden layers × {s.width_mlp}, tanh)", RunConfig(
             **common, arch="mlp", n=s.n_mlp, width=s.width_mlp, depth=2, activation="tanh",

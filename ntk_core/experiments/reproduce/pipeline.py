@@ -35,7 +35,7 @@ def reproduce(exps: Sequence[Experiment], out_dir: Path, command: str, *, quick:
     suffix = "-quick" if quick else ""
     cubes: dict[str, xr.Dataset] = {}
     stats: dict[str, dict] = {}
-    runtimes: dict[str, tuple] = {}
+    runtimes: dict[str, tuple[float, float, int, int]] = {}
     figures: dict[str, str] = {}
     for exp in exps:
         log(f"reproduce · {exp.title} · η ∈ {list(exp.lrs)} · seeds {list(exp.seeds)}")

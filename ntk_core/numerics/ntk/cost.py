@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...vocabulary import NTKMethod
+
 RULE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for the three m×m kernel buffers
 
@@ -30,7 +32,7 @@ class CostEstimate:
     exact_flops: float
     matrix_free_flops: float
     exact_bytes: float
-    choice: str
+    choice: NTKMethod
 
     def as_attrs(self) -> dict[str, float | str]:
         return {"cost_exact_gflop": self.exact_flops / 1e9,
@@ -83,5 +85,5 @@ def estimate_costs(model: nn.Module, X: torch.Tensor, num_outputs: int, kernel: 
                                                            else 1)
     exact_bytes = 3 * m * m * X.element_size()
     fits = exact_bytes <= memory_budget
-    choice = "exact" if fits and exact <= matrix_free else "matrix_free"
+    choice: NTKMethod = "exact" if fits and exact <= matrix_free else "matrix_free"
     return CostEstimate(exact, matrix_free, exact_bytes, choice)

@@ -33,11 +33,12 @@ from ..losses import as_outputs
 KERNELS = ("full", "traced")
 BLOCK = 256  # rows per block of the symmetric n × n kernel: large enough for efficient GEMMs
 RULE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+RuleLayer = nn.Linear | nn.Conv1d | nn.Conv2d
 
 
 @dataclass
 class _Record:
-    module: nn.Module
+    module: RuleLayer
     inputs: torch.Tensor
     output: torch.Tensor
     calls: int = 1
@@ -57,7 +58,7 @@ class LayerCapture:
                 self._handles.append(module.register_forward_hook(self._hook(name)))
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        def hook(module: RuleLayer, inputs: tuple, output: torch.Tensor) -> None:
             if name in self.records:  # reused weights: the per-layer rule no longer holds
                 self.records[name].calls += 1
                 return
@@ -271,11 +272,12 @@ def _add_gram(K: torch.Tensor, grads: torch.Tensor, kernel: str,
         K.addmm_(G, G.T)
 
 
-def _per_sample_grads(module: nn.Module, A: torch.Tensor,
+def _per_sample_grads(module: RuleLayer, A: torch.Tensor,
                       deltas: list[torch.Tensor]) -> torch.Tensor:
     """(n, C, p_layer) per-sample gradients of a Linear-on-sequence or convolution layer."""
     per_c = []
     for delta in deltas:
+        gb: torch.Tensor | None
         if isinstance(module, nn.Linear):
             a = A.reshape(A.shape[0], -1, A.shape[-1])  # (n, T, d_in)
             d = delta.reshape(delta.shape[0], -1, delta.shape[-1])  # (n, T, d_out)
@@ -290,10 +292,12 @@ def _per_sample_grads(module: nn.Module, A: torch.Tensor,
 
 
 def _unfold(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    padding = conv.padding
+    assert not isinstance(padding, str)  # _has_rule admits numeric padding only
     if isinstance(conv, nn.Conv1d):
         return F.unfold(x.unsqueeze(2), (1, conv.kernel_size[0]), dilation=(1, conv.dilation[0]),
-                        padding=(0, conv.padding[0]), stride=(1, conv.stride[0]))
-    return F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                        padding=(0, padding[0]), stride=(1, conv.stride[0]))
+    return F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding,
                     stride=conv.stride)
 
 

@@ -33,7 +33,8 @@ class NTKOperator:
         def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
             return as_outputs(functional_call(model, {**frozen, **buffers, **p}, (X,)))
 
-        self.outputs, self._vjp = vjp(f, params)
+        # torch declares vjp's result as either tuple, with no overload on has_aux
+        self.outputs, self._vjp = vjp(f, params)  # type: ignore[misc]
         self._f, self._params = f, params
         self.n, self.C = self.outputs.shape
         self.kernel = kernel
