@@ -110,7 +110,7 @@ def block_boundaries(row_data: dict[str, np.ndarray], order: np.ndarray
     labels = np.asarray(row_data["label"])[order]
     outputs = np.asarray(row_data.get("output_index", np.zeros_like(labels)))[order]
     key = outputs * (labels.max() + 1) + labels
-    edges = list(np.flatnonzero(np.diff(key)) + 1)
+    edges: list[int] = (np.flatnonzero(np.diff(key)) + 1).tolist()
     out_edges = [e for e in edges if outputs[e] != outputs[e - 1]]
     starts = [0, *edges]
     ends = [*edges, len(labels)]

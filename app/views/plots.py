@@ -13,6 +13,7 @@ which at 4 Hz took most of a core and starved the training thread.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -99,7 +100,7 @@ def _shade(i: int) -> str:
 
 
 # ---- figures -----------------------------------------------------------------------------------
-def _figure(title: str, ylabel: str, xlabel: str = "step", **kwargs: object) -> figure:
+def _figure(title: str, ylabel: str, xlabel: str = "step", **kwargs: Any) -> figure:
     fig = figure(title=title, x_axis_label=xlabel, y_axis_label=ylabel, tools=TOOLS,
                  sizing_mode="stretch_width", height=PLOT_HEIGHT,
                  **kwargs)
@@ -161,7 +162,7 @@ class HeatMap:
     def __init__(self, title: str, xlabel: str, ylabel: str, square: bool = False) -> None:
         self.base_title = title
         self.fig = _figure(title + " (waiting for a measurement)", ylabel, xlabel,
-                           x_range=Range1d(0, 1), y_range=Range1d(1, 0))
+                           x_range=Range1d(start=0, end=1), y_range=Range1d(start=1, end=0))
         self.source = ColumnDataSource({"image": [np.zeros((1, 1), np.float32)], "x": [0.0],
                                         "y": [0.0], "dw": [1.0], "dh": [1.0]})
         self.mapper = LinearColorMapper(palette=DIVERGING, low=-1.0, high=1.0, nan_color="white")
@@ -220,7 +221,7 @@ class HeatMap:
             out[key].append(float(v))
 
     @staticmethod
-    def _ticks(ticker: FixedTicker, axis: object, ticks: list) -> None:
+    def _ticks(ticker: FixedTicker, axis: Axis, ticks: list) -> None:
         # Tickers are edited in place: assigning new models would make Bokeh re-walk the
         # document's model graph on every update.
         if ticks:
@@ -246,7 +247,7 @@ class LivePlots:
         # opened at once wait for.
         self.kept_sources: list[ColumnDataSource] = []
         self.kept_spectra: list[ColumnDataSource] = []
-        self._kept_renderers: list[list[object]] = []
+        self._kept_renderers: list[list[GlyphRenderer]] = []
         self._kept_legend_items: list[list[LegendItem]] = []
         self._pending_spectrum: list[pd.DataFrame] = []
         self._kept_runs: list[KeptRun] = []
@@ -259,7 +260,7 @@ class LivePlots:
         self._build()
 
     # ---- construction --------------------------------------------------------------------
-    def _line(self, fig: figure, source: ColumnDataSource, y: str, **style: object) -> object:
+    def _line(self, fig: figure, source: ColumnDataSource, y: str, **style: Any) -> GlyphRenderer:
         return fig.line("step", y, source=source, **style)
 
     def _build(self) -> None:
@@ -366,7 +367,7 @@ class LivePlots:
         color = RUN_COLORS[len(self.kept_sources) % len(RUN_COLORS)]
         source = ColumnDataSource(empty_data(KEPT_COLUMNS))
         spectrum = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
-        drawn: dict[figure, list[object]] = {}
+        drawn: dict[figure, list[GlyphRenderer]] = {}
         for fig, column, dash in ((self.loss_fig, "loss", "solid"),
                                   (self.sharpness_fig, "sharpness", "solid"),
                                   (self.alignment_fig, "kta", "dotted")):

@@ -25,8 +25,8 @@ class FollowedRanges:
     """The x (step) and y ranges of one figure, following the extent of the streamed data."""
 
     def __init__(self, fig: figure, log_y: bool = False) -> None:
-        fig.x_range = Range1d(0, 1)
-        fig.y_range = Range1d(0.1, 1) if log_y else Range1d(0, 1)
+        fig.x_range = Range1d(start=0, end=1)
+        fig.y_range = Range1d(start=0.1, end=1) if log_y else Range1d(start=0, end=1)
         self.fig = fig
         self.log_y = log_y
         # BokehJS's log ticker falls back to linear ticks on a range under a few decades, which
@@ -58,8 +58,10 @@ class FollowedRanges:
         if not self.following or self.x_extent[0] > self.x_extent[1] \
                 or self.y_extent[0] > self.y_extent[1]:
             return
-        self.fig.x_range.update(**_padded(*self.x_extent, log=False))
-        y = _padded(*self.y_extent, log=self.log_y)
+        x_low, x_high = self.x_extent
+        y_low, y_high = self.y_extent
+        self.fig.x_range.update(**_padded(x_low, x_high, log=False))
+        y = _padded(y_low, y_high, log=self.log_y)
         self.fig.y_range.update(**y)
         if self.y_ticker is not None:
             ticks = log_ticks(y["start"], y["end"])

@@ -30,8 +30,7 @@ class ServerFiles(pn.viewable.Viewer):
         doc = pn.state.curdoc
         context = doc.session_context if doc is not None else None
         # the per-visitor caps count by client address; a notebook has none
-        # bokeh's SessionContext declares no request; the server's BokehSessionContext has it
-        self.visitor = (visitor_of(context.request)  # type: ignore[attr-defined]
+        self.visitor = (visitor_of(context.request)
                         if context is not None else "")
         self.name_input = pn.widgets.TextInput(placeholder="name, e.g. catapult-lr0.3",
                                                max_length=MAX_NAME, sizing_mode="stretch_width")

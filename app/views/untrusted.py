@@ -99,8 +99,7 @@ def install_location(doc: Document | None) -> Location | None:
     existing = pn.state._locations.get(doc)  # Panel's per-document table (no public setter)
     if existing is not None:
         return existing
-    # bokeh's SessionContext declares no request; the server's BokehSessionContext has it
-    request = getattr(doc.session_context.request, "_request", None)  # type: ignore[attr-defined]
+    request = getattr(doc.session_context.request, "_request", None)
     uri = str(getattr(request, "uri", "") or "")
     path, _, query = uri.partition("?")
     query = query.partition("#")[0]

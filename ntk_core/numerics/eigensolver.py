@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ class _Basis:
     would spin on the core the browser needs.)
     """
 
-    def __init__(self, dim: int, capacity: int, **f64: object) -> None:
+    def __init__(self, dim: int, capacity: int, **f64: Any) -> None:
         self.Q = torch.empty(capacity, dim, **f64)
         self.AQ = torch.empty(capacity, dim, **f64)
         self.T = torch.empty(capacity, capacity, **f64)
@@ -141,7 +142,7 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
     block = min(dim, max(k + guard, start.shape[1] if start is not None else 0))
     max_basis = min(dim, max_basis or max(3 * block, block + 2 * k + 8))
     max_products = max_products or max(50 * block, 200)
-    f64 = dict(dtype=torch.float64, device=device)
+    f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
 
     given = start.to(**f64)[:, :block] if start is not None and start.numel() else None
     fill = block - (given.shape[1] if given is not None else 0)
