@@ -138,6 +138,11 @@ class RunConfig:
         return cls.from_dict(json.loads(text))
 
 
+# The fields a run with the user's own data, or model, does not read (the log lists them).
+DATA_OPTIONS = ("dataset", "n", "classes", "standardize", "data_dir", "input_dim")
+MODEL_OPTIONS = ("arch", "width", "depth", "activation", "bias", "init_scale", "pooling", "patch",
+                 "heads")
+
 _DEFAULT_CLASS_COUNT = {"digits": 10, "mnist1d": 10, "cifar10": 10, "synthetic": 4, "teacher": 4}
 
 

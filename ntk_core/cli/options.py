@@ -29,10 +29,26 @@ def _metavar(name: str) -> str:
     return {bool: "{true,false}", int: "INT", float: "FLOAT"}.get(base, "TEXT")
 
 
+def add_user_flags(parser: argparse.ArgumentParser) -> None:
+    """``--data`` (and ``--arch package.module:factory``, read by ``user_model_name``)."""
+    parser.add_argument("--data", metavar="FILE.npz",
+                        help="train on arrays X and y of a NumPy .npz file instead of the "
+                        "preset's dataset (y: (n,) class labels or targets, or (n, C))")
+
+
+def user_model_name(args: argparse.Namespace) -> str | None:
+    """``--arch`` when it names a model factory (``package.module:factory``), else None."""
+    arch = getattr(args, "opt_arch", None)
+    return arch if isinstance(arch, str) and ":" in arch else None
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The preset ``args.preset`` with the flags given applied (ConfigError when invalid)."""
+    """The preset ``args.preset`` with the flags given applied (ConfigError when invalid).
+    A model factory given as ``--arch`` is left to ``user_model_name``."""
     base = load_preset(args.preset).config
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    if user_model_name(args):
+        del overrides["arch"]
     merged = base.to_dict()
     merged.update(overrides)
     return RunConfig.from_dict(merged)

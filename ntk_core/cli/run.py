@@ -9,9 +9,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import xarray as xr
+from torch import nn
 from tqdm import tqdm
 
+from ..config import RunConfig
+from ..data import Dataset, load_dataset
+from ..data.arrays import from_arrays, read_npz
+from ..models.factory import model_from_factory
 from ..numerics.stability import tracked_sharpness
 from ..presets import DEFAULT_PRESET
 from ..training.allocator import keep_freed_memory
@@ -19,7 +25,7 @@ from ..training.buffer import StepRecord
 from ..training.netcdf import SaveError, save_reason, save_run
 from ..training.trainer import Trainer
 from ..vocabulary import RunStatus
-from .options import add_config_flags, config_from_args
+from .options import add_config_flags, add_user_flags, config_from_args, user_model_name
 from .summary import fmt, summarize
 
 FINISHED = (RunStatus.COMPLETED, RunStatus.REACHED_TARGET, RunStatus.STOPPED)
@@ -32,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="save the run log as NetCDF (.nc)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(p)
+    add_user_flags(p)
     p.set_defaults(func=run)
 
 
@@ -42,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
         if problem:  # before training: a run that cannot be saved is better not started
             print(f"error: cannot save to {args.out}: {problem}", file=sys.stderr)
             return 2
+    data, model = user_data_and_model(args, config)
     keep_freed_memory()  # this process trains one run, then exits
-    trainer = Trainer(config)
-    print(f"ntk-eos run · {config.arch} on {config.dataset} (n={config.n}, "
+    trainer = Trainer(config, data=data, model=model)
+    attrs = trainer.buffer.attrs
+    print(f"ntk-eos run · {attrs['model']} on {attrs['data']} (n={trainer.data.n}, "
           f"{trainer.data.num_outputs} output(s)) · {config.optimizer} at η = {config.lr:g} · "
           f"threshold {trainer.rule.threshold_label()} = {trainer.rule.threshold(config.lr):.4g}"
           f" · NTK {trainer.mode}, {trainer.measurer.m}×{trainer.measurer.m} kernel",
@@ -73,6 +82,22 @@ def run(args: argparse.Namespace) -> int:
     if not saved:
         return 2
     return 0 if ds.attrs["status"] in FINISHED else 3
+
+
+def user_data_and_model(args: argparse.Namespace, config: RunConfig
+                        ) -> tuple[Dataset | None, nn.Module | None]:
+    """The ``--data`` arrays and the ``--arch`` factory's model, when given."""
+    data = model = None
+    if args.data:
+        dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        data = from_arrays(*read_npz(args.data), dtype=dtype, target=config.target,
+                           name=Path(args.data).name)
+    factory = user_model_name(args)
+    if factory:
+        loaded = data or load_dataset(config)
+        model = model_from_factory(factory, loaded.input_shape, loaded.num_outputs, config.seed)
+        data = loaded
+    return data, model
 
 
 def _unwritable(path: Path) -> str:

@@ -22,8 +22,7 @@ def summarize(ds: xr.Dataset) -> str:
     cfg = RunConfig.from_json(ds.attrs["config"])
     steps = ds.sizes["step"]
     lines = [f"status       {ds.attrs['status']}: {ds.attrs.get('status_reason', '')}".rstrip(": "),
-             f"run          {cfg.arch} ({_shape(cfg)}) "
-             f"on {cfg.dataset}, n = {cfg.n}, target {cfg.target}, loss {cfg.loss}",
+             f"run          {_model_and_data(ds, cfg)}, loss {cfg.loss}",
              f"NTK          {ds.attrs.get('ntk_mode')} · {ds.attrs.get('kernel')} kernel · "
              f"{ds.sizes['sample']} rows · k = {ds.sizes['eig']}",
              f"steps        {steps}"]
@@ -66,6 +65,17 @@ def summarize(ds: xr.Dataset) -> str:
                 f"{steps / np.nansum(ds.time_step):.1f} steps/s over the run",
             ]
     return "\n".join(lines)
+
+
+def _model_and_data(ds: xr.Dataset, cfg: RunConfig) -> str:
+    """"mlp (width 128, ...) on digits, n = 256, target onehot", or the user's module and arrays
+    as the log names them."""
+    model = str(ds.attrs.get("model", cfg.arch))
+    data = str(ds.attrs.get("data", cfg.dataset))
+    model_text = f"{cfg.arch} ({_shape(cfg)})" if model == cfg.arch else model
+    data_text = (f"{cfg.dataset}, n = {cfg.n}, target {cfg.target}" if data == cfg.dataset
+                 else f"{data}")
+    return f"{model_text} on {data_text}"
 
 
 def _nanmax(values: np.ndarray) -> float:

@@ -20,20 +20,24 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
+from torch import nn
 
-from ..config import ConfigError, RunConfig
+from ..config import DATA_OPTIONS, MODEL_OPTIONS, ConfigError, RunConfig
 from ..data import Dataset, load_dataset
+from ..data.arrays import from_arrays
 from ..models import build_model
 from ..numerics.losses import accuracy, gradient_norm, loss_value, residual
+from ..numerics.ntk import LayerCapture
 from ..numerics.stability import tracked_sharpness
 from ..version import __version__
 from ..vocabulary import RunStatus
 from .buffer import RunBuffer, StepRecord
-from .measurer import Measurer, kernel_rows, resolve_ntk_mode
+from .measurer import Measurement, Measurer, kernel_rows, resolve_ntk_mode
 from .optimizers import BatchOrder, UpdateRule
 from .protocol import LoggedRun
 
@@ -67,17 +71,33 @@ class Trainer(LoggedRun):
     ``step()`` advances one step and returns its record; ``run()`` loops until a stop;
     ``stop()`` (thread-safe) ends a running loop after the current step. ``dataset`` is the
     xarray snapshot of the log so far; ``data`` is the training set.
+
+    Your own model and data: ``model`` is any ``nn.Module`` mapping a batch of X to (batch, C)
+    outputs; ``data`` is a ``Dataset`` or a pair ``(X, Y)`` of arrays or tensors, Y of shape
+    (n,) or (n, C) (``data.arrays.from_arrays``). The config's data fields (with ``model``,
+    its architecture fields too) are then not used, and the log's ``ignored_options``
+    attribute lists them. The model is trained in place, in the config's dtype and device.
     """
 
-    def __init__(self, config: RunConfig, data: Dataset | None = None) -> None:
+    def __init__(self, config: RunConfig, data: Dataset | tuple[Any, Any] | None = None,
+                 model: nn.Module | None = None) -> None:
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
+        dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        if isinstance(data, tuple):
+            data = from_arrays(*data, dtype=dtype, target=config.target)
         self.data = data or load_dataset(config)
         self.X = self.data.X.to(self.device)
         self.Y = self.data.Y.to(self.device, self.data.X.dtype)
-        self.model = build_model(config, tuple(self.X.shape[1:]), self.Y.shape[1]).to(self.device)
+        self.user_parts = {"data": data is not None and data.layout == "user",
+                           "model": model is not None}
+        if model is None:
+            model = build_model(config, tuple(self.X.shape[1:]), self.Y.shape[1])
+        else:
+            model = checked_model(model.to(self.device, dtype), self.X, self.Y.shape[1])
+        self.model = model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.mode, self.cost_estimate = resolve_ntk_mode(config, self.model, self.X,
                                                          self.Y.shape[1])
@@ -120,6 +140,12 @@ class Trainer(LoggedRun):
             "Conventions": "CF-1.8",
             "config": cfg.to_json(),
             "lr": cfg.lr,
+            "model": (f"user module {type(self.model).__name__}" if self.user_parts["model"]
+                      else cfg.arch),
+            "data": (f"{self.data.name} (user arrays: X {tuple(self.X.shape)}, "
+                     f"Y {tuple(self.Y.shape)})"
+                     if self.user_parts["data"] else cfg.dataset),
+            "ignored_options": ", ".join(ignored_options(**self.user_parts)),
             "optimizer": cfg.optimizer,
             "tracked_sharpness": tracked_sharpness(cfg.optimizer),
             "ntk_mode": self.mode,
@@ -206,10 +232,7 @@ class Trainer(LoggedRun):
             tm = time.perf_counter()
             try:
                 r = residual(f.detach(), self.Y, self.config.loss)
-                m = self.measurer.measure(
-                    self.model, self.X, f, r, grads, self.params, capture,
-                    preconditioner=self.rule.preconditioner(grads),
-                    batches=self.batches.epoch() if self.batches is not None else None)
+                m = self._measure(f, r, grads, capture)
             except Exception as exc:  # a failed measurement ends the run; the log so far is kept
                 reason = f"measurement failed at step {t}: {type(exc).__name__}: {exc}"
                 self.buffer.set_attr("traceback", traceback.format_exc(limit=8))
@@ -259,6 +282,28 @@ class Trainer(LoggedRun):
         self.buffer.set_status(status, reason)
         return record
 
+    def _measure(self, f: torch.Tensor, r: torch.Tensor, grads: tuple[torch.Tensor, ...],
+                 capture: LayerCapture | None) -> Measurement:
+        preconditioner = self.rule.preconditioner(grads)
+        batches = self.batches.epoch() if self.batches is not None else None
+        try:
+            return self.measurer.measure(self.model, self.X, f, r, grads, self.params, capture,
+                                         preconditioner, batches)
+        except Exception as exc:
+            # The exact kernel takes per-sample Jacobians of the layers its rules do not cover
+            # (vmap over jacrev), which some layers cannot do (a GRU): in auto mode such a
+            # model falls back to matrix-free products, once, and the log says why.
+            if not (self.config.ntk_mode == "auto" and self.mode == "exact"
+                    and self.cost_estimate.other_layers):
+                raise
+            self.mode = "matrix_free"
+            self.measurer = Measurer(self.config, self.Y, self.mode)
+            self.buffer.set_attr("ntk_mode", self.mode)
+            self.buffer.set_attr("ntk_fallback", f"exact kernel failed at step {self.step_index}"
+                                 f" ({type(exc).__name__}: {exc}); matrix-free from then on")
+            return self.measurer.measure(self.model, self.X, f, r, grads, self.params, None,
+                                         preconditioner, batches)
+
     def _update_gradient(self, grads: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """The gradient the update takes: the full batch's, or the next mini-batch's (SGD)."""
         if self.batches is None:
@@ -289,6 +334,34 @@ class Trainer(LoggedRun):
         return self.dataset
 
 
-def run(config: RunConfig, callback: Callable[[StepRecord], object] | None = None) -> xr.Dataset:
-    """Train ``config`` to its stop and return the full xarray log."""
-    return Trainer(config).run(callback)
+def run(config: RunConfig, callback: Callable[[StepRecord], object] | None = None, *,
+        model: nn.Module | None = None,
+        data: Dataset | tuple[Any, Any] | None = None) -> xr.Dataset:
+    """Train ``config`` (or your ``model`` on your ``data``, as for ``Trainer``) to its stop
+    and return the full xarray log."""
+    return Trainer(config, data=data, model=model).run(callback)
+
+
+def checked_model(model: nn.Module, X: torch.Tensor, num_outputs: int) -> nn.Module:
+    """``model`` if it maps X to (n, num_outputs) trainable outputs; ConfigError otherwise."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model: expected a torch nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("model: it has no trainable parameters")
+    try:
+        with torch.no_grad():
+            out = model(X[:2])
+    except Exception as exc:
+        raise ConfigError(f"model: it fails on a batch of X of shape {tuple(X[:2].shape)} "
+                          f"({type(exc).__name__}: {exc})") from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (min(2, len(X)), num_outputs):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model: its output for 2 examples must be (2, {num_outputs}) to "
+                          f"match Y's {num_outputs} column(s), got {shape}")
+    return model
+
+
+def ignored_options(data: bool, model: bool) -> list[str]:
+    """The RunConfig fields a run with the user's own data and/or model does not read."""
+    names = list(DATA_OPTIONS) if data else []
+    return names + list(MODEL_OPTIONS) if model else names

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ...vocabulary import NTKMethod
+from .exact import RULE_TYPES, outside_rules
 
-RULE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for the three m×m kernel buffers
 
 
@@ -33,11 +33,15 @@ class CostEstimate:
     matrix_free_flops: float
     exact_bytes: float
     choice: NTKMethod
+    rule_coverage: float = 1.0  # the share of parameters in layers the structured rules cover
+    other_layers: tuple[str, ...] = ()  # the types of the layers they do not
 
     def as_attrs(self) -> dict[str, float | str]:
         return {"cost_exact_gflop": self.exact_flops / 1e9,
                 "cost_matrix_free_gflop": self.matrix_free_flops / 1e9,
-                "cost_exact_mib": self.exact_bytes / 2**20, "cost_choice": self.choice}
+                "cost_exact_mib": self.exact_bytes / 2**20, "cost_choice": self.choice,
+                "ntk_rule_coverage": self.rule_coverage,
+                "ntk_other_layers": ", ".join(self.other_layers)}
 
 
 def estimate_costs(model: nn.Module, X: torch.Tensor, num_outputs: int, kernel: str, k: int,
@@ -86,4 +90,8 @@ def estimate_costs(model: nn.Module, X: torch.Tensor, num_outputs: int, kernel: 
     exact_bytes = 3 * m * m * X.element_size()
     fits = exact_bytes <= memory_budget
     choice: NTKMethod = "exact" if fits and exact <= matrix_free else "matrix_free"
-    return CostEstimate(exact, matrix_free, exact_bytes, choice)
+    # reused rule layers (weights shared across calls) join the layers no rule covers
+    other = sorted(set(outside_rules(model)) | {type(module).__name__ for module in shapes
+                                                 if calls[module] != 1})
+    return CostEstimate(exact, matrix_free, exact_bytes, choice,
+                        covered / p_total if p_total else 1.0, tuple(other))

@@ -10,7 +10,8 @@ from torch import nn
 from ..eigensolver import DEFAULT_TOL, kernel_eigenpairs
 from ..losses import as_outputs
 from .cost import estimate_costs
-from .exact import check_kernel, empirical_ntk
+from .exact import check_kernel
+from .kernel import empirical_ntk
 from .products import NTKOperator
 
 

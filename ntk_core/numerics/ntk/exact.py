@@ -327,7 +327,15 @@ def per_sample_jacobian(model: nn.Module, X: torch.Tensor, params: dict[str, tor
     return torch.cat(blocks, dim=0)
 
 
-def empirical_ntk(model: nn.Module, X: torch.Tensor, kernel: str = "full") -> torch.Tensor:
+def outside_rules(model: nn.Module) -> list[str]:
+    """The types of the layers with trainable parameters of their own that no per-layer rule
+    covers (LayerNorm, GRU, ...): their share of K comes from per-sample Jacobians."""
+    return sorted({type(module).__name__ for module in model.modules()
+                   if not isinstance(module, RULE_TYPES)
+                   and any(p.requires_grad for p in module.parameters(recurse=False))})
+
+
+def structured_ntk(model: nn.Module, X: torch.Tensor, kernel: str = "full") -> torch.Tensor:
     """Exact empirical NTK of ``model`` on ``X``: (n·C) × (n·C) sample-major, or n × n when C = 1.
 
     ``kernel="traced"`` gives the output-traced Σ_c K_cc instead. The model's outputs are (n, C),
