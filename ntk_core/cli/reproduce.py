@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["digits", "mnist1d", "synthetic", "cifar10"])
     p.add_argument("--data_dir", "--data-dir", dest="data_dir", default=None,
                    help="folder of the CIFAR-10 python batches (for --dataset cifar10)")
-    p.add_argument("--archs", default="mlp,cnn,vit", help="comma-separated subset of mlp,cnn,vit")
+    p.add_argument("--archs", default="mlp,cnn,vit",
+                   help="comma-separated subset of mlp,cnn,vit,mlp-sgd,mlp-adam (the MLP with "
+                   "mini-batch SGD and with Adam)")
     p.add_argument("--out-dir", default=None,
                    help="where reproduction.md and figures/ go (default docs, or "
                    "reproduction-quick with --quick, so a smoke run never replaces the report)")

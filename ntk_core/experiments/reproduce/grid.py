@@ -56,16 +56,18 @@ def experiments(dataset: str = "digits", quick: bool = False, data_dir: str | No
                 archs: Sequence[str] = ("mlp", "cnn", "vit")) -> list[Experiment]:
     """The three architectures on ``dataset`` (four balanced classes, one-hot MSE targets,
     output-traced kernel Σ_c K_cc against YYᵀ), each with an η grid that spans gradient-flow-like
-    runs to strong Edge of Stability and a common target loss."""
+    runs to strong Edge of Stability and a common target loss; and the MLP trained with SGD
+    (``mlp-sgd``) and with Adam (``mlp-adam``)."""
     s = QUICK if quick else FULL
     common: dict[str, Any] = dict(
         dataset=dataset, data_dir=data_dir, classes=(0, 1, 2, 3), target="onehot", kernel="traced",
         k=20, target_loss=s.target_loss, steps=s.steps, eig_tol=1e-3, eigvec_every=10**6,
         patch=PATCH.get(dataset, 4))
+    mlp: dict[str, Any] = dict(**common, arch="mlp", n=s.n_mlp, width=s.width_mlp, depth=2,
+                               activation="tanh", measure_every=3)
     table = {
-        "mlp": Experiment("mlp", f"MLP (2 hidden layers × {s.width_mlp}, tanh)", RunConfig(
-            **common, arch="mlp", n=s.n_mlp, width=s.width_mlp, depth=2, activation="tanh",
-            measure_every=3), lrs=(0.05, 0.1, 0.15, 0.2), highlight=0.15, seeds=s.seeds),
+        "mlp": Experiment("mlp", f"MLP (2 hidden layers × {s.width_mlp}, tanh)", RunConfig(**mlp),
+                          lrs=(0.05, 0.1, 0.15, 0.2), highlight=0.15, seeds=s.seeds),
         "cnn": Experiment("cnn", f"CNN (2 conv layers × {s.width_cnn} channels, tanh, avg-pool)",
                           RunConfig(**common, arch="cnn", n=s.n_cnn, width=s.width_cnn, depth=2,
                                     activation="tanh", measure_every=5),
@@ -74,8 +76,17 @@ def experiments(dataset: str = "digits", quick: bool = False, data_dir: str | No
             **common, arch="vit", n=s.n_vit, width=s.width_vit, depth=2, heads=4,
             activation="gelu", measure_every=20), lrs=(0.01, 0.02, 0.04, 0.06), highlight=0.04,
             seeds=s.seeds),
+        # the MLP again with the other optimisers, each against its own threshold
+        "mlp-sgd": Experiment("mlp-sgd", f"MLP with mini-batch SGD (batches of {s.n_mlp // 4})",
+                              RunConfig(**mlp, optimizer="sgd", batch_size=s.n_mlp // 4),
+                              lrs=(0.05, 0.1, 0.15, 0.2), highlight=0.15, seeds=s.seeds),
+        "mlp-adam": Experiment("mlp-adam", "MLP with full-batch Adam (β₁ = 0.9, β₂ = 0.999)",
+                               RunConfig(**mlp, optimizer="adam"),
+                               lrs=(0.0005, 0.001, 0.002, 0.004), highlight=0.002,
+                               seeds=s.seeds),
     }
     unknown = [a for a in archs if a not in table]
     if unknown:
-        raise ConfigError(f"--archs: unknown architecture(s) {unknown}; choose from mlp, cnn, vit")
+        raise ConfigError(f"--archs: unknown architecture(s) {unknown}; choose from "
+                          f"{', '.join(table)}")
     return [table[a] for a in archs]

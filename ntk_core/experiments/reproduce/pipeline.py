@@ -47,12 +47,12 @@ def reproduce(exps: Sequence[Experiment], out_dir: Path, command: str, *, quick:
         if failed.all():  # nothing to report on (a missing CIFAR-10 folder, say): say why
             reason = sorted(set(cube.status_reason.values[failed].ravel()))[0]
             raise ReproductionError(f"every {exp.name} run failed: {reason}")
-        cubes[exp.name], stats[exp.name] = cube, summarize(cube)
+        cubes[exp.name], stats[exp.name] = cube, summarize(cube, exp.config.optimizer)
         detail = sweep(exp.config.replace(measure_every=1),
                        {"lr": [exp.highlight], "seed": [exp.seeds[0]]}, scheduler="serial",
                        resume_dir=Path(f"{resume}-detail") if resume else None,
                        progress=progress).isel(lr=0, seed=0)
-        stats[exp.name].update(detail_eos(detail, exp.highlight))
+        stats[exp.name].update(detail_eos(detail, exp.highlight, exp.config.optimizer))
         runtimes[exp.name] = (compute_time(cube) + compute_time(detail),
                               time.perf_counter() - t0,
                               cube.attrs["runs_resumed"] + detail.attrs["runs_resumed"],

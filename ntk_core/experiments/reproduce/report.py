@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ...numerics.stability import threshold_label, tracked_sharpness
 from ...version import __version__
 from ...vocabulary import RunStatus
 from ..sweep_summary import spearman
@@ -48,7 +49,8 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
         ("all runs stop at the common target loss (matched loss)",
          f"{int(reached.sum())} of {reached.size} reached {exp.config.target_loss}",
          _verdict(bool(reached.all()))),
-        ("the sharpness rises to 2/η and hovers there (EoS)", eos_text,
+        (f"the {_sharpness_name(exp)} rises to {_threshold(exp)} and hovers there (EoS)",
+         eos_text,
          _verdict(len(eos_lrs) >= 2)),
         ("final KTA increases with η",
          f"KTA {_fmt_row(s['kta_mean'])}; Spearman ρ = {s['kta_rho']:.2f} (all runs), "
@@ -71,6 +73,16 @@ def claim_rows(exp: Experiment, s: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _sharpness_name(exp: Experiment) -> str:
+    return {"sharpness": "sharpness", "preconditioned_sharpness": "preconditioned sharpness",
+            "batch_sharpness": "batch sharpness"}[tracked_sharpness(exp.config.optimizer)]
+
+
+def _threshold(exp: Experiment) -> str:
+    c = exp.config
+    return threshold_label(c.optimizer, c.momentum, c.nesterov, c.beta1)
+
+
 def eos_reached(s: dict) -> tuple[str, list[float]]:
     """Which η reached the Edge of Stability (at every seed, or only at some), each with its
     median S·η/2 over the EoS phase, so that every median names its η; and the η of the first
@@ -83,7 +95,8 @@ def eos_reached(s: dict) -> tuple[str, list[float]]:
             (every if hit.all() else some).append((float(lr), float(np.nanmedian(row))))
 
     def listed(pairs: list[tuple[float, float]]) -> str:
-        return (f"η ∈ {{{', '.join(f'{lr:g}' for lr, _ in pairs)}}} (median S·η/2 in the EoS "
+        return (f"η ∈ {{{', '.join(f'{lr:g}' for lr, _ in pairs)}}} (median S / threshold in "
+                f"the EoS "
                 f"phase {_fmt_row([m for _, m in pairs], '.2f')})")
 
     text = f"EoS at every seed at {listed(every)}" if every else "no η reached EoS at every seed"
@@ -177,7 +190,7 @@ def write_report(path: Path, exps: list[Experiment], cubes: dict[str, xr.Dataset
         s = stats[exp.name]
         lines += ["", f"## {exp.title}", "", f"![{exp.name}]({figures[exp.name]})", "",
                   "| η | final KTA | a₁ | A₂₀ | centred KTA | steps (per seed) | final loss | "
-                  "peak S·η/2 | corr(ΔKTA, −ΔS) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "peak S / threshold | corr(ΔKTA, −ΔS) |", "|---|---|---|---|---|---|---|---|---|"]
         for i, lr in enumerate(s["lr"]):
             lines.append(
                 f"| {lr:g} | {s['kta_mean'][i]:.3f} ± {s['kta_std'][i]:.3f} | "

@@ -1,5 +1,9 @@
 """What the runs say: the Edge-of-Stability phase of a run, how KTA moves against the
-sharpness during it, and the trends over η of one (lr, seed) sweep."""
+sharpness during it, and the trends over η of one (lr, seed) sweep.
+
+"The sharpness" is the one the run's optimiser holds at its threshold (``tracked_sharpness``):
+the Hessian's against 2/η for gradient descent, the preconditioned one against 38/η for Adam,
+the batch sharpness against 2/η for SGD."""
 
 from __future__ import annotations
 
@@ -8,23 +12,27 @@ import math
 import numpy as np
 import xarray as xr
 
+from ...numerics.stability import tracked_sharpness
+from ...vocabulary import OptimizerName
 from ..sweep_summary import spearman
 
 
-def eos_phase(sharpness: np.ndarray, lr: float, band: tuple[float, float] = (0.95, 1.1)
-              ) -> np.ndarray:
-    """Indices of the measured steps from the first with S·η/2 inside ``band`` to the end (empty if
-    none): the sharpness has reached the edge, by progressive sharpening from below or, after a
-    catapult, from above; the steps of a catapult itself (S far above 2/η) are not EoS."""
+def eos_phase(sharpness: np.ndarray, lr: float, band: tuple[float, float] = (0.95, 1.1),
+              threshold: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the measured steps from the first with S / threshold (default 2/η) inside
+    ``band`` to the end (empty if none): the sharpness has reached the edge, by progressive
+    sharpening from below or, after a catapult, from above; the steps of a catapult itself (S
+    far above the threshold) are not EoS."""
     idx = np.flatnonzero(np.isfinite(sharpness))
-    ratio = sharpness[idx] * lr / 2.0
+    ratio = sharpness[idx] / (threshold[idx] if threshold is not None else 2.0 / lr)
     hits = idx[(ratio >= band[0]) & (ratio <= band[1])]
     return idx[idx >= hits[0]] if len(hits) else np.array([], int)
 
 
-def eos_correlation(kta: np.ndarray, sharpness: np.ndarray, lr: float) -> float:
+def eos_correlation(kta: np.ndarray, sharpness: np.ndarray, lr: float,
+                    threshold: np.ndarray | None = None) -> float:
     """corr(ΔKTA, −ΔS) over consecutive measured steps of the EoS phase (NaN if too short)."""
-    phase = eos_phase(sharpness, lr)
+    phase = eos_phase(sharpness, lr, threshold=threshold)
     if len(phase) < 5:
         return math.nan
     dk, ds = np.diff(kta[phase]), np.diff(sharpness[phase])
@@ -33,10 +41,20 @@ def eos_correlation(kta: np.ndarray, sharpness: np.ndarray, lr: float) -> float:
     return float(np.corrcoef(dk, -ds)[0, 1])
 
 
-def detail_eos(run: xr.Dataset, lr: float) -> dict:
+def tracked(run: xr.Dataset, optimizer: OptimizerName = "gd"
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The optimiser's tracked sharpness along a run and its threshold per step (None: 2/η,
+    for runs logged before thresholds were)."""
+    name = tracked_sharpness(optimizer)
+    threshold = run.stability_threshold.values if "stability_threshold" in run else None
+    return run[name].values, threshold
+
+
+def detail_eos(run: xr.Dataset, lr: float, optimizer: OptimizerName = "gd") -> dict:
     """corr(ΔKTA, −ΔS) and the length of the EoS phase of one finely measured run."""
-    S, K = run.sharpness.values, run.kta.values
-    return {"detail_corr": eos_correlation(K, S, lr), "detail_phase": len(eos_phase(S, lr))}
+    (S, threshold), K = tracked(run, optimizer), run.kta.values
+    return {"detail_corr": eos_correlation(K, S, lr, threshold),
+            "detail_phase": len(eos_phase(S, lr, threshold=threshold))}
 
 
 def compute_time(cube: xr.Dataset) -> float:
@@ -44,7 +62,7 @@ def compute_time(cube: xr.Dataset) -> float:
     return float(np.nansum(cube.time_step.values))
 
 
-def summarize(cube: xr.Dataset) -> dict:
+def summarize(cube: xr.Dataset, optimizer: OptimizerName = "gd") -> dict:
     """The claims' numbers from one (lr, seed) sweep: trends over η, EoS statistics, correlations."""
     lrs = cube.lr.values
     pooled = np.repeat(lrs, cube.sizes["seed"])
@@ -63,15 +81,16 @@ def summarize(cube: xr.Dataset) -> dict:
     for i, lr in enumerate(lrs):
         for j in range(cube.sizes["seed"]):
             r = cube.isel(lr=i, seed=j)
-            S, K = r.sharpness.values, r.kta.values
-            corr[i, j] = eos_correlation(K, S, lr)
-            phase = eos_phase(S, lr)
+            (S, threshold), K = tracked(r, optimizer), r.kta.values
+            ratio = S / threshold if threshold is not None else S * lr / 2
+            corr[i, j] = eos_correlation(K, S, lr, threshold)
+            phase = eos_phase(S, lr, threshold=threshold)
             if len(phase):
-                edge[i, j] = np.median(S[phase]) * lr / 2
+                edge[i, j] = np.median(ratio[phase])
             if np.isfinite(S).any():
-                peak[i, j] = np.nanmax(S) * lr / 2
+                peak[i, j] = np.nanmax(ratio)
     out["eos_corr"], out["edge_ratio"], out["peak_ratio"] = corr, edge, peak
-    s0 = cube.sharpness.isel(step=0).values
+    s0 = cube.sharpness.isel(step=0).values  # the Hessian's, against 2/η: the catapult's test
     out["initial_ratio"] = np.nanmean(s0, axis=1) * lrs / 2 if np.isfinite(s0).any() else lrs * np.nan
     out["status"] = cube.status.values
     out["steps"] = cube.steps_done.values
