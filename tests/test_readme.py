@@ -113,9 +113,20 @@ def check_notebook(ns: dict, folder: Path) -> None:
     assert not training_threads(), "closing the dashboard ends its training"
 
 
+def check_own_model(ns: dict, folder: Path) -> None:
+    """The user's module on the user's arrays: trained, measured, and said to be theirs."""
+    ds = ns["ds"]
+    assert ds.attrs["status"] == "completed" and ds.sizes["step"] == 100
+    assert ds.attrs["model"] == "user module Residual"
+    assert "LayerNorm" in ds.attrs["ntk_other_layers"] and "dataset" in ds.attrs["ignored_options"]
+    assert ds.sizes["sample"] == 200 * 3 and np.isfinite(ds.sharpness.values).all()
+    assert ds.loss.values[-1] < ds.loss.values[0]
+
+
 CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "In Jupyter": check_notebook,
     "Library": check_library,
+    "Your own model and data": check_own_model,
 }
 
 
