@@ -63,7 +63,10 @@ def main(argv: Sequence[str]) -> int:
     command = "ntk-eos reproduce" + "".join(  # the options that change results, no local paths
         [" --quick"] * args.quick + [f" --dataset {args.dataset}"] * (args.dataset != "digits")
         + [" --data_dir DIR"] * bool(args.data_dir) + [" --no-theory"] * args.no_theory
-        + [f" --archs {args.archs}"] * (args.archs != "mlp,cnn,vit"))
+        + [f" --archs {args.archs}"] * (args.archs != "mlp,cnn,vit")
+        # a folder of the repository (docs/optimizers) is part of how to rerun it
+        + [f" --out-dir {args.out_dir}"] * bool(args.out_dir
+                                                and not Path(args.out_dir).is_absolute()))
     try:
         report, figures = reproduce(
             exps, out_dir, command, quick=args.quick, with_theory=not args.no_theory,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ...numerics.stability import stability_threshold, threshold_label, tracked_sharpness
 from ...vocabulary import RunStatus
 from .. import theory
 from ..sweep_summary import final_spectrum, measured_curve
@@ -23,6 +24,10 @@ def _plt():
     plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "figure.dpi": 110,
                          "axes.spines.top": False, "axes.spines.right": False})
     return plt
+
+
+SHARPNESS_LABELS = {"sharpness": "sharpness S", "preconditioned_sharpness": "λ_max(P⁻¹H)",
+                    "batch_sharpness": "batch sharpness"}
 
 
 def figure_experiment(exp: Experiment, cube: xr.Dataset, stats: dict, path: Path) -> None:
@@ -47,11 +52,14 @@ def figure_experiment(exp: Experiment, cube: xr.Dataset, stats: dict, path: Path
     r = seed0.sel(lr=exp.highlight)
     ax_loss.semilogy(*measured_curve(r, "loss"), color="0.3", lw=1.0)
     ax_loss.set(ylabel="loss", title=f"(c) the η = {exp.highlight:g} run (seed {int(seed0.seed)})")
-    ax_s.plot(*measured_curve(r, "sharpness"), color="C3", lw=1.0, label="sharpness S")
-    ax_s.axhline(2 / exp.highlight, color="k", ls="--", lw=1, label="2/η")
-    # a catapult's initial spike would flatten the edge: clip the axis at 2.2 × 2/η
-    edge = 2 / exp.highlight
-    ax_s.set_ylim(0, max(1.15 * edge, min(1.05 * float(np.nanmax(r.sharpness)), 2.2 * edge)))
+    c = exp.config  # the sharpness the optimiser holds at its own threshold (2/η for GD)
+    name = tracked_sharpness(c.optimizer)
+    edge = stability_threshold(c.optimizer, exp.highlight, c.momentum, c.nesterov, c.beta1)
+    ax_s.plot(*measured_curve(r, name), color="C3", lw=1.0, label=SHARPNESS_LABELS[name])
+    ax_s.axhline(edge, color="k", ls="--", lw=1,
+                 label=threshold_label(c.optimizer, c.momentum, c.nesterov, c.beta1))
+    # a catapult's initial spike would flatten the edge: clip the axis at 2.2 × the threshold
+    ax_s.set_ylim(0, max(1.15 * edge, min(1.05 * float(np.nanmax(r[name])), 2.2 * edge)))
     ax_s.set(ylabel="sharpness")
     ax_s.legend(frameon=False, loc="lower right", ncol=2, fontsize=8)
     ax_k.plot(*measured_curve(r, "kta"), color="C0", lw=1.2)
@@ -67,6 +75,10 @@ def figure_experiment(exp: Experiment, cube: xr.Dataset, stats: dict, path: Path
     ax_d.set(title=f"(d) final, at the {stop}: mean ± std over {cube.sizes['seed']} seeds",
              xlabel="learning rate η", ylabel="alignment")
     ax_d.set_ylim(0, 1.22)  # the band above 1 holds the legend, clear of the curves
+    if lrs.max() >= 5 * lrs.min():  # a grid spanning decades (Adam's) reads on a log axis
+        ax_d.set_xscale("log")
+        ax_d.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+        ax_d.minorticks_off()
     ax_d.legend(frameon=False, loc="upper center", ncol=3, fontsize=8, columnspacing=1.0)
     fig.suptitle(f"{exp.title} on {exp.config.dataset}, n = {exp.config.n}", fontsize=11)
     fig.savefig(path, bbox_inches="tight")

@@ -135,14 +135,17 @@ def write_report(path: Path, exps: list[Experiment], cubes: dict[str, xr.Dataset
              "command. Paper: Jiang, Cohen, Li (2025), *Understanding the Evolution of the Neural "
              "Tangent Kernel at the Edge of Stability*.", "",
              "Every number and verdict below is computed from the runs of this reproduction. "
-             "Full-batch gradient descent with MSE loss L = (1/2n) Σ‖f − y‖² on one-hot targets; "
+             "Full-batch gradient descent (or the optimiser a model's title names) with MSE loss "
+             "L = (1/2n) Σ‖f − y‖² on one-hot targets; "
              "every run stops at the same target loss or at its step budget (the matched-loss "
              "protocol); the status of each run says which. Final figures are those of the last "
              "measured step (at most `measured every` − 1 steps before the stop; the final loss is "
              "the last step's). KTA is the output-traced NTK "
              "Σ_c K_cc (n × n) against YYᵀ, uncentred; a_i = ‖Yᵀu_i‖²/‖Y‖² and A₂₀ = Σ_{i≤20} a_i "
              "for the eigenvectors u_i of that kernel. Sharpness is the top Hessian eigenvalue "
-             "(Lanczos on Hessian-vector products).", ""]
+             "(Lanczos on Hessian-vector products), held against 2/η; with another optimiser, "
+             "the sharpness it holds at its own threshold (Adam: the preconditioned sharpness "
+             "against 38/η; SGD: the batch sharpness against 2/η).", ""]
     failures: list[str] = []
     lines += ["## Settings", "",
               "| model | data | n | η grid | seeds | target loss | step budget | measured every |"
@@ -240,7 +243,8 @@ def _caveats(exps: list[Experiment], stats: dict[str, dict]) -> list[str]:
         never = [f"{lr:g}" for i, lr in enumerate(s["lr"]) if not np.isfinite(s["edge_ratio"][i]).any()]
         if never:
             out.append(f"- {exp.name.upper()}: the runs at η ∈ {{{', '.join(never)}}} never reached "
-                       "2/η before the target loss: they are the gradient-flow-like baseline.")
+                       f"{_threshold(exp)} before the target loss: they are the gradient-flow-like "
+                       "baseline.")
         start = s["initial_ratio"]
         if np.all(start > 1):
             out.append(f"- {exp.name.upper()}: the initial sharpness already exceeds 2/η at every η "

@@ -65,9 +65,9 @@ def test_every_median_of_the_eos_claim_names_its_lr() -> None:
              "edge_ratio": np.array([[1.10, 1.10], [nan, 1.13], [1.09, 1.08], [1.10, 1.12]])}
     text, lrs = eos_reached(stats)
     assert lrs == [0.01, 0.04, 0.06]
-    assert text == ("EoS at every seed at η ∈ {0.01, 0.04, 0.06} (median S·η/2 in the EoS phase "
-                    "1.10, 1.08, 1.11); at some seeds only at η ∈ {0.02} (median S·η/2 in the "
-                    "EoS phase 1.13)")
+    assert text == ("EoS at every seed at η ∈ {0.01, 0.04, 0.06} (median S / threshold in the "
+                    "EoS phase 1.10, 1.08, 1.11); at some seeds only at η ∈ {0.02} (median "
+                    "S / threshold in the EoS phase 1.13)")
     none = {"lr": np.array([0.1, 0.2]), "edge_ratio": np.full((2, 2), nan)}
     assert eos_reached(none) == ("no η reached EoS at every seed", [])
 
