@@ -20,8 +20,9 @@ import panel as pn
 import param
 
 from ntk_core.config import ConfigError
+from ntk_core.numerics.stability import threshold_label
 from ntk_core.training.buffer import RunBuffer
-from ntk_core.vocabulary import RunStatus
+from ntk_core.vocabulary import OptimizerName, RunStatus
 
 from .files.runs import (
     LEFT_OUT,
@@ -38,7 +39,8 @@ from .session import limits as server_limits
 from .session.limits import has_viewers
 from .session.runner import RunController
 from .session.settings import LIVE_FIELDS, RunSettings
-from .views.controls import SPEEDS, LearningRateControl, settings_sections
+from .views.controls import SPEEDS, LearningRateControl, optimizer_controls, settings_sections
+from .views.plot_data import buffer_threshold
 from .views.plots import PLOT_HEIGHT, LivePlots
 from .views.server_files import ServerFiles
 from .views.sweep_view import sweep_tab
@@ -55,11 +57,14 @@ MATRIX_SECONDS = 1.0  # matrices, the eigenvalue and alignment curves, the align
 BACKOFF = 2.0  # a push that took t seconds waits ≥ BACKOFF·t: plots take ≤ 1/3 of a core
 SIDEBAR_WIDTH = 330
 # Names of the control fields in the header's "changed from the preset" line
-FIELD_NAMES = {"lr": "η", "measure_every": "measure every", "target_loss": "target loss"}
+FIELD_NAMES = {"lr": "η", "measure_every": "measure every", "target_loss": "target loss",
+               "momentum": "β", "beta1": "β₁", "beta2": "β₂", "eps": "ε",
+               "batch_size": "batch size"}
 
 RESULT_ALERTS = {
-    RunStatus.DIVERGED: ("warning", "**{reason}.** The sharpness rose so far above 2/η that gradient "
-                 "descent could not stabilise itself: lower η and press Reset."),
+    RunStatus.DIVERGED: ("warning", "**{reason}.** The sharpness rose so far above its stability "
+                 "threshold that the optimiser could not stabilise itself: lower η and press "
+                 "Reset."),
     RunStatus.COMPLETED: ("success", "**Finished:** {reason}."),
     RunStatus.REACHED_TARGET: ("success", "**Target reached:** {reason}."),
     RunStatus.FAILED: ("danger", "**The run failed:** {reason}"),
@@ -111,6 +116,7 @@ class Dashboard(pn.viewable.Viewer):
         self._url_bad: dict = {}  # the link's fields that could not be applied
         self._file_message: tuple[str, str] = ("", "info")  # shown until the next reset
         self._viewed_note = ""
+        self._file_threshold: tuple[OptimizerName, str] | None = None  # a viewed run's
         self.param.watch(lambda e: self.controller.set_speed(e.new), "speed")
         self._sync_url()
         self.settings.param.watch(self._on_settings, "changed")
@@ -178,8 +184,14 @@ class Dashboard(pn.viewable.Viewer):
         if message:
             return
         run = self.controller.run
-        if self.settings.last_changed <= LIVE_FIELDS and run is not None and not run.finished:
-            self.controller.set_lr(self.settings.lr)
+        settings = self.settings
+        # a hidden option of another optimiser (a link's batch_size for GD) changes no run
+        changed = {name for name in settings.last_changed if settings.used(name)}
+        if changed <= LIVE_FIELDS and run is not None and not run.finished:
+            if "lr" in changed:
+                self.controller.set_lr(settings.lr)
+            if changed & {"momentum", "beta1"}:
+                self.controller.set_hyper(momentum=settings.momentum, beta1=settings.beta1)
             return
         self.reset(play=run is not None and run.playing)
 
@@ -286,6 +298,10 @@ class Dashboard(pn.viewable.Viewer):
         """Move new engine rows into the plots; called every PULL_MS by the page."""
         if not has_viewers(pn.state.curdoc):
             return  # a closed tab: nothing to send, and bokeh may cull the session in between
+        if not pn.state.loaded:
+            # Panel drops the model changes made after the browser took the document and before
+            # it reported the page drawn: a threshold label set then never reached the page
+            return
         if not self._has_news():
             return  # no document work on the event loop: twenty idle tabs would add up
         if not self._tick_lock.acquire(blocking=False):
@@ -332,8 +348,10 @@ class Dashboard(pn.viewable.Viewer):
                 self._source, self._cursor = buffer, 0
                 self._seen_version = self._matrix_version = -1
                 self._next_curves = self._next_slow = now
+                self._file_threshold = buffer_threshold(buffer) if buffer is not None else None
                 self.plots.clear()
                 self._show_ladder_lr()
+            self.plots.set_threshold(*self._threshold())
             if buffer is not None and now >= self._next_curves \
                     and buffer.version != self._seen_version:
                 started = time.perf_counter()
@@ -389,6 +407,16 @@ class Dashboard(pn.viewable.Viewer):
         _set_if_changed(self.netcdf, filename=f"ntk-eos_{self.settings.preset}_lr{lr:g}.nc")
         _set_if_changed(self.csv, filename=f"ntk-eos_{self.settings.preset}_lr{lr:g}.csv")
 
+    def _threshold(self) -> tuple[OptimizerName, str]:
+        """(optimizer, threshold formula) of the run on screen: a live run's with its current
+        β, a viewed one's from its config, else the settings'."""
+        run = self.controller.run
+        if self.controller.viewed is None and run is not None:
+            return run.config.optimizer, run.threshold_label
+        if self._file_threshold is not None:
+            return self._file_threshold
+        return "gd", threshold_label("gd")
+
     def _show_ladder_lr(self) -> None:
         """Within a ladder the η control shows the η of the run on screen."""
         run = self.controller.run
@@ -422,6 +450,7 @@ class Dashboard(pn.viewable.Viewer):
                                               width=120)
         self.clear_button.on_click(self.clear_kept)
         self.lr_control = LearningRateControl(self.settings)
+        self.optimizer_select, self.optimizer_options = optimizer_controls(self.settings)
         self.preset_select = pn.widgets.Select.from_param(self.settings.param.preset,
                                                           sizing_mode="stretch_width")
         self.netcdf = pn.widgets.FileDownload(callback=self._download_netcdf, filename="run.nc",
@@ -448,7 +477,8 @@ class Dashboard(pn.viewable.Viewer):
     def _sidebar(self) -> pn.Column:
         run_box = pn.Column(
             "### Run", pn.Row(*self.buttons.values()), self.speed_slider,
-            pn.Row(self.keep_button, self.clear_button), self.lr_control)
+            pn.Row(self.keep_button, self.clear_button), self.optimizer_select, self.lr_control,
+            self.optimizer_options)
         sections = [pn.Card(*widgets, title=title, collapsed=title == "Run",
                             sizing_mode="stretch_width")
                     for title, widgets in settings_sections(self.settings)]

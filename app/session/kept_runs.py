@@ -13,7 +13,7 @@ from ntk_core.training.schema import last_measured
 from ntk_core.vocabulary import RunStatus
 
 MAX_KEPT = 8  # runs kept for comparison (the oldest is dropped)
-KEPT_COLUMNS = ("step", "loss", "sharpness", "two_over_lr", "kta", "topk_mass", "a1")
+KEPT_COLUMNS = ("step", "loss", "sharpness", "stability_threshold", "kta", "topk_mass", "a1")
 
 
 @dataclass
@@ -46,7 +46,7 @@ def keep_run(buffer: RunBuffer, label: str, lr: float) -> KeptRun:
     rows = buffer.rows(0)
     frame = pd.DataFrame({
         "step": rows["step"].astype(float), "loss": rows["loss"],
-        "sharpness": rows["sharpness"], "two_over_lr": rows["two_over_lr"],
+        "sharpness": rows["sharpness"], "stability_threshold": rows["stability_threshold"],
         "kta": rows["kta"], "topk_mass": rows["topk_mass"], "a1": rows["alignment"][:, 0],
     })
     final: dict[str, float] = {"loss": float(rows["loss"][-1]) if len(frame) else np.nan}

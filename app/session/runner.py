@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 
 from ntk_core.config import ConfigError, RunConfig
+from ntk_core.numerics import stability
 from ntk_core.training.buffer import RunBuffer
 from ntk_core.training.process_trainer import ProcessTrainer, TrainingProcessError
 from ntk_core.training.protocol import SteppableRun
@@ -82,6 +83,7 @@ class TrainingRun:
         self.error = ""
         self.steps_per_second = steps_per_second  # 0: as fast as the engine goes
         self._lr = config.lr
+        self._momentum, self._beta1 = config.momentum, config.beta1
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._go = threading.Event()  # set while there is work: playing, a pending step, a stop
@@ -125,6 +127,28 @@ class TrainingRun:
             if self.trainer is not None:
                 self.trainer.set_lr(lr)
 
+    def set_hyper(self, momentum: float | None = None, beta1: float | None = None) -> None:
+        """The momentum β (gd, sgd) or Adam's β₁ from the next step on; the weights and the
+        optimiser's state are kept. An option this run's optimiser does not read is ignored."""
+        optimizer = self.config.optimizer
+        momentum = momentum if optimizer in ("gd", "sgd") else None
+        beta1 = beta1 if optimizer == "adam" else None
+        if momentum is None and beta1 is None:
+            return
+        with self._lock:
+            self._momentum = self._momentum if momentum is None else momentum
+            self._beta1 = self._beta1 if beta1 is None else beta1
+            if self.trainer is not None:
+                self.trainer.set_hyper(momentum=momentum, beta1=beta1)
+
+    def _apply_hyper(self, trainer: SteppableRun) -> None:
+        """Hand the trainer a β or β₁ changed while it was being built."""
+        optimizer = self.config.optimizer
+        if optimizer in ("gd", "sgd") and self._momentum != self.config.momentum:
+            trainer.set_hyper(momentum=self._momentum)
+        if optimizer == "adam" and self._beta1 != self.config.beta1:
+            trainer.set_hyper(beta1=self._beta1)
+
     def wait_idle(self, timeout: float) -> bool:
         """Block until the requested steps are done (or the run ended); False on timeout.
         For scripts and tests: the dashboard itself never waits."""
@@ -142,6 +166,12 @@ class TrainingRun:
     @property
     def lr(self) -> float:
         return self._lr
+
+    @property
+    def threshold_label(self) -> str:
+        """The formula of the threshold the next step trains against: "(2+2β)/η, β = 0.5"."""
+        c = self.config
+        return stability.threshold_label(c.optimizer, self._momentum, c.nesterov, self._beta1)
 
     @property
     def status(self) -> str:
@@ -219,6 +249,7 @@ class TrainingRun:
             return
         with self._lock:
             trainer.set_lr(self._lr)
+            self._apply_hyper(trainer)
             self.trainer = trainer
         try:
             self._drive(trainer)
@@ -385,6 +416,11 @@ class RunController:
         self.touch()
         if self.run is not None:
             self.run.set_lr(lr)
+
+    def set_hyper(self, momentum: float | None = None, beta1: float | None = None) -> None:
+        self.touch()
+        if self.run is not None:
+            self.run.set_hyper(momentum=momentum, beta1=beta1)
 
     def set_speed(self, steps_per_second: float) -> None:
         self.touch()

@@ -3,8 +3,11 @@ changes, plus the preset they start from.
 
 The parameters are generated from ``RunConfig``'s type hints and defaults (one source of truth);
 the app only adds bounds that keep a shared server responsive. Options the dashboard does not
-show (``input_dim``, ``kernel``, ``momentum`` ...) come from the selected preset. ``to_config``
-builds the ``RunConfig`` and lets the engine validate it: every message shown is the engine's.
+show (``input_dim``, ``kernel`` ...) come from the selected preset. The optimiser's options
+(``OPTIMIZER_FIELDS``) reach the run only for the optimiser that reads them: the others take
+their ``RunConfig`` defaults, so switching to Adam and back keeps the momentum typed for GD.
+``to_config`` builds the ``RunConfig`` and lets the engine validate it: every message shown is
+the engine's.
 """
 
 from __future__ import annotations
@@ -29,10 +32,22 @@ from ntk_core.presets import DEFAULT_PRESET, Preset, load_preset, preset_names
 # The RunConfig fields that get a control, in the order they appear in the sidebar.
 CONTROL_FIELDS: tuple[str, ...] = (
     "dataset", "n", "classes", "target", "arch", "width", "depth", "activation",
-    "lr", "steps", "target_loss", "measure_every", "k", "seed",
+    "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "batch_size",
+    "steps", "target_loss", "measure_every", "k", "seed",
 )
-# Changing one of these keeps the weights (the trainer continues); any other field resets the run.
-LIVE_FIELDS = frozenset({"lr"})
+# Changing one of these keeps the weights and the optimiser's state (the trainer continues from
+# the next step: set_lr, set_hyper); any other field resets the run.
+LIVE_FIELDS = frozenset({"lr", "momentum", "beta1"})
+# The options each optimiser reads (numerics.stability gives the threshold they set).
+OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
+    "gd": ("momentum", "nesterov"),
+    "sgd": ("momentum", "nesterov", "batch_size"),
+    "adam": ("beta1", "beta2", "eps"),
+    "rmsprop": ("beta2", "eps"),
+}
+ALL_OPTIMIZER_FIELDS = ("momentum", "nesterov", "beta1", "beta2", "eps", "batch_size")
+# What the batch-size box holds before SGD is chosen (the engine's own example)
+DEFAULT_BATCH_SIZE = 64
 
 # Bounds a served dashboard accepts (tighter than the engine's hard limits: one run per tab).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -40,6 +55,11 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "width": (1, 2048),
     "depth": (1, min(16, MAX_DEPTH)),
     "lr": (1e-3, 10.0),
+    "momentum": (0.0, 0.99),
+    "beta1": (0.0, 0.99),
+    "beta2": (0.0, 0.9999),
+    "eps": (1e-12, 0.1),
+    "batch_size": (1, 4096),
     "steps": (1, 100_000),
     "target_loss": (0.0, 100.0),
     "measure_every": (1, 10_000),
@@ -52,7 +72,10 @@ SLIDER_RANGES: dict[str, tuple[int, int]] = {"n": (16, 1024), "width": (4, 512),
 LABELS: dict[str, str] = {
     "dataset": "Dataset", "n": "Training examples n", "classes": "Classes (e.g. 0,1,2,3)",
     "target": "Targets", "arch": "Architecture", "width": "Width", "depth": "Depth",
-    "activation": "Activation", "lr": "Learning rate η", "steps": "Steps",
+    "activation": "Activation", "optimizer": "Optimizer", "lr": "Learning rate η",
+    "momentum": "Momentum β", "nesterov": "Nesterov momentum", "beta1": "β₁ (first moment)",
+    "beta2": "β₂ (second moment)", "eps": "ε (preconditioner floor)", "batch_size": "Batch size",
+    "steps": "Steps",
     "target_loss": "Stop at loss (empty: never)", "measure_every": "Measure every",
     "k": "Top-k eigenpairs", "seed": "Seed",
 }
@@ -70,6 +93,8 @@ def config_parameter(name: str) -> param.Parameter:
     if choices:
         return param.Selector(default=default, objects=list(choices), label=label, doc=doc)
     base = option_base_type(name)
+    if base is bool:
+        return param.Boolean(default=default, label=label, doc=doc)
     if getattr(base, "__origin__", None) is tuple:
         text = "" if default is None else ",".join(map(str, default))
         return param.String(default=text, label=label, doc=doc)
@@ -92,8 +117,19 @@ def _preset_values(preset: Preset) -> dict[str, Any]:
         value = getattr(preset.config, name)
         if name == "classes":
             value = "" if value is None else ",".join(map(str, value))
+        if name == "batch_size" and value is None:
+            value = DEFAULT_BATCH_SIZE
         values[name] = value
     return values
+
+
+def for_optimizer(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the optimiser options that ``values["optimizer"]`` does not read set to
+    their RunConfig defaults (the engine refuses, say, a batch size for full-batch GD)."""
+    used = OPTIMIZER_FIELDS.get(values["optimizer"], ())
+    defaults = RunConfig()
+    return {**values, **{name: getattr(defaults, name) for name in ALL_OPTIMIZER_FIELDS
+                         if name not in used}}
 
 
 class RunSettings(param.Parameterized):
@@ -118,7 +154,14 @@ class RunSettings(param.Parameterized):
     width: int
     depth: int
     activation: str
+    optimizer: str
     lr: float
+    momentum: float
+    nesterov: bool
+    beta1: float
+    beta2: float
+    eps: float
+    batch_size: int | None
     steps: int
     target_loss: float | None
     measure_every: int
@@ -178,8 +221,8 @@ class RunSettings(param.Parameterized):
     def _refusal(self, name: str, value: Any) -> str:
         """Why control ``name`` cannot take ``value`` ('' when it can)."""
         try:
-            RunConfig.from_dict({**self.preset_info.config.to_dict(), **self.values(),
-                                 name: value})
+            RunConfig.from_dict({**self.preset_info.config.to_dict(),
+                                 **self.values({name: value})})
         except ConfigError as exc:
             if str(exc).startswith(f"{name}:"):  # another field's message is validate's job
                 return str(exc)
@@ -189,11 +232,16 @@ class RunSettings(param.Parameterized):
         return ""
 
     # ---- derived -------------------------------------------------------------------------
-    def values(self) -> dict[str, Any]:
-        """The control fields as RunConfig.from_dict input (strings are coerced by the engine)."""
-        values = {name: getattr(self, name) for name in CONTROL_FIELDS}
+    def values(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The control fields (with ``changes``) as RunConfig.from_dict input, the optimiser's
+        options only where it reads them (strings are coerced by the engine)."""
+        values = {name: getattr(self, name) for name in CONTROL_FIELDS} | (changes or {})
         values["classes"] = values["classes"].strip() or None
-        return values
+        return for_optimizer(values)
+
+    def used(self, name: str) -> bool:
+        """Whether the run reads control ``name`` (the optimiser's options depend on it)."""
+        return name not in ALL_OPTIMIZER_FIELDS or name in OPTIMIZER_FIELDS.get(self.optimizer, ())
 
     def to_config(self) -> RunConfig:
         """The run config: the preset's, overridden by the controls. Raises ConfigError."""
@@ -221,7 +269,7 @@ class RunSettings(param.Parameterized):
         preset = _preset_values(self.preset_info)
         out = {}
         for name in CONTROL_FIELDS:
-            if name in self.preset_info.sweep:
+            if name in self.preset_info.sweep or not self.used(name):
                 continue
             ours, theirs = getattr(self, name), preset[name]
             if name == "classes":  # "0, 1" and "0,1" are the same classes

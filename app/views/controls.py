@@ -2,7 +2,9 @@
 
 Each control field gets a widget chosen by its parameter type (selectors, sliders for the sizes,
 numeric inputs for counts); sliders write back on release (``value_throttled``) because a change
-restarts the run. η gets a log-scale slider plus an exact input, both linked to ``settings.lr``.
+restarts the run. η gets a log-scale slider plus an exact input, both linked to ``settings.lr``,
+with the optimiser's stability threshold beside them. The optimiser's options show only while
+the selected optimiser reads them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,21 @@ import param
 from bokeh.models import CustomJSTickFormatter
 
 from ntk_core.models import UNUSED_FIELDS
+from ntk_core.numerics.stability import stability_threshold, threshold_label
 
-from ..session.settings import BOUNDS, CONTROL_FIELDS, SLIDER_RANGES, RunSettings, round_lr
+from ..session.settings import (
+    ALL_OPTIMIZER_FIELDS,
+    BOUNDS,
+    SLIDER_RANGES,
+    RunSettings,
+    round_lr,
+)
 
 RADIO_FIELDS = frozenset({"target"})
 INPUT_FIELDS = frozenset({"steps", "measure_every", "seed"})
+STEPS = {"momentum": 0.05, "beta1": 0.01, "beta2": 0.001}  # the spinners' arrows
+OPTIMIZER_NAMES = {"gd": "GD (full batch)", "sgd": "SGD (mini-batch)", "adam": "Adam",
+                   "rmsprop": "RMSProp"}
 SPEEDS = {"1": 1.0, "2": 2.0, "5": 5.0, "10": 10.0, "20": 20.0, "50": 50.0, "max": 0.0}
 
 
@@ -30,12 +42,16 @@ def field_widget(settings: RunSettings, name: str) -> pn.widgets.Widget:
     if isinstance(p, param.Selector):
         kind = pn.widgets.RadioButtonGroup if name in RADIO_FIELDS else pn.widgets.Select
         return kind.from_param(p, **common)
+    if isinstance(p, param.Boolean):
+        return pn.widgets.Checkbox.from_param(p, **common)
     if name in SLIDER_RANGES:
         return pn.widgets.IntSlider.from_param(p, throttled=True, **common)
     common["description"] = _describe(name)
     if isinstance(p, param.Integer):
         return pn.widgets.IntInput.from_param(p, **common)
     if isinstance(p, param.Number):
+        if name in STEPS:
+            common["step"] = STEPS[name]
         return pn.widgets.FloatInput.from_param(p, **common)
     return pn.widgets.TextInput.from_param(p, placeholder="all classes", **common)
 
@@ -48,8 +64,21 @@ def _describe(name: str) -> str:
     return text
 
 
+def threshold_text(settings: RunSettings) -> str:
+    """The next run's stability threshold as the sidebar shows it: "**2/η = 20**",
+    "**(2+2β)/η = 20**, β = 0.5", "**38/η = 19,000** (Adam, β₁ = 0.9)"."""
+    v = settings.values()
+    label = threshold_label(v["optimizer"], v["momentum"], v["nesterov"], v["beta1"])
+    value = stability_threshold(v["optimizer"], settings.lr, v["momentum"], v["nesterov"],
+                                v["beta1"])
+    cut = min((i for i in (label.find(", "), label.find(" (")) if i >= 0), default=len(label))
+    shown = f"{value:,.0f}" if value >= 1e4 else f"{value:.4g}"
+    return f"**{label[:cut]} = {shown}**{label[cut:]}"
+
+
 class LearningRateControl(pn.viewable.Viewer):
-    """η on a log slider (10⁻³ … 10) and as an exact number, with 2/η shown beside it."""
+    """η on a log slider (10⁻³ … 10) and as an exact number, with the optimiser's stability
+    threshold beside it (``threshold_text``)."""
 
     def __init__(self, settings: RunSettings, **params: Any) -> None:
         super().__init__(**params)
@@ -63,10 +92,11 @@ class LearningRateControl(pn.viewable.Viewer):
         # (the box showed −1 while the run kept its η); the settings report it instead
         self.input = pn.widgets.FloatInput(label="η", value=settings.lr, step=0.01, width=110,
                                            description=_describe("lr"))
-        self.threshold = pn.pane.Markdown(self._threshold_text(), margin=(22, 5, 0, 10))
+        self.threshold = pn.pane.Markdown(threshold_text(settings), margin=(22, 5, 0, 10))
         self.slider.param.watch(self._from_slider, "value_throttled")
         self.input.param.watch(self._from_input, "value")
         settings.param.watch(self._from_settings, "lr")
+        settings.param.watch(self._show_threshold, ["optimizer", "momentum", "nesterov", "beta1"])
 
     def _from_slider(self, event: param.parameterized.Event) -> None:
         self.settings.lr = round_lr(10 ** event.new)
@@ -83,22 +113,42 @@ class LearningRateControl(pn.viewable.Viewer):
             self.slider.value = min(max(math.log10(event.new), self.slider.start), self.slider.end)
         if self.input.value != event.new:
             self.input.value = event.new
-        self.threshold.object = self._threshold_text()
+        self._show_threshold()
 
-    def _threshold_text(self) -> str:
-        return f"**2/η = {2 / self.settings.lr:.4g}**"
+    def _show_threshold(self, *_: object) -> None:
+        self.threshold.object = threshold_text(self.settings)
 
     def __panel__(self) -> pn.layout.Column:
         return pn.Column(self.slider, pn.Row(self.input, self.threshold),
                          sizing_mode="stretch_width")
 
 
+def optimizer_controls(settings: RunSettings) -> tuple[pn.widgets.Widget, pn.Column]:
+    """The optimiser selector, and its options in a column that shows only those the selected
+    optimiser reads (``RunSettings.used``): β and Nesterov for GD and SGD, the batch size for
+    SGD, β₁, β₂ and ε for Adam, β₂ and ε for RMSProp."""
+    choices = settings.param.optimizer.objects
+    select = pn.widgets.Select.from_param(
+        settings.param.optimizer, options={OPTIMIZER_NAMES.get(o, o): o for o in choices},
+        sizing_mode="stretch_width")
+    widgets = {name: field_widget(settings, name) for name in ALL_OPTIMIZER_FIELDS}
+
+    def show_used(*_: object) -> None:
+        for name, widget in widgets.items():
+            widget.visible = settings.used(name)
+
+    settings.param.watch(show_used, "optimizer")
+    show_used()
+    return select, pn.Column(*widgets.values(), sizing_mode="stretch_width", margin=0)
+
+
 def settings_sections(settings: RunSettings) -> list[tuple[str, list[pn.viewable.Viewable]]]:
-    """The control fields grouped for the sidebar: data, model, run."""
-    widgets = {name: field_widget(settings, name) for name in CONTROL_FIELDS if name != "lr"}
+    """The control fields grouped for the sidebar: data, model, run (η and the optimiser are
+    in the Run box above them: ``LearningRateControl``, ``optimizer_controls``)."""
     groups = {"Data": ("dataset", "n", "classes", "target"),
               "Model": ("arch", "width", "depth", "activation"),
               "Run": ("steps", "target_loss", "measure_every", "k", "seed")}
+    widgets = {name: field_widget(settings, name) for names in groups.values() for name in names}
 
     def grey_out_unused(*_: object) -> None:  # e.g. depth and activation for linear2
         unused = UNUSED_FIELDS.get(settings.arch, ())

@@ -9,8 +9,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from ntk_core.numerics.stability import threshold_label
 from ntk_core.training.buffer import RunBuffer
-from ntk_core.training.schema import last_measured
+from ntk_core.training.schema import RunSchemaError, config_from_attrs, last_measured
+from ntk_core.vocabulary import OptimizerName
 
 from ..session.kept_runs import KeptRun
 
@@ -22,7 +24,11 @@ STEP_COLUMNS = ["step", "loss", "accuracy", "two_over_lr"]
 # Measured rows are split by how often the page redraws them: the fast curves (sharpness and
 # the u₁ᵀr oscillation) with every update, the slow ones (eigenvalues and alignment, which
 # change over tens of steps) once a second; each redrawn figure costs the browser a paint.
-MEASURE_COLUMNS = ["step", "two_over_lr", "sharpness", "gn_sharpness", "u1_residual"]
+# The sharpness the optimiser's threshold is drawn against (``tracked_sharpness``) is the
+# Hessian's for GD, or one of the two extra columns for the adaptive methods and SGD.
+TRACKED_COLUMNS = ["preconditioned_sharpness", "batch_sharpness"]
+MEASURE_COLUMNS = ["step", "two_over_lr", "stability_threshold", "sharpness", "gn_sharpness",
+                   *TRACKED_COLUMNS, "u1_residual"]
 EIGENVALUE_COLUMNS = [f"lam{i + 1}" for i in range(K_SHOW)]
 LABEL_ALIGNMENT_COLUMNS = ["kta", "topk_mass", "a1"]
 SPECTRUM_COLUMNS = ["step", "two_over_lr", *EIGENVALUE_COLUMNS, *LABEL_ALIGNMENT_COLUMNS]
@@ -163,6 +169,17 @@ def comparison_frame(kept: list[KeptRun]) -> pd.DataFrame:
                            "topk_mass": k.final.get("topk_mass", np.nan)} for k in kept],
                          columns=COMPARE_COLUMNS)
     return frame.sort_values("lr")
+
+
+def buffer_threshold(buffer: RunBuffer) -> tuple[OptimizerName, str]:
+    """(optimizer, threshold formula) of the run in ``buffer`` as its config started it; a file
+    whose config cannot be read is taken for plain gradient descent. A live run's β can have
+    changed since: ``TrainingRun.threshold_label`` has the current one."""
+    try:
+        c = config_from_attrs(buffer.attrs)
+    except RunSchemaError:
+        return "gd", threshold_label("gd")
+    return c.optimizer, threshold_label(c.optimizer, c.momentum, c.nesterov, c.beta1)
 
 
 def buffer_kernel_name(buffer: RunBuffer) -> str:

@@ -33,7 +33,9 @@ from bokeh.models import (
 from bokeh.palettes import RdBu, interp_palette
 from bokeh.plotting import figure
 
+from ntk_core.numerics.stability import threshold_label, tracked_sharpness
 from ntk_core.training.buffer import RunBuffer
+from ntk_core.vocabulary import OptimizerName
 
 from ..session.kept_runs import KEPT_COLUMNS, MAX_KEPT, KeptRun
 from .plot_data import (
@@ -61,6 +63,22 @@ BUFFER_LENGTH = 20_000  # rows kept per curve source (the most recent steps)
 PLOT_HEIGHT = 290
 LOG_TICKS = [1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 THRESHOLD_COLOR = "#d62728"
+TWO_OVER_LR_COLOR = "#7f7f7f"
+# The sharpness figure's lines: column, legend label, style (the threshold's label is the run's
+# formula, set by ``set_threshold``). Which ones a run shows depends on its optimiser.
+SHARPNESS_LINES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("sharpness", "sharpness λ_max(H)", {"color": "#1f77b4", "line_width": 2.5}),
+    ("preconditioned_sharpness", "preconditioned sharpness λ_max(P⁻¹H)",
+     {"color": "#ff7f0e", "line_width": 2.5}),
+    ("batch_sharpness", "batch sharpness", {"color": "#ff7f0e", "line_width": 2.5}),
+    ("gn_sharpness", "GN sharpness λ₁(K)/n",
+     {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"}),
+    ("two_over_lr", "2/η", {"color": TWO_OVER_LR_COLOR, "line_width": 1.5, "line_dash": "dashed"}),
+    ("stability_threshold", "2/η", {"color": THRESHOLD_COLOR, "line_width": 2.5,
+                                    "line_dash": "dashed"}),
+)
+EIGENVALUES_TITLE = f"Top-{K_SHOW} NTK eigenvalues λᵢ/n"
+EIGENVALUES_LINE = " vs 2/η (dashed)"
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
               "#bcbd22", "#7f7f7f")
 DIVERGING = interp_palette(RdBu[11], 256)  # blue (negative) to red (positive)
@@ -257,7 +275,11 @@ class LivePlots:
         # (axis, its label, hover tool) of the figures showing alignments: they name the kernel
         self._kernel_labelled: list[tuple[Axis, str, HoverTool]] = []
         self.kernel_label = ""  # kernel_name of the run on screen; "" before one
+        # (optimizer, formula) of the run on screen, and the sharpness lines it shows in order
+        self.threshold: tuple[str, str] = ("", "")
+        self._sharpness_order: list[str] = []
         self._build()
+        self.set_threshold("gd", threshold_label("gd"))
 
     # ---- construction --------------------------------------------------------------------
     def _line(self, fig: figure, source: ColumnDataSource, y: str, **style: Any) -> GlyphRenderer:
@@ -271,26 +293,27 @@ class LivePlots:
         self._loss_legend = _legend(f, [_streamed_entry(f, "current", live)], ncols=3)
         f.add_tools(_step_hover())
         self.loss_fig = f
-        # 2. sharpness against 2/η
-        f = _figure("Sharpness vs the stability threshold 2/η", "sharpness")
-        items = [_streamed_entry(f, label, self._line(f, self.measures, col, **style))
-                 for col, label, style in (
-                     ("sharpness", "sharpness λ_max(H)", {"color": "#1f77b4", "line_width": 2.5}),
-                     ("gn_sharpness", "GN sharpness λ₁(K)/n",
-                      {"color": "#2ca02c", "line_width": 2.5, "line_dash": "dotted"}),
-                     ("two_over_lr", "2/η", {"color": THRESHOLD_COLOR, "line_width": 2.5,
-                                             "line_dash": "dashed"}))]
-        # in one row the three labels want 300 px: 2/η goes beside the sharpness, GN below
-        _legend(f, [items[0], items[2], items[1]], ncols=2)
+        # 2. sharpness against the optimiser's stability threshold
+        f = _figure("Sharpness vs the stability threshold", "sharpness")
+        self.sharpness_lines: dict[str, GlyphRenderer] = {}
+        self._sharpness_entries: dict[str, LegendItem] = {}
+        for col, label, style in SHARPNESS_LINES:
+            line = self._line(f, self.measures, col, **style)
+            self.sharpness_lines[col] = line
+            self._sharpness_entries[col] = _streamed_entry(f, label, line)
+        # rows of two: the tracked sharpness beside its threshold, the other sharpness below
+        self._sharpness_legend = _legend(f, [], ncols=2)
         f.add_tools(_step_hover())
         self.sharpness_fig = f
-        # 3. top NTK eigenvalues / n
-        f = _figure(f"Top-{K_SHOW} NTK eigenvalues λᵢ/n vs 2/η (dashed)", "λᵢ / n")
+        # 3. top NTK eigenvalues / n: λ₁/n is the Gauss–Newton sharpness, whose edge under plain
+        # GD is 2/η; the adaptive methods' edge is in their own metric, so they get no line here
+        f = _figure(EIGENVALUES_TITLE + EIGENVALUES_LINE, "λᵢ / n")
         for i in reversed(range(K_SHOW)):
             self._line(f, self.spectrum, f"lam{i + 1}", color=_shade(i),
                        line_width=2.5 if i == 0 else 1.2)
-        self._line(f, self.spectrum, "two_over_lr", color=THRESHOLD_COLOR, line_width=2.5,
-                   line_dash="dashed")
+        self._eigen_two_over_lr = self._line(f, self.spectrum, "two_over_lr",
+                                             color=THRESHOLD_COLOR, line_width=2.5,
+                                             line_dash="dashed")
         f.add_tools(_step_hover())
         self.eigenvalues_fig = f
         # 4. KTA, Aₖ, a₁
@@ -312,10 +335,11 @@ class LivePlots:
         self.followed = {fig: FollowedRanges(fig, log_y=fig is self.loss_fig)
                          for fig in (self.loss_fig, self.sharpness_fig, self.eigenvalues_fig,
                                      self.alignment_fig, self.residual_fig)}
+        self._eigen_columns = ["two_over_lr", *EIGENVALUE_COLUMNS]  # set_threshold edits it
         for fig, source, columns in (
                 (self.loss_fig, self.steps, ["loss"]),
-                (self.sharpness_fig, self.measures, ["sharpness", "gn_sharpness", "two_over_lr"]),
-                (self.eigenvalues_fig, self.spectrum, ["two_over_lr", *EIGENVALUE_COLUMNS]),
+                (self.sharpness_fig, self.measures, [col for col, _, _ in SHARPNESS_LINES]),
+                (self.eigenvalues_fig, self.spectrum, self._eigen_columns),
                 (self.alignment_fig, self.spectrum, LABEL_ALIGNMENT_COLUMNS),
                 (self.residual_fig, self.measures, ["u1_residual"])):
             self._followers.append((source, self.followed[fig], columns))
@@ -457,6 +481,38 @@ class LivePlots:
             for fig in (self.spectrum_fig, self.spectrum_legend_fig):
                 fig.title.text = f"Alignment spectrum at step {step}"
             self._show_empty_frames()
+
+    def set_threshold(self, optimizer: OptimizerName, label: str) -> None:
+        """Draw the run's tracked sharpness against its threshold line, labelled ``label``
+        (``threshold_label``). The Hessian and Gauss–Newton sharpness stay; with momentum the
+        plain 2/η is drawn too (grey), since the sharpness climbs through it on the way to
+        (2+2β)/η. Only a change touches the figures."""
+        if (optimizer, label) == self.threshold:
+            return
+        old_optimizer, old_label = self.threshold
+        self.threshold = (optimizer, label)
+        entries = self._sharpness_entries
+        if label != old_label:
+            entries["stability_threshold"].label = value(label)
+        tracked = tracked_sharpness(optimizer)
+        adaptive = optimizer in ("adam", "rmsprop")
+        grey = not adaptive and label != threshold_label("gd")
+        order = [tracked, "stability_threshold",
+                 *[c for c in ("sharpness", "gn_sharpness") if c != tracked],
+                 *(["two_over_lr"] if grey else [])]
+        if order != self._sharpness_order:  # a line the user hid stays hidden otherwise
+            self._sharpness_order = order
+            # 2/η is red where it is the run's threshold, grey beside another one
+            self._eigen_two_over_lr.glyph.line_color = TWO_OVER_LR_COLOR if grey else THRESHOLD_COLOR
+            for col, line in self.sharpness_lines.items():
+                line.visible = col in order
+            self._sharpness_legend.items = [entries[col] for col in order]
+        if optimizer != old_optimizer:
+            self._eigen_two_over_lr.visible = not adaptive
+            self._eigen_columns[:] = (["two_over_lr"] if not adaptive else []) + EIGENVALUE_COLUMNS
+            self.eigenvalues_fig.title.text = EIGENVALUES_TITLE + ("" if adaptive
+                                                                   else EIGENVALUES_LINE)
+            self._refit_ranges({self.followed[self.eigenvalues_fig]})
 
     def set_kernel(self, name: str) -> None:
         """Name the kernel (``kernel_name``) on the axes and in the tooltips of the alignment

@@ -153,7 +153,7 @@ def test_every_legend_lies_outside_the_plot_frame() -> None:
               for fig in all_figures(plots)}
     assert {title: sides for title, sides in placed.items() if sides} == {
         "Training loss": ["above"],
-        "Sharpness vs the stability threshold 2/η": ["above"],
+        "Sharpness vs the stability threshold": ["above"],
         "Label alignment: KTA, Aₖ, a₁": ["above"],
         "Final alignment against η (kept runs)": ["right"],
         "Alignment spectrum (top eigenpairs)": ["right"],  # the Compare tab's twin
@@ -191,22 +191,30 @@ def overlap(a: list[float], b: list[float]) -> bool:
 
 
 @pytest.mark.browser
-def test_no_legend_covers_the_frame_or_title_after_eta_is_lowered(page: Page,
-                                                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize(("changes", "label"), [
+    ({}, "2/η"),
+    # the longest labels: the preconditioned sharpness beside Adam's threshold
+    ({"optimizer": "adam", "lr": 0.002}, "38/η (Adam, β₁ = 0.9)"),
+])
+def test_no_legend_covers_the_frame_or_title_after_eta_is_lowered(
+        page: Page, tmp_path: Path, changes: dict, label: str) -> None:
     """A run with η halved halfway, its figures laid out as the Live and Compare tabs lay them
     out at 1600 px (three figures a row, their frames lined up): every legend BokehJS draws is
     clear of its frame and its title, and is not cut off at the figure's edges."""
-    run = Trainer(SMALL_CONFIG)
+    config = SMALL_CONFIG.replace(**changes)
+    run = Trainer(config)
     for step in range(40):
         if step == 20:
-            run.set_lr(SMALL_CONFIG.lr / 2)
+            run.set_lr(config.lr / 2)
         run.step()
     plots = LivePlots()
+    plots.set_threshold(config.optimizer, label)
     plots.push_rows(run.buffer.rows(0), n=32)
     plots.push_matrices(run.buffer)
-    plots.set_kept([keep_run(run.buffer, "η=0.1→0.05", 0.05)])
-    threshold = plots.measures.data["two_over_lr"]
-    assert threshold[0] == 20 and threshold[-1] == 40
+    plots.set_kept([keep_run(run.buffer, f"η={config.lr:g}→{config.lr / 2:g}", config.lr / 2)])
+    threshold = plots.measures.data["stability_threshold"]
+    assert threshold[-1] == pytest.approx(2 * threshold[0])
+    assert label in [item.label.value for item in plots._sharpness_legend.items]
     pane = {"sizing_mode": "stretch_width", "height": PLOT_HEIGHT + 10}
     tabs = pn.Column(
         pn.GridBox(*(pn.pane.Bokeh(fig, **pane) for fig in plots.live_figures()), ncols=3,
