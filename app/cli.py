@@ -30,6 +30,11 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="pause a run after this long without input (0: never)")
     g.add_argument("--training", choices=["process", "thread"], default=None,
                    help="train each run in a child process (default) or in the server process")
+    own = p.add_argument_group("your own model and data (a local server only, not --hosted)")
+    own.add_argument("--arch", metavar="PACKAGE.MODULE:FACTORY", default=None,
+                     help="train factory(input_shape, num_outputs) in every tab")
+    own.add_argument("--data", metavar="FILE.npz", default=None,
+                     help="train on arrays X and y of a NumPy .npz file in every tab")
     p.set_defaults(func=serve, forward=True)
 
 
@@ -37,6 +42,7 @@ def serve(args: argparse.Namespace) -> int:
     env = launch.limits_env(hosted=args.hosted, max_sessions=args.max_sessions,
                      max_trainings=args.max_trainings, torch_threads=args.torch_threads,
                      idle_minutes=args.idle_minutes, training=args.training)
+    env = launch.own_inputs_env(args.arch, args.data, env)
     return launch.serve(port=args.port, address=args.address, show=args.show,
                  allow_websocket_origin=args.allow_websocket_origin, extra_args=args.extra,
                  limits=env)

@@ -4,7 +4,8 @@
 ``app/main.py`` serves one per browser tab. Each instance owns a ``RunController`` (a background
 training thread) and pulls new rows from the engine's buffer every ``PULL_MS`` milliseconds;
 the eigenvalue and alignment curves, the matrices and the comparison views refresh about once a
-second.
+second. ``Dashboard(model=..., data=(X, y))`` trains the user's own module and arrays in place of
+the preset's (``app.session.own_inputs``); the controls they replace are greyed out.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .files.runs import (
 from .files.storage import RunStore
 from .session import limits as server_limits
 from .session.limits import has_viewers
+from .session.own_inputs import Data, Model, OwnInputs
 from .session.runner import RunController
 from .session.settings import LIVE_FIELDS, RunSettings
 from .views.controls import SPEEDS, LearningRateControl, optimizer_controls, settings_sections
@@ -95,13 +97,17 @@ class Dashboard(pn.viewable.Viewer):
                             doc="Plots per row on the Live tab (2 suits a notebook's width).")
 
     def __init__(self, *, settings: RunSettings | None = None, staged: bool = False,
-                 **params: Any) -> None:
+                 model: Model | None = None, data: Data | None = None, **params: Any) -> None:
         """``settings``: what the next run trains (the default preset when None). ``staged``:
         the Live tab's plots start out of the page and join it one by one through
-        ``add_plots`` (see ``app.server.page_loading``)."""
+        ``add_plots`` (see ``app.server.page_loading``). ``model``: your own ``nn.Module``
+        (each run starts from a copy of its weights as given) or a ``package.module:factory``
+        name; ``data``: your ``(X, y)`` arrays, a ``Dataset`` or a ``.npz`` file. Either
+        replaces the preset's and trains in this process."""
         super().__init__(**params)
         self.settings = settings if settings is not None else RunSettings()
-        self.controller = RunController()
+        self.own = OwnInputs.of(model, data)
+        self.controller = RunController(own=self.own)
         self.plots = LivePlots()
         self._source: RunBuffer | None = None  # the buffer on screen
         self._cursor = 0
@@ -481,7 +487,7 @@ class Dashboard(pn.viewable.Viewer):
             self.optimizer_options)
         sections = [pn.Card(*widgets, title=title, collapsed=title == "Run",
                             sizing_mode="stretch_width")
-                    for title, widgets in settings_sections(self.settings)]
+                    for title, widgets in settings_sections(self.settings, self._ignored)]
         files = pn.Card(self.netcdf, self.csv, pn.pane.Markdown(
             f"Open a saved run (.nc, up to {MAX_UPLOAD_MB} MB):", margin=(5, 10, 0, 10)),
             self.upload, *([self.server_files] if self.server_files is not None else []),
@@ -496,13 +502,23 @@ class Dashboard(pn.viewable.Viewer):
                    sizing_mode="stretch_width"),
             self.ladder_pane, self.config_alert, self.run_alert, sizing_mode="stretch_width")
 
+    @property
+    def _ignored(self) -> frozenset[str]:
+        """The settings the runs do not read: those your own model and data replace."""
+        return self.own.ignored if self.own is not None else frozenset()
+
     def _about(self, *_: object) -> str:
         """The preset's title and paragraph, and what the controls changed from it (the
-        paragraph's numbers are the preset's)."""
+        paragraph's numbers are the preset's); first, your own model and data when given."""
         info = self.settings.preset_info
         text = f"### {info.title}\n\n{info.description}"
+        if self.own is not None:
+            text = (f"### Training {self.own.describe()}\n\nWith the *{info.title}* preset's "
+                    f"other settings; the greyed-out controls are not used.\n\n"
+                    f"{info.description}")
         changes = [f"{FIELD_NAMES.get(name, name)} {_shown(old)} → {_shown(new)}"
-                   for name, (old, new) in self.settings.overrides().items()]
+                   for name, (old, new) in self.settings.overrides().items()
+                   if name not in self._ignored]
         if changes:
             text += f"\n\n*Changed from the preset:* {', '.join(changes)}."
         return text

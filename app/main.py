@@ -9,7 +9,9 @@ a place.
 
 A served tab builds its Dashboard only once the page has loaded, off the event loop and in
 stages (``app.server.page_loading``), so that twenty tabs opened at once do not stall the
-server.
+server. A local server started with ``ntk-eos serve --arch package.module:factory --data
+file.npz`` trains that model and data in every tab (``app.session.own_inputs.served``: the
+server's environment, never the page's URL; refused in hosted mode).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.dashboard import Dashboard
 from app.server import browser_patches
 from app.server.page_loading import deferred_page
 from app.session.limits import SessionRegistry, live_sessions
+from app.session.own_inputs import served
 from app.views.untrusted import install_location
 
 TITLE = "ntk-eos: the Edge of Stability and the NTK, live"
@@ -51,13 +54,14 @@ def create_app(sessions: SessionRegistry | None = None) -> pn.viewable.Viewable 
     # link such as ?n=² raises and leaves the page at "Loading"
     install_location(doc)
     key = context.id if context is not None else object()
+    model, data = served()  # the server's --arch and --data: what every tab trains
     if not sessions.enter(key):
         return busy_page(sessions.capacity)
     if doc is None or context is None:  # outside a server nothing ends the session
-        return Dashboard()  # the caller leaves
+        return Dashboard(model=model, data=data)  # the caller leaves
     pn.state.on_session_destroyed(lambda _: sessions.leave(key))
     browser_patches.install(doc)
-    return deferred_page(lambda: Dashboard(staged=True), Dashboard.add_plots)
+    return deferred_page(lambda: Dashboard(staged=True, model=model, data=data), Dashboard.add_plots)
 
 
 if pn.state.served:

@@ -2,7 +2,7 @@
 
 The snippets are read from README.md itself, so an edit that breaks one fails here. Each known
 snippet then has its results checked: the library snippet's kernel, spectrum and sharpness
-against dense references, the notebook snippet's dashboard built (and closed) without a server.
+against dense references, the notebook snippets' dashboards built (and closed) without a server.
 A Python snippet this file does not know fails too, so that a new one gets a test.
 """
 
@@ -123,10 +123,33 @@ def check_own_model(ns: dict, folder: Path) -> None:
     assert ds.loss.values[-1] < ds.loss.values[0]
 
 
+def check_own_dashboard(ns: dict, folder: Path) -> None:
+    """The notebook dashboard of the user's module and arrays: a step trains a copy of the
+    module on them, and the header says so."""
+    from app.session.runner import training_threads
+
+    dashboard = ns["dashboard"]
+    try:
+        dashboard.step()
+        run = dashboard.controller.run
+        assert run.wait_idle(60) and len(run.buffer) == 1
+        assert run.trainer.model is not ns["model"] and dashboard.columns == 2
+        attrs = run.buffer.attrs
+        assert attrs["model"] == "user module Sequential"
+        assert attrs["data"] == "arrays (user arrays: X (200, 10), Y (200, 3))"
+        assert dashboard._about().startswith("### Training your model `Sequential`")
+    finally:
+        dashboard.close()
+    for thread in training_threads():
+        thread.join(30)
+    assert not training_threads(), "closing the dashboard ends its training"
+
+
 CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "In Jupyter": check_notebook,
     "Library": check_library,
     "Your own model and data": check_own_model,
+    "Your own model and data in the dashboard": check_own_dashboard,
 }
 
 

@@ -8,7 +8,8 @@ runs in its own threads either way); a closed tab's session is culled within
 training; ``/liveness`` answers health checks; uploads arrive in chunks, so a websocket
 message is at most ``app.views.upload.WEBSOCKET_MAX_BYTES``. The server limits
 (``app.session.limits``) travel as ``NTK_EOS_*`` environment variables and are applied by the
-``--setup`` script ``app/server/startup.py``.
+``--setup`` script ``app/server/startup.py``; so do a local server's own model and data
+(``own_inputs_env``, read by ``app/main.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import sys
 import threading
 from pathlib import Path
 
+from ntk_core.config import ConfigError
+from ntk_core.presets import DEFAULT_PRESET, load_preset
+
 from ..session.limits import ENV_PREFIX, ServerLimits
+from ..session.own_inputs import ARCH_ENV, DATA_ENV, HOSTED_REFUSAL, OwnInputs
 from ..views.upload import WEBSOCKET_MAX_BYTES
 
 APP_PATH = Path(__file__).parents[1] / "main.py"
@@ -45,6 +50,26 @@ def limits_env(hosted: bool = False, max_sessions: int | None = None,
     env.update({ENV_PREFIX + k: str(v) for k, v in options.items() if v is not None})
     ServerLimits.from_env(env)
     return env
+
+
+def own_inputs_env(arch: str | None, data: str | None, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with ``NTK_EOS_ARCH`` and ``NTK_EOS_DATA`` for ``serve --arch --data``. Checked
+    here, so that a bad name or file is a one-line error before the server starts: the data is
+    read and the model built once, as ``ntk-eos run`` does. ConfigError on a hosted server,
+    before anything is imported or read."""
+    given = [flag for flag, value in (("--arch", arch), ("--data", data)) if value]
+    if not given:
+        return env
+    if ServerLimits.from_env(env).mode == "hosted":
+        raise ConfigError(f"{' and '.join(given)}: {HOSTED_REFUSAL}")
+    if arch and ":" not in arch:
+        raise ConfigError(f"--arch: serve takes a 'package.module:factory' name (the page "
+                          f"chooses among the built-in architectures), got {arch!r}")
+    path = str(Path(data).resolve()) if data else ""
+    own = OwnInputs.of(arch, path or None)
+    if own is not None:
+        own.build(load_preset(DEFAULT_PRESET).config)
+    return {**env, ARCH_ENV: arch or "", DATA_ENV: path}
 
 
 def serve_command(port: int = 5006, address: str = "localhost", show: bool = False,

@@ -4,9 +4,10 @@ Run as a script (``panel serve`` executes it in the server process), it reads ``
 from the environment, sets the process's torch threads (new training threads start from this
 value; each also sets its own) and a short GIL switch interval, imports the page's modules and
 freezes the objects alive at startup out of the garbage collector's scans, and prints the
-limits. When ``NTK_EOS_STATS_SECONDS`` is set, it also prints a JSON line of load figures at that
-interval (sessions, trainings, queue, training threads, memory) for monitoring and the load
-test. Imported, it only defines the functions.
+limits; a hosted server given a model or data to import (``app.session.own_inputs``) stops
+before it serves a page. When ``NTK_EOS_STATS_SECONDS`` is set, it also prints a JSON line of
+load figures at that interval (sessions, trainings, queue, training threads, memory) for
+monitoring and the load test. Imported, it only defines the functions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import torch
 
 from app.session.limits import ServerLimits, configure, live_sessions, training_slots
+from app.session.own_inputs import served
 from app.session.runner import training_threads
 from ntk_core.training.process_trainer import prestart, training_processes
 
@@ -95,6 +97,7 @@ def start_stats_log(seconds: float) -> threading.Thread | None:
 
 
 if __name__ != "app.server.startup":  # executed by panel serve --setup, not imported
+    served()  # a hosted server given NTK_EOS_ARCH or NTK_EOS_DATA stops here, before any page
     if apply_limits().training == "process":
         prestart()  # the fork server's torch import, before the first Play rather than after
     freeze_startup_objects()

@@ -5,8 +5,9 @@ it. The thread builds the trainer (data and model loading happen off the UI thre
 while playing or while single steps are pending, sleeping between steps to respect the speed cap.
 The trainer is a ``ProcessTrainer`` (the default, ``ServerLimits.training = "process"``): the
 steps run in a child process and this thread only mirrors their records, so the page's Python
-and the training never compete for one GIL. With ``"thread"`` it is a ``Trainer`` in this
-process.
+and the training never compete for one GIL. With ``"thread"``, and for the user's own model or
+data (``app.session.own_inputs``: a notebook's module cannot be pickled into a child), it is a
+``Trainer`` in this process.
 ``RunController`` is the session's view: the current run, the preset's ladder of runs still to go,
 the runs kept for comparison, and a saved run opened for viewing. Nothing here imports panel: the
 page polls ``buffer`` / ``status_line`` from its periodic callback.
@@ -39,6 +40,7 @@ from ntk_core.vocabulary import TERMINAL, RunStatus
 from . import limits as server_limits
 from .kept_runs import MAX_KEPT, KeptRun, keep_run, lr_history_label
 from .limits import ServerLimits, TrainingSlots
+from .own_inputs import HOSTED_REFUSAL, OwnInputs
 
 THREAD_PREFIX = "ntk-eos-train-"
 LOADING = "loading"  # a session's run before its trainer exists (never a logged status)
@@ -75,8 +77,10 @@ class TrainingRun:
     ``slots`` (the process's training slots unless given)."""
 
     def __init__(self, config: RunConfig, steps_per_second: float = 0.0,
-                 slots: TrainingSlots | None = None, limits: ServerLimits | None = None) -> None:
+                 slots: TrainingSlots | None = None, limits: ServerLimits | None = None,
+                 own: OwnInputs | None = None) -> None:
         self.config = config
+        self.own = own  # the user's model and data, in place of the config's
         self.limits = limits or server_limits.current()
         self.slots = slots or server_limits.training_slots()
         self.trainer: SteppableRun | None = None
@@ -231,7 +235,7 @@ class TrainingRun:
         return None if self.error else trainer
 
     def _new_trainer(self) -> SteppableRun:
-        if self.limits.training == "process":
+        if self.limits.training == "process" and self.own is None:
             # A lecturer's laptop: the run gets its own share of the cores against the browser.
             # A hosted server trains on every core: its runs yield to the event loop instead.
             hosted = self.limits.mode == "hosted"
@@ -241,7 +245,8 @@ class TrainingRun:
                                   own_session=not hosted, nice=HOSTED_TRAINING_NICE if hosted else 0)
         # OpenMP threads are a per-thread setting in torch: this thread's share of the cores
         torch.set_num_threads(self.limits.torch_threads)
-        return Trainer(self.config)
+        data, model = self.own.build(self.config) if self.own is not None else (None, None)
+        return Trainer(self.config, data=data, model=model)
 
     def _train(self) -> None:
         trainer = self._build()
@@ -321,11 +326,16 @@ def status_line(step: int, status: str, queue: tuple[int, int] | None = None) ->
 
 class RunController:
     """The runs of one session: the current one, the ladder still to go, kept runs, a viewed
-    file. All methods are meant for the UI thread."""
+    file. All methods are meant for the UI thread. ``own``: the user's model and data, which
+    every run trains in place of its config's (never on a hosted server)."""
 
     def __init__(self, limits: ServerLimits | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 own: OwnInputs | None = None) -> None:
         self.limits = limits or server_limits.current()
+        if own is not None and self.limits.mode == "hosted":
+            raise ConfigError(f"your own model and data: {HOSTED_REFUSAL}")
+        self.own = own
         self._clock = clock
         self.last_input = clock()
         self.idle_note = ""
@@ -359,7 +369,8 @@ class RunController:
         self._start(configs[0], play)
 
     def _start(self, config: RunConfig, play: bool) -> None:
-        self.run = TrainingRun(config, steps_per_second=self.steps_per_second, limits=self.limits)
+        self.run = TrainingRun(config, steps_per_second=self.steps_per_second, limits=self.limits,
+                               own=self.own)
         if play:
             self.run.play()
 

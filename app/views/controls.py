@@ -142,19 +142,29 @@ def optimizer_controls(settings: RunSettings) -> tuple[pn.widgets.Widget, pn.Col
     return select, pn.Column(*widgets.values(), sizing_mode="stretch_width", margin=0)
 
 
-def settings_sections(settings: RunSettings) -> list[tuple[str, list[pn.viewable.Viewable]]]:
+OWN_NOTES = {"Data": "*Not used (greyed out): the runs train your data.*",
+             "Model": "*Not used (greyed out): the runs train your model.*"}
+
+
+def settings_sections(settings: RunSettings, ignored: frozenset[str] = frozenset()
+                      ) -> list[tuple[str, list[pn.viewable.Viewable]]]:
     """The control fields grouped for the sidebar: data, model, run (η and the optimiser are
-    in the Run box above them: ``LearningRateControl``, ``optimizer_controls``)."""
+    in the Run box above them: ``LearningRateControl``, ``optimizer_controls``). ``ignored``:
+    the fields the runs do not read (the user's own model or data replaces them), greyed out
+    under a note that says so."""
     groups = {"Data": ("dataset", "n", "classes", "target"),
               "Model": ("arch", "width", "depth", "activation"),
               "Run": ("steps", "target_loss", "measure_every", "k", "seed")}
     widgets = {name: field_widget(settings, name) for names in groups.values() for name in names}
 
     def grey_out_unused(*_: object) -> None:  # e.g. depth and activation for linear2
-        unused = UNUSED_FIELDS.get(settings.arch, ())
-        for name in groups["Model"][1:]:
+        unused = {*UNUSED_FIELDS.get(settings.arch, ()), *ignored}
+        for name in (*groups["Data"], *groups["Model"]):
             widgets[name].disabled = name in unused
 
     settings.param.watch(grey_out_unused, "arch")
     grey_out_unused()
-    return [(title, [widgets[name] for name in names]) for title, names in groups.items()]
+    notes = {title: [pn.pane.Markdown(OWN_NOTES[title], margin=(0, 10))]
+             for title, names in groups.items() if title in OWN_NOTES and ignored & set(names)}
+    return [(title, [*notes.get(title, []), *(widgets[name] for name in names)])
+            for title, names in groups.items()]
