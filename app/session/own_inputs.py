@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ntk_core.config import ConfigError, RunConfig
-from ntk_core.data import Dataset, load_dataset
+from ntk_core.data import Dataset
 from ntk_core.data.arrays import from_arrays, read_npz
-from ntk_core.models.factory import is_factory_name, model_from_factory
+from ntk_core.models.factory import is_factory_name, user_inputs
 from ntk_core.training.trainer import ignored_options
 
 from .limits import ENV_PREFIX, ServerLimits
@@ -75,16 +74,8 @@ class OwnInputs:
 
     def build(self, config: RunConfig) -> tuple[Dataset | None, nn.Module | None]:
         """The data and a fresh model for a run of ``config`` (None: the config's own)."""
-        data = self.data
-        if isinstance(data, tuple):
-            dtype = torch.float64 if config.dtype == "float64" else torch.float32
-            data = from_arrays(*data, dtype=dtype, target=config.target, name=self.data_name)
-        model = copy.deepcopy(self.model)
-        if self.factory is not None:
-            data = data or load_dataset(config)
-            model = model_from_factory(self.factory, data.input_shape, data.num_outputs,
-                                       config.seed)
-        return data, model
+        data, built = user_inputs(config, self.data, self.factory, self.data_name)
+        return data, built if self.factory is not None else copy.deepcopy(self.model)
 
     @property
     def has_model(self) -> bool:

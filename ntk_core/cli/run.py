@@ -9,15 +9,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import xarray as xr
 from torch import nn
 from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data import Dataset, load_dataset
-from ..data.arrays import from_arrays, read_npz
-from ..models.factory import model_from_factory
+from ..data import Dataset
+from ..data.arrays import read_npz
+from ..models.factory import user_inputs
 from ..numerics.stability import tracked_sharpness
 from ..presets import DEFAULT_PRESET
 from ..training.allocator import keep_freed_memory
@@ -87,17 +86,9 @@ def run(args: argparse.Namespace) -> int:
 def user_data_and_model(args: argparse.Namespace, config: RunConfig
                         ) -> tuple[Dataset | None, nn.Module | None]:
     """The ``--data`` arrays and the ``--arch`` factory's model, when given."""
-    data = model = None
-    if args.data:
-        dtype = torch.float64 if config.dtype == "float64" else torch.float32
-        data = from_arrays(*read_npz(args.data), dtype=dtype, target=config.target,
-                           name=Path(args.data).name)
-    factory = user_model_name(args)
-    if factory:
-        loaded = data or load_dataset(config)
-        model = model_from_factory(factory, loaded.input_shape, loaded.num_outputs, config.seed)
-        data = loaded
-    return data, model
+    arrays = read_npz(args.data) if args.data else None
+    return user_inputs(config, arrays, user_model_name(args),
+                       Path(args.data).name if args.data else "arrays")
 
 
 def _unwritable(path: Path) -> str:

@@ -77,7 +77,7 @@ def test_measurement_exception_fails_the_run_and_keeps_the_log(monkeypatch) -> N
 
 def test_an_error_outside_the_measurement_also_fails_the_run(monkeypatch) -> None:
     trainer = trained(3)
-    monkeypatch.setattr(trainer, "_update", boom)
+    monkeypatch.setattr(trainer.rule, "update", boom)  # the parameter update, after measuring
     ds = trainer.run()  # returns instead of raising
     assert ds.attrs["status"] == "failed" and "step 3 failed: RuntimeError" in \
         ds.attrs["status_reason"]

@@ -32,11 +32,16 @@ ROOT = Path(__file__).resolve().parents[3]
 REFERENCE_COMMIT = "8db4452ee96f52440226498ae7fddcc384c1702a"
 CLOCK_VARIABLES = ("time_step", "time_measure")
 CLOCK_ATTRIBUTES = ("created",)
-# What the optimisers added since: a threshold per step (for these GD runs (2 + 2β)/η), two
-# sharpness variables that GD leaves empty, two attributes, and the options in ``config``
+# What the optimisers and users' own models added since: a threshold per step (for these GD
+# runs (2 + 2β)/η), two sharpness variables that GD leaves empty, the attributes naming the
+# optimiser, the model, the data and the NTK's rule coverage, and the options in ``config``
 # (whose defaults are the GD of before).
 ADDED_VARIABLES = ("stability_threshold", "preconditioned_sharpness", "batch_sharpness")
-ADDED_ATTRIBUTES = {"optimizer": "gd", "tracked_sharpness": "sharpness"}
+ADDED_ATTRIBUTES = {"optimizer": "gd", "tracked_sharpness": "sharpness", "data": "digits",
+                    "ignored_options": ""}
+# the layers outside the exact kernel's rules: none in the MLP; the ViT's LayerNorms and its
+# own position and class embeddings
+OTHER_LAYERS = {"mlp-exact": "", "vit-matrix-free": "LayerNorm, ViT"}
 ADDED_OPTIONS = {"optimizer": "gd", "nesterov": False, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
                  "batch_size": None}
 # An exact multi-output kernel with thinned eigenvector snapshots, and a matrix-free binary ViT
@@ -122,6 +127,11 @@ def test_a_seeded_run_saves_the_same_variables_as_before(saved_runs, name) -> No
     assert {k: config_now.pop(k) for k in ADDED_OPTIONS} == ADDED_OPTIONS
     assert config_now == json.loads(before.attrs["config"])
     assert {k: now.attrs[k] for k in ADDED_ATTRIBUTES} == ADDED_ATTRIBUTES
-    compared_apart = (*CLOCK_ATTRIBUTES, "config", *ADDED_ATTRIBUTES)
+    assert now.attrs["model"] == CONFIGS[name]["arch"]
+    assert now.attrs["ntk_other_layers"] == OTHER_LAYERS[name]
+    coverage = float(now.attrs["ntk_rule_coverage"])
+    assert coverage == 1.0 if not OTHER_LAYERS[name] else 0 < coverage < 1
+    compared_apart = (*CLOCK_ATTRIBUTES, "config", "model", "ntk_other_layers",
+                      "ntk_rule_coverage", *ADDED_ATTRIBUTES)
     clock_free = {k: v for k, v in before.attrs.items() if k not in compared_apart}
     assert {k: v for k, v in now.attrs.items() if k not in compared_apart} == clock_free

@@ -230,3 +230,15 @@ def test_the_command_line_takes_a_factory_and_an_npz(tmp_path, monkeypatch, caps
         assert main(["run", *argv, "--steps", "2", "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_a_factory_in_the_working_folder_is_found(tmp_path, monkeypatch) -> None:
+    """As with `python -m`: the ntk-eos script's own folder is on sys.path, the user's is not."""
+    (tmp_path / "models_here.py").write_text(
+        "import torch\ndef head(shape, outputs):\n    return torch.nn.Linear(shape[0], outputs)\n")
+    monkeypatch.chdir(tmp_path)
+    import sys
+
+    assert str(tmp_path) not in sys.path
+    assert isinstance(model_from_factory("models_here:head", (4,), 2), nn.Linear)
+    assert str(tmp_path) not in sys.path, "the working folder is not left on the path"
