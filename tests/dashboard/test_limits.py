@@ -267,9 +267,9 @@ def test_each_training_thread_sets_its_torch_threads(runs: list[TrainingRun],
     seen: list[int] = []
     real = app.session.runner.Trainer
 
-    def recording(config: RunConfig) -> object:
+    def recording(config: RunConfig, **inputs: object) -> object:  # data=, model=: the run's own
         seen.append(torch.get_num_threads())
-        return real(config)
+        return real(config, **inputs)
 
     monkeypatch.setattr(app.session.runner, "Trainer", recording)
     before = torch.get_num_threads()
