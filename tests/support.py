@@ -1,5 +1,6 @@
-"""Small helpers the test files share: free ports, waiting on background threads, and stopping
-a server subprocess."""
+"""Small helpers the test files share: free ports, waiting on background threads, stopping a
+server subprocess, serving the dashboard, stepping it, a stand-in for panel serve, and a
+module the structured NTK has no rule for."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
 
 
 def free_port() -> int:
@@ -70,3 +75,61 @@ def send_upload(box: object, name: str, data: bytes, chunk: int | None = None) -
         box._process_event(UploadEvent(None, {  # type: ignore[attr-defined]
             "chunk": i + 1, "data": data[i * size:(i + 1) * size], "name": name,
             "total_chunks": total, "type": "application/x-netcdf"}))
+
+
+def serve_dashboard(app: Callable[[], object]) -> Iterator[str]:
+    """Serve ``app`` as /main on a free loopback port, in a thread, until the generator is
+    closed (a module fixture's ``yield from``); then end every training it started."""
+    import panel as pn
+
+    from app.session.runner import stop_all
+
+    port = free_port()
+    thread = pn.serve({"main": app}, port=port, address="127.0.0.1", threaded=True,
+                      show=False, websocket_origin=[f"127.0.0.1:{port}"],
+                      check_unused_sessions_milliseconds=1000,
+                      unused_session_lifetime_milliseconds=3000)
+    try:
+        yield f"http://127.0.0.1:{port}/main"
+    finally:
+        thread.stop()
+        thread.join(20)
+        stop_all()
+        pn.state.reset()
+
+
+def steps_done(dash: Any, count: int) -> None:
+    """``count`` steps of a Dashboard's run, taken and collected."""
+    for _ in range(count):
+        dash.step()
+    assert dash.controller.run.wait_idle(60)
+
+
+def fake_server(called: list[dict]) -> type:
+    """A stand-in for ``subprocess.Popen`` of ``panel serve``: it records the keyword arguments
+    (the environment the server would get) and exits at once."""
+    class FakeServer:
+        def __init__(self, cmd: list[str], **kwargs: object) -> None:
+            called.append(kwargs)
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+    return FakeServer
+
+
+class Residual(nn.Module):
+    """x → h = W x, h + tanh(V LayerNorm(h)) → outputs: a residual block with a LayerNorm, a
+    layer the structured NTK has no rule for."""
+
+    def __init__(self, d: int, width: int, outputs: int) -> None:
+        super().__init__()
+        self.inp, self.norm = nn.Linear(d, width), nn.LayerNorm(width)
+        self.mix, self.out = nn.Linear(width, width), nn.Linear(width, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(h + torch.tanh(self.mix(self.norm(h))))

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import panel as pn
 import pytest
 from playwright.sync_api import Page, expect
-from support import free_port, wait_for
+from support import free_port, steps_done, wait_for
 
 from app.dashboard import Dashboard
 from app.session.runner import stop_all, training_threads
@@ -28,12 +28,6 @@ def dash() -> Iterator[Dashboard]:
     board.close()
     for thread in training_threads():
         thread.join(30)
-
-
-def steps_done(dash: Dashboard, count: int) -> None:
-    for _ in range(count):
-        dash.step()
-    assert dash.controller.run.wait_idle(60)
 
 
 @pytest.mark.parametrize(("typed", "message"), [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
-from support import free_port, stop_process, wait_for
+from support import fake_server, free_port, stop_process, wait_for
 
 from app.cli import main as cli_main
 from app.dashboard import Dashboard
@@ -106,17 +106,8 @@ def test_serve_flags_become_limits(monkeypatch) -> None:
         {"NTK_EOS_MODE": "hosted", "NTK_EOS_MAX_TRAININGS": "3", "NTK_EOS_IDLE_MINUTES": "0"})
     cmd = serve_command()
     assert cmd[cmd.index("--setup") + 1].endswith("server/startup.py")
-    called = []
-
-    class FakeServer:  # records the environment ``panel serve`` would get, and exits at once
-        def __init__(self, cmd: list[str], **kwargs: object) -> None:
-            called.append(kwargs)
-
-        def wait(self, timeout: float | None = None) -> int:
-            return 0
-
-        def poll(self) -> int:
-            return 0
+    called: list[dict] = []
+    FakeServer = fake_server(called)
 
     monkeypatch.setattr("app.server.launch.subprocess.Popen", FakeServer)
     assert cli_main(["serve", "--max-trainings", "0"]) == 2 and not called

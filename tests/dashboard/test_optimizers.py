@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 from bokeh.models import GlyphRenderer
 from panel.io.location import Location
-from support import wait_for
+from support import steps_done, wait_for
 
 from app.dashboard import Dashboard
 from app.files.runs import netcdf_bytes
@@ -40,12 +40,6 @@ def dash(thread_training: None) -> Iterator[Dashboard]:
     board.close()
     for thread in training_threads():
         thread.join(30)
-
-
-def steps_done(dash: Dashboard, count: int) -> None:
-    for _ in range(count):
-        dash.step()
-    assert dash.controller.run.wait_idle(60)
 
 
 def legend_labels(plots: LivePlots) -> list[str]:

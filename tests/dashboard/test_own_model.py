@@ -13,6 +13,7 @@ import pytest
 import torch
 from bokeh.document import Document
 from panel.io.location import Location
+from support import Residual, fake_server, steps_done
 from torch import nn
 
 from app.cli import main as cli_main
@@ -35,29 +36,10 @@ PROBE = ("from pathlib import Path\n"
          "    return torch.nn.Linear(shape[0], outputs)\n")
 
 
-class Residual(nn.Module):
-    """A residual block with a LayerNorm: a layer the structured NTK has no rule for."""
-
-    def __init__(self, d: int, width: int, outputs: int) -> None:
-        super().__init__()
-        self.inp, self.norm = nn.Linear(d, width), nn.LayerNorm(width)
-        self.mix, self.out = nn.Linear(width, width), nn.Linear(width, outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x)
-        return self.out(h + torch.tanh(self.mix(self.norm(h))))
-
-
 def arrays(n: int = 24, d: int = 5) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, d)).astype(np.float32)
     return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)  # three classes
-
-
-def steps_done(dash: Dashboard, count: int) -> None:
-    for _ in range(count):
-        dash.step()
-    assert dash.controller.run.wait_idle(60)
 
 
 def end(dash: Dashboard) -> None:
@@ -192,20 +174,6 @@ def test_a_local_server_passes_arch_and_data_to_every_page(probe: Path, tmp_path
             "### Training your model `probe_models:build` on your data `mine.npz`")
     finally:
         end(dash)
-
-
-def fake_server(called: list[dict]) -> type:
-    class FakeServer:  # records the environment ``panel serve`` would get, and exits at once
-        def __init__(self, cmd: list[str], **kwargs: object) -> None:
-            called.append(kwargs)
-
-        def wait(self, timeout: float | None = None) -> int:
-            return 0
-
-        def poll(self) -> int:
-            return 0
-
-    return FakeServer
 
 
 def test_serve_hosted_with_arch_or_data_is_refused_before_importing(

@@ -13,14 +13,13 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import panel as pn
 import pytest
 import xarray as xr
 from playwright.sync_api import Page, expect
-from support import LONGEST_COLUMN_JS, free_port
+from support import LONGEST_COLUMN_JS, serve_dashboard
 
 from app.dashboard import Dashboard
-from app.session.runner import stop_all, training_threads
+from app.session.runner import training_threads
 from ntk_core.training.process_trainer import training_processes
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
@@ -35,16 +34,7 @@ COLUMN_JS = LONGEST_COLUMN_JS
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = free_port()
-    thread = pn.serve({"main": Dashboard}, port=port, address="127.0.0.1", threaded=True,
-                      show=False, websocket_origin=[f"127.0.0.1:{port}"],
-                      check_unused_sessions_milliseconds=1000,
-                      unused_session_lifetime_milliseconds=3000)
-    yield f"http://127.0.0.1:{port}/main"
-    thread.stop()
-    thread.join(20)
-    stop_all()
-    pn.state.reset()
+    yield from serve_dashboard(Dashboard)
 
 
 def open_app(page: Page, url: str) -> Page:

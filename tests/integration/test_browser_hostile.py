@@ -11,11 +11,10 @@ from pathlib import Path
 import panel as pn
 import pytest
 from playwright.sync_api import Page, expect
-from support import free_port
+from support import serve_dashboard
 
 from app.files.runs import MAX_UPLOAD_MB
 from app.main import create_app
-from app.session.runner import stop_all
 from ntk_core import RunConfig, Trainer
 from ntk_core.training.netcdf import run_bytes
 
@@ -29,16 +28,7 @@ expect.set_options(timeout=WAIT_MS)
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     pn.extension("filedropper", notifications=False)
-    port = free_port()
-    thread = pn.serve({"main": create_app}, port=port, address="127.0.0.1", threaded=True,
-                      show=False, websocket_origin=[f"127.0.0.1:{port}"],
-                      check_unused_sessions_milliseconds=1000,
-                      unused_session_lifetime_milliseconds=3000)
-    yield f"http://127.0.0.1:{port}/main"
-    thread.stop()
-    thread.join(20)
-    stop_all()
-    pn.state.reset()
+    yield from serve_dashboard(create_app)
 
 
 @pytest.fixture

@@ -14,14 +14,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import panel as pn
 import pytest
 from playwright.sync_api import Page, expect
-from support import free_port
+from support import serve_dashboard
 from test_browser import DOCS, at_least, column, open_app, press, status, wait_column
 
 from app.dashboard import Dashboard
-from app.session.runner import stop_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
@@ -47,16 +45,7 @@ LINE_VISIBLE_JS = """(field) => {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = free_port()
-    thread = pn.serve({"main": Dashboard}, port=port, address="127.0.0.1", threaded=True,
-                      show=False, websocket_origin=[f"127.0.0.1:{port}"],
-                      check_unused_sessions_milliseconds=1000,
-                      unused_session_lifetime_milliseconds=3000)
-    yield f"http://127.0.0.1:{port}/main"
-    thread.stop()
-    thread.join(20)
-    stop_all()
-    pn.state.reset()
+    yield from serve_dashboard(Dashboard)
 
 
 def sharpness_legend(page: Page) -> list[str]:

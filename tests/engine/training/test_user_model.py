@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import Residual
 from torch import nn
 from torch.func import functional_call
 
@@ -22,19 +23,6 @@ from ntk_core import (
 from ntk_core.data.arrays import from_arrays, read_npz
 from ntk_core.data.common import DataError
 from ntk_core.models.factory import model_from_factory
-
-
-class Residual(nn.Module):
-    """x → h = W x, h + tanh(V LayerNorm(h)) → outputs."""
-
-    def __init__(self, d: int, width: int, outputs: int) -> None:
-        super().__init__()
-        self.inp, self.norm = nn.Linear(d, width), nn.LayerNorm(width)
-        self.mix, self.out = nn.Linear(width, width), nn.Linear(width, outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x)
-        return self.out(h + torch.tanh(self.mix(self.norm(h))))
 
 
 class Recurrent(nn.Module):
