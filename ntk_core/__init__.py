@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .config import ConfigError, RunConfig
 from .numerics.alignment import kernel_target_alignment
-from .numerics.hessian import hessian_sharpness
+from .numerics.hessian import hessian_sharpness, sharpness_gradient
 from .numerics.ntk import empirical_ntk
 from .numerics.ntk.eigenpairs import ntk_eigenpairs
 from .training.buffer import RunBuffer, StepRecord
@@ -31,5 +31,6 @@ __all__ = [
     "ntk_eigenpairs",
     "run",
     "save_run",
+    "sharpness_gradient",
     "__version__",
 ]

@@ -137,10 +137,45 @@ def hessian_sharpness(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: 
     W1 solve along the benchmark trajectory erred by 1.9e-5 at tol 1e-5. So it runs to tol/30
     (that solve: 7 products, 9e-8 off; none of the five checked past 1.3e-7). Far below 1e-5,
     float32 products may stall; a solve that stops short warns."""
+    return _top_pair(model, X, Y, loss, tol, "hessian_sharpness")[0]
+
+
+def sharpness_gradient(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: str = "mse",
+                       tol: float | None = None) -> tuple[float, list[torch.Tensor]]:
+    """(S, ∇_w S): the sharpness λ_max(∇²L) as ``hessian_sharpness`` finds it, and its gradient
+    with respect to every parameter of ``model.parameters()`` (one tensor each, zeros for a
+    frozen one), for the central flow's sharpness penalty.
+
+    For a simple top eigenvalue with unit eigenvector u, ∇S = ∇_w (uᵀ ∇²L(w) u) with u held
+    fixed (the eigenvector's own change drops out because u is stationary for the Rayleigh
+    quotient): one Hessian-vector product kept in the graph, then one more backward pass, a
+    third derivative of L contracted with u twice. Where the top eigenvalue is degenerate S is
+    not differentiable and this is one of its subgradients."""
+    S, u, params, grads = _top_pair(model, X, Y, loss, tol, "sharpness_gradient")
+    cot, i = [], 0
+    for p in params:
+        cot.append(u[i:i + p.numel()].reshape(p.shape).to(p.dtype))
+        i += p.numel()
+    hu = torch.autograd.grad(grads, params, grad_outputs=cot, create_graph=True,
+                             allow_unused=True)
+    quadratic = sum(((h * c).sum() for h, c in zip(hu, cot, strict=True) if h is not None),
+                    torch.zeros((), dtype=params[0].dtype, device=params[0].device))
+    found = torch.autograd.grad(quadratic, params, allow_unused=True)
+    by_param = {id(p): g if g is not None else torch.zeros_like(p)
+                for p, g in zip(params, found, strict=True)}
+    return S, [by_param[id(p)] if id(p) in by_param else torch.zeros_like(p)
+               for p in model.parameters()]
+
+
+def _top_pair(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: str,
+              tol: float | None, caller: str
+              ) -> tuple[float, torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """The top Hessian eigenvalue, its unit eigenvector (float64, flat), the trainable
+    parameters and the loss gradient with its graph kept."""
     tol = DEFAULT_TOL if tol is None else tol
     if not 0 < tol < 1:
         raise ValueError(f"tol: must be in (0, 1), got {tol}")
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     L = loss_value(model(X), Y, loss)
     grads = torch.autograd.grad(L, params, create_graph=True)
     op = HessianOperator(grads, params)
@@ -151,8 +186,8 @@ def hessian_sharpness(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: 
                                                generator=generator)], dim=1)
     result = top_hessian_eigenpair(op, start=start, tol=tol / 10, guard=0, generator=generator)
     if not result.converged:
-        warnings.warn(f"hessian_sharpness: the solver stopped after {result.products} "
+        warnings.warn(f"{caller}: the solver stopped after {result.products} "
                       f"Hessian-vector products with a relative error bound of "
                       f"{float(result.residuals[0]):.1e}, above its target {tol / 30:.1e}",
-                      RuntimeWarning, stacklevel=2)
-    return float(result.values[0])
+                      RuntimeWarning, stacklevel=3)
+    return float(result.values[0]), result.vectors[:, 0], params, grads
