@@ -41,6 +41,7 @@ from .session.limits import has_viewers
 from .session.own_inputs import Data, Model, OwnInputs
 from .session.runner import RunController
 from .session.settings import LIVE_FIELDS, RunSettings
+from .session.theory_lines import TheoryLines
 from .views.controls import SPEEDS, LearningRateControl, optimizer_controls, settings_sections
 from .views.plot_data import buffer_threshold
 from .views.plots import PLOT_HEIGHT, LivePlots
@@ -108,6 +109,7 @@ class Dashboard(pn.viewable.Viewer):
         self.settings = settings if settings is not None else RunSettings()
         self.own = OwnInputs.of(model, data)
         self.controller = RunController(own=self.own)
+        self.theory = TheoryLines(enabled=self.own is None)  # linear2's predicted final KTA
         self.plots = LivePlots()
         self._source: RunBuffer | None = None  # the buffer on screen
         self._cursor = 0
@@ -327,7 +329,8 @@ class Dashboard(pn.viewable.Viewer):
         """Whether a tick would change the page: another run, new rows, another status line,
         or an idle pause now. Cheap, from any thread; a race only delays a tick by one."""
         controller = self.controller
-        if controller.pause_if_idle() or self._kept_pending or self.plots.ranges_stale:
+        if controller.pause_if_idle() or self._kept_pending or self.plots.ranges_stale \
+                or self.theory.stale(controller):
             return True
         buffer = controller.buffer
         if buffer is not self._source or controller.status_line != self.status:
@@ -358,6 +361,7 @@ class Dashboard(pn.viewable.Viewer):
                 self.plots.clear()
                 self._show_ladder_lr()
             self.plots.set_threshold(*self._threshold())
+            self.plots.set_theory(*self.theory.lines(controller))
             if buffer is not None and now >= self._next_curves \
                     and buffer.version != self._seen_version:
                 started = time.perf_counter()

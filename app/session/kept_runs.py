@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ntk_core.config import RunConfig
 from ntk_core.training.buffer import RunBuffer
-from ntk_core.training.schema import last_measured
+from ntk_core.training.schema import RunSchemaError, config_from_attrs, last_measured
 from ntk_core.vocabulary import RunStatus
 
 MAX_KEPT = 8  # runs kept for comparison (the oldest is dropped)
@@ -26,6 +27,7 @@ class KeptRun:
     final: dict[str, float] = field(default_factory=dict)  # kta, a1, topk_mass, sharpness, loss
     spectrum: pd.DataFrame | None = None  # eigval_normalized, alignment of the last measurement
     status: RunStatus = RunStatus.READY
+    config: RunConfig | None = None  # as the run started (None: a file without a valid one)
 
 
 def lr_history_label(lrs: np.ndarray) -> str:
@@ -57,4 +59,8 @@ def keep_run(buffer: RunBuffer, label: str, lr: float) -> KeptRun:
                      topk_mass=float(rows["topk_mass"][i]), sharpness=float(rows["sharpness"][i]))
         spectrum = pd.DataFrame({"eigval_normalized": rows["eigval_normalized"][i],
                                  "alignment": rows["alignment"][i]}).dropna()
-    return KeptRun(label, lr, frame, final, spectrum, buffer.status)
+    try:
+        config: RunConfig | None = config_from_attrs(buffer.attrs)
+    except RunSchemaError:
+        config = None
+    return KeptRun(label, lr, frame, final, spectrum, buffer.status, config)

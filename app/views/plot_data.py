@@ -15,6 +15,7 @@ from ntk_core.training.schema import RunSchemaError, config_from_attrs, last_mea
 from ntk_core.vocabulary import OptimizerName
 
 from ..session.kept_runs import KeptRun
+from ..session.theory_lines import TheoryCurve, TheoryTarget
 
 K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
 MAX_PIXELS = 256  # NTK heatmap side after block-averaging
@@ -169,6 +170,22 @@ def comparison_frame(kept: list[KeptRun]) -> pd.DataFrame:
                            "topk_mass": k.final.get("topk_mass", np.nan)} for k in kept],
                          columns=COMPARE_COLUMNS)
     return frame.sort_values("lr")
+
+
+def theory_label(target: TheoryTarget | None) -> str:
+    """The legend of the predicted final KTA at the run's η."""
+    if target is None:
+        return "theory: final KTA at η"
+    if not np.isfinite(target.kta):  # 2/η below the flattest interpolant's sharpness
+        return f"theory: no stable fit at η = {target.lr:g}"
+    return f"theory: final KTA {target.kta:.3f} at η = {target.lr:g}"
+
+
+def theory_curve_data(curve: TheoryCurve | None) -> dict[str, np.ndarray]:
+    """The predicted curve's rows (NaN, where no fit is stable, draws as a gap)."""
+    if curve is None:
+        return empty_data(("lr", "kta"))
+    return {"lr": np.asarray(curve.lr, dtype=float), "kta": finite(curve.kta)}
 
 
 def buffer_threshold(buffer: RunBuffer) -> tuple[OptimizerName, str]:

@@ -29,6 +29,7 @@ from bokeh.models import (
     LegendItem,
     LinearColorMapper,
     Range1d,
+    Span,
 )
 from bokeh.palettes import RdBu, interp_palette
 from bokeh.plotting import figure
@@ -38,6 +39,7 @@ from ntk_core.training.buffer import RunBuffer
 from ntk_core.vocabulary import OptimizerName
 
 from ..session.kept_runs import KEPT_COLUMNS, MAX_KEPT, KeptRun
+from ..session.theory_lines import TheoryCurve, TheoryTarget
 from .plot_data import (
     ALIGNMENT_COLUMNS,
     COMPARE_COLUMNS,
@@ -56,6 +58,8 @@ from .plot_data import (
     measure_frame,
     spectrum_frame,
     step_frame,
+    theory_curve_data,
+    theory_label,
 )
 from .ranges import FollowedRanges
 
@@ -87,6 +91,10 @@ DIVERGING = interp_palette(RdBu[11], 256)  # blue (negative) to red (positive)
 SPECTRUM_FRAME = ([0.01, 1.0], [0.0, 1.0])
 SPECTRUM_TITLE = "Alignment spectrum (top eigenpairs)"
 COMPARISON_FRAME = ([0.01, 1.0], [0.0, 1.0])
+KTA_COLOR = "#1f77b4"
+# The two-layer linear network's predicted final KTA: black and dashed, drawn over the KTA
+# curve, which ends on it
+THEORY_STYLE = {"line_color": "black", "line_width": 1.5, "line_dash": "dashed"}
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 # A legend above the frame may be as wide as the frame: about 270 px for each figure of the
 # three-column Live tab at 1600 px, so the wider legends wrap after ``ncols`` entries. Its labels
@@ -260,6 +268,11 @@ class LivePlots:
         self.spectrum = ColumnDataSource(empty_data(SPECTRUM_COLUMNS))
         self.current_alignment = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
         self.comparison = ColumnDataSource(empty_data(COMPARE_COLUMNS))
+        # the theory's predictions: the level at the run's η (not drawn: one NaN step, for the
+        # alignment figure's followed range) and the curve against η
+        self.theory_level = ColumnDataSource({"step": [math.nan], "kta": [math.nan]})
+        self.theory_curve = ColumnDataSource(empty_data(("lr", "kta")))
+        self.theory: tuple[TheoryTarget | None, TheoryCurve | None] = (None, None)
         # Kept-run overlays are built when a run is first kept: eight runs' renderers on five
         # figures would be most of the page's models, and building a page is what twenty tabs
         # opened at once wait for.
@@ -320,8 +333,9 @@ class LivePlots:
         f = _figure("Label alignment: KTA, Aₖ, a₁", "alignment")
         items = [_streamed_entry(f, label, self._line(f, self.spectrum, col, color=color,
                                                       line_width=2))
-                 for col, label, color in (("kta", "KTA", "#1f77b4"), ("topk_mass", "Aₖ", "#ff7f0e"),
+                 for col, label, color in (("kta", "KTA", KTA_COLOR), ("topk_mass", "Aₖ", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
+        items.append(self._theory_target_entry(f))
         _legend(f, items)
         hover = _step_hover()
         f.add_tools(hover)
@@ -341,6 +355,7 @@ class LivePlots:
                 (self.sharpness_fig, self.measures, [col for col, _, _ in SHARPNESS_LINES]),
                 (self.eigenvalues_fig, self.spectrum, self._eigen_columns),
                 (self.alignment_fig, self.spectrum, LABEL_ALIGNMENT_COLUMNS),
+                (self.alignment_fig, self.theory_level, ["kta"]),
                 (self.residual_fig, self.measures, ["u1_residual"])):
             self._followers.append((source, self.followed[fig], columns))
         # 6.–8. heatmaps
@@ -356,16 +371,35 @@ class LivePlots:
                     "learning rate η (log)", x_axis_type="log")
         self._comparison_frame = EmptyFrame(f, COMPARISON_FRAME)
         items = []
-        for col, label, color in (("kta", "KTA", "#1f77b4"), ("a1", "a₁", "#2ca02c"),
+        for col, label, color in (("kta", "KTA", KTA_COLOR), ("a1", "a₁", "#2ca02c"),
                                   ("topk_mass", "Aₖ", "#ff7f0e")):
             line = f.line("lr", col, source=self.comparison, color=color, line_width=2)
             dots = f.scatter("lr", col, source=self.comparison, color=color, size=8)
             items.append(LegendItem(label=label, renderers=[line, dots]))
+        line = f.line("lr", "kta", source=self.theory_curve, **THEORY_STYLE)
+        self._theory_curve_entry = LegendItem(label="theory: final KTA", renderers=[line],
+                                              visible=False)
+        items.append(self._theory_curve_entry)
         _legend(f, items, "right")
         hover = HoverTool(tooltips=[("η", "@lr"), ("value", "$y{0.0000}")])
         f.add_tools(hover)
         self._kernel_labelled.append((f.yaxis[0], "final value", hover))
         self.comparison_fig = f
+
+    def _theory_target_entry(self, fig: figure) -> LegendItem:
+        """The dashed level of the predicted final KTA across ``fig``, and its legend entry
+        (hidden until a linear2 run has a prediction). The level spans the figure's width; its
+        entry is drawn from a data-less line in its style, as for the streamed lines."""
+        self.theory_target = Span(dimension="width", location=0.0, visible=False,
+                                  **THEORY_STYLE)
+        fig.add_layout(self.theory_target)
+        twin = fig.line("step", "y", source=ColumnDataSource({"step": [math.nan], "y": [math.nan]}),
+                        **THEORY_STYLE)
+        twin.js_link("visible", self.theory_target, "visible")
+        self._theory_twin = twin
+        self._theory_target_item = LegendItem(label="theory: final KTA at η", renderers=[twin],
+                                              visible=False)
+        return self._theory_target_item
 
     def _spectrum_figure(self, legend: bool) -> figure:
         f = _figure(SPECTRUM_TITLE, "aᵢ = (uᵢᵀy)²/‖y‖²",
@@ -513,6 +547,27 @@ class LivePlots:
             self.eigenvalues_fig.title.text = EIGENVALUES_TITLE + ("" if adaptive
                                                                    else EIGENVALUES_LINE)
             self._refit_ranges({self.followed[self.eigenvalues_fig]})
+
+    def set_theory(self, target: TheoryTarget | None, curve: TheoryCurve | None) -> None:
+        """Draw the two-layer linear network's predicted final KTA (``app.session.theory_lines``):
+        ``target`` as a dashed level on the alignment plot, labelled with its η, and ``curve``
+        against η on the comparison plot; None hides either. Only a change touches the figures."""
+        if (target, curve) == self.theory:
+            return
+        old_target, old_curve = self.theory
+        self.theory = (target, curve)
+        if target != old_target:
+            level = target.kta if target is not None else math.nan
+            shown = bool(np.isfinite(level))
+            self.theory_level.data = {"step": [math.nan], "kta": [level]}
+            self.theory_target.update(location=level if shown else 0.0,
+                                      visible=shown and self._theory_twin.visible)
+            self._theory_target_item.update(label=value(theory_label(target)),
+                                            visible=target is not None)
+            self._refit_ranges({self.followed[self.alignment_fig]})
+        if curve is not old_curve:
+            self.theory_curve.data = theory_curve_data(curve)
+            self._theory_curve_entry.visible = curve is not None
 
     def set_kernel(self, name: str) -> None:
         """Name the kernel (``kernel_name``) on the axes and in the tooltips of the alignment
