@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_type_hints
 
-from .vocabulary import KernelKind, NTKMode, OptimizerName
+from .vocabulary import FlowName, KernelKind, NTKMode, OptimizerName
 
 DatasetName = Literal["digits", "mnist1d", "synthetic", "teacher", "cifar10"]
 ArchName = Literal["mlp", "cnn", "vit", "linear2"]
@@ -75,6 +75,9 @@ class RunConfig:
     steps: int = 1000
     target_loss: float | None = None
     divergence_factor: float = 1e3
+    # processes beside GD from the same initial weights: "central" (its central flow) and
+    # "stable" (gradient flow); plain gradient descent only
+    flows: tuple[FlowName, ...] = ()
     # measurement
     measure_every: int = 1
     k: int = 20
@@ -94,6 +97,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.classes is not None and not isinstance(self.classes, tuple):
             object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+        if not isinstance(self.flows, tuple):
+            object.__setattr__(self, "flows", tuple(self.flows))
         _validate(self)
 
     # ---- derived -------------------------------------------------------------------------
@@ -119,6 +124,7 @@ class RunConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         if out["classes"] is not None:
             out["classes"] = list(out["classes"])
+        out["flows"] = list(out["flows"])
         return out
 
     def to_json(self) -> str:
@@ -216,7 +222,10 @@ def coerce(name: str, value: Any) -> Any:
                 value = [v for v in value.replace(" ", "").split(",") if v != ""]
             if not isinstance(value, (list, tuple)):
                 raise ValueError(value)
-            return tuple(int(v) for v in value)
+            element = get_args(target)[0]
+            if element is int:
+                return tuple(int(v) for v in value)
+            return tuple(str(v) for v in value)
         if target is dict:
             return dict(value)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -232,7 +241,8 @@ def _type_word(hint: Any) -> str:
     if hint is bool:
         return "true/false"
     if getattr(hint, "__origin__", None) is tuple:
-        return "a comma-separated list of integers"
+        return ("a comma-separated list of integers" if get_args(hint)[0] is int
+                else "a comma-separated list of names")
     return "text"
 
 
@@ -279,6 +289,15 @@ def _validate(c: RunConfig) -> None:
     else:
         _check(c.batch_size is None, f"batch_size: only sgd takes mini-batches; {c.optimizer} "
                f"uses the full batch (got batch_size={c.batch_size})")
+    flow_names = get_args(FlowName)
+    for name in c.flows:
+        _check(name in flow_names, f"flows: {name!r} is not one of {', '.join(flow_names)}")
+    _check(len(set(c.flows)) == len(c.flows), f"flows: repeated entries in {','.join(c.flows)}")
+    if c.flows:
+        _check(c.optimizer == "gd" and c.momentum == 0,
+               "flows: the central flow and gradient flow are those of plain gradient descent; "
+               f"this run uses {c.optimizer}"
+               f"{f' with momentum {c.momentum:g}' if c.momentum else ''}")
     _check(c.init_scale > 0, f"init_scale: must be positive, got {c.init_scale}")
     _check(1 <= c.steps <= MAX_STEPS, f"steps: must be between 1 and {MAX_STEPS}, got {c.steps}")
     _check(c.target_loss is None or c.target_loss > 0,
@@ -315,6 +334,8 @@ def _validate(c: RunConfig) -> None:
 
 
 def _literal_choices(hint: Any) -> tuple[Any, ...]:
+    if getattr(hint, "__origin__", None) is tuple:  # a list of names is checked on its own
+        return ()
     args = [a for a in get_args(hint) if a is not type(None)]
     if args and getattr(args[0], "__origin__", None) is Literal:
         return get_args(args[0])

@@ -47,3 +47,7 @@ KernelKind = Literal["full", "traced"]  # the (nC × nC) kernel, or Σ_c K_cc (n
 # full-batch GD (with optional heavy-ball or Nesterov momentum), mini-batch SGD, and the two
 # adaptive methods, which take their steps in the metric of a diagonal preconditioner
 OptimizerName = Literal["gd", "sgd", "adam", "rmsprop"]
+# processes that run beside gradient descent from its initial weights: its central flow
+# (Cohen et al. 2025) and gradient flow; a run's own process is "gd"
+FlowName = Literal["central", "stable"]
+GD_PROCESS = "gd"

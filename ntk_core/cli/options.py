@@ -21,11 +21,11 @@ def _metavar(name: str) -> str:
     """What a flag takes, from the RunConfig field's type: {a,b} for choices, I,J,... for a
     tuple (``--classes 3,8``), else INT, FLOAT, TEXT or {true,false}."""
     choices = option_choices(name)
+    base = option_base_type(name)
+    if get_origin(base) is tuple:  # --classes 3,8; --flows central,stable
+        return "{" + ",".join(map(str, choices)) + "},..." if choices else "I,J,..."
     if choices:
         return "{" + ",".join(map(str, choices)) + "}"
-    base = option_base_type(name)
-    if get_origin(base) is tuple:
-        return "I,J,..."
     return {bool: "{true,false}", int: "INT", float: "FLOAT"}.get(base, "TEXT")
 
 

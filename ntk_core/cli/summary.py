@@ -11,6 +11,7 @@ from ..config import RunConfig
 from ..models import UNUSED_FIELDS
 from ..numerics.stability import threshold_label, tracked_sharpness
 from ..training.schema import measured_rows
+from ..vocabulary import GD_PROCESS
 
 
 def fmt(x: float | None, spec: str = ".4g") -> str:
@@ -18,7 +19,10 @@ def fmt(x: float | None, spec: str = ".4g") -> str:
 
 
 def summarize(ds: xr.Dataset) -> str:
-    """Status, model, kernel, and the final figures of the last step and last measured step."""
+    """Status, model, kernel, and the final figures of the last step and last measured step;
+    with flows, gradient descent's, then one block for the flows."""
+    if "process" in ds.dims:
+        return "\n".join([summarize(ds.sel(process=GD_PROCESS)), *flow_lines(ds)])
     cfg = RunConfig.from_json(ds.attrs["config"])
     steps = ds.sizes["step"]
     lines = [f"status       {ds.attrs['status']}: {ds.attrs.get('status_reason', '')}".rstrip(": "),
@@ -65,6 +69,36 @@ def summarize(ds: xr.Dataset) -> str:
                 f"{steps / np.nansum(ds.time_step):.1f} steps/s over the run",
             ]
     return "\n".join(lines)
+
+
+def flow_lines(ds: xr.Dataset) -> list[str]:
+    """One line per process of a run with flows (final loss, sharpness against 2/η over the
+    second half, KTA, distance to GD), and the central flow's prediction of GD's loss."""
+    steps = ds.sizes["step"]
+    if not steps:
+        return []
+    threshold = 2 / ds.lr.values
+    half = slice(steps // 2, None)
+    lines = [f"flows        {ds.attrs.get('flows', '')} from GD's initial weights"
+             + (f" · ended: {ds.attrs['flow_status']}" if ds.attrs.get("flow_status") else "")]
+    for process in ds.process.values:
+        one = ds.sel(process=process)
+        rows = measured_rows(one.measured.values)
+        kta = one.kta.values[rows]
+        ratio = _nanmedian((one.sharpness.values / threshold)[half])
+        distance = ("" if process == GD_PROCESS
+                    else f" · ‖w − w_gd‖/‖w_gd‖ {fmt(float(one.distance_to_gd.values[-1]), '.3g')}")
+        lines.append(f"  {str(process):<9}  loss {fmt(float(one.loss.values[-1]), '.4e')} · "
+                     f"S/(2/η) {fmt(ratio, '.3f')} (median, 2nd half) · KTA "
+                     f"{fmt(float(kta[-1]) if len(kta) else math.nan, '.4f')}{distance}")
+    if "central" in ds.process.values:
+        gd_loss = ds.loss.sel(process=GD_PROCESS).values[half]
+        predicted = ds.predicted_loss.values[half]
+        ok = np.isfinite(gd_loss) & np.isfinite(predicted)
+        if ok.any():
+            lines.append(f"  predicted  GD's mean loss over the 2nd half {np.mean(gd_loss[ok]):.4e}"
+                         f"; the central flow predicts {np.mean(predicted[ok]):.4e}")
+    return lines
 
 
 def _model_and_data(ds: xr.Dataset, cfg: RunConfig) -> str:

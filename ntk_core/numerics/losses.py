@@ -13,6 +13,7 @@ that does not fit fails here with both shapes named, never by silent broadcastin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -123,3 +124,13 @@ def gradient_norm(grads: Sequence[torch.Tensor]) -> float:
     for g in grads:  # in order, as a float64 run always summed them
         total = total + (g.detach().double() ** 2).sum()
     return float(total.sqrt())
+
+
+def divergence(loss: float, initial: float, factor: float, step: int) -> str:
+    """Why a run (or a flow) diverged at ``step``, or "": a non-finite loss, or one above
+    ``factor`` times the first (``initial``)."""
+    if not math.isfinite(loss):
+        return f"diverged at step {step}: the loss is {loss}"
+    if loss > factor * max(initial, 1e-12):
+        return f"diverged at step {step}: loss {loss:.3g} exceeds {factor:g}× its initial value"
+    return ""

@@ -19,9 +19,29 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..numerics.central_flow import TRACKED
 from ..vocabulary import RunStatus
 from .netcdf import save_run
-from .schema import SCALARS, SPECTRUM, LogContents, from_dataset, to_dataset
+from .schema import (
+    CENTRAL_SCALARS,
+    DISTANCE,
+    PROCESS_SCALARS,
+    SCALARS,
+    SIGMA_SQ,
+    SPECTRUM,
+    FlowContents,
+    LogContents,
+    from_dataset,
+    run_flows,
+    to_dataset,
+)
+
+SIGMA_SQ_WIDTH = TRACKED  # σ² values kept per step: the central flow's tracked eigenpairs
+
+
+def flow_column(name: str, process: str) -> str:
+    """The key of a flow's variable among ``RunBuffer.rows``: ``loss@central``."""
+    return f"{name}@{process}"
 
 
 @dataclass
@@ -36,6 +56,18 @@ class StepRecord:
     # C when ``kernel`` is in the engine's output-major row order (c·n + i): the buffer turns it
     # sample-major only when it is read, which is far rarer than it is replaced.
     kernel_outputs: int = 0
+    # with flows: per process its scalars (PROCESS_SCALARS, distance_to_gd, and the central
+    # flow's CENTRAL_SCALARS) and, on measured steps, its spectrum and σ²
+    flows: dict[str, FlowRecord] | None = None
+
+
+@dataclass
+class FlowRecord:
+    """One flow's part of a step: scalars, and on measured steps its spectrum (and σ²)."""
+
+    scalars: dict[str, float]
+    spectrum: dict[str, np.ndarray] | None = None
+    sigma_sq: np.ndarray | None = None
 
 
 def sample_major(kernel: np.ndarray, outputs: int) -> np.ndarray:
@@ -71,6 +103,16 @@ class RunBuffer:
         self._snap_steps: list[int] = []
         self._snaps: list[np.ndarray] = []
         self._kernel: tuple[int, np.ndarray, int] | None = None  # step, K, its kernel_outputs
+        # flows (``attrs["flows"]``): their scalars and spectra under ``flow_column`` keys
+        self.flows = run_flows(self.attrs)
+        self._flow_scalars = {flow_column(name, p): np.full(capacity, np.nan)
+                              for p in self.flows for name in (*PROCESS_SCALARS, DISTANCE[0])}
+        if "central" in self.flows:
+            self._flow_scalars.update({name: np.full(capacity, np.nan) for name in CENTRAL_SCALARS})
+        self._flow_spectrum = {flow_column(name, p): np.full((capacity, k), np.nan)
+                               for p in self.flows for name in SPECTRUM}
+        if "central" in self.flows:
+            self._flow_spectrum[SIGMA_SQ[0]] = np.full((capacity, SIGMA_SQ_WIDTH), np.nan)
         self.version = 0  # bumps on every change; readers compare it to skip redraws
 
     # ---- writer --------------------------------------------------------------------------
@@ -98,20 +140,34 @@ class RunBuffer:
                     self.eigvec_every *= 2
             if record.kernel is not None:
                 self._kernel = (record.step, record.kernel, record.kernel_outputs)
+            for process, row in (record.flows or {}).items():
+                self._append_flow(i, process, row)
             self._len += 1
             self.version += 1
+
+    def _append_flow(self, i: int, process: str, row: FlowRecord) -> None:
+        if process not in self.flows:
+            return
+        for name, value in row.scalars.items():
+            key = name if name in CENTRAL_SCALARS else flow_column(name, process)
+            if key in self._flow_scalars:
+                self._flow_scalars[key][i] = value
+        for name, values in (row.spectrum or {}).items():
+            key = flow_column(name, process)
+            if key in self._flow_spectrum:
+                self._flow_spectrum[key][i, : len(values)] = values
+        if row.sigma_sq is not None and SIGMA_SQ[0] in self._flow_spectrum:
+            self._flow_spectrum[SIGMA_SQ[0]][i, : len(row.sigma_sq)] = row.sigma_sq[
+                :SIGMA_SQ_WIDTH]
 
     def _grow(self) -> None:
         cap = 2 * len(self._steps)
         self._steps = np.resize(self._steps, cap)
-        for name, arr in self._scalars.items():
-            new = np.full(cap, np.nan)
-            new[: len(arr)] = arr
-            self._scalars[name] = new
-        for name, block in self._spectrum.items():
-            rows = np.full((cap, self.k), np.nan)
-            rows[: len(block)] = block
-            self._spectrum[name] = rows
+        for table in (self._scalars, self._flow_scalars, self._spectrum, self._flow_spectrum):
+            for name, arr in table.items():
+                new = np.full((cap, *arr.shape[1:]), np.nan)
+                new[: len(arr)] = arr
+                table[name] = new
 
     def set_kernel(self, step: int, kernel: np.ndarray, outputs: int = 0) -> None:
         """Replace the kept kernel with step ``step``'s (a mirror catching up with its source)."""
@@ -151,6 +207,8 @@ class RunBuffer:
             out = {"step": self._steps[start:end].copy()}
             out.update({n: a[start:end].copy() for n, a in self._scalars.items()})
             out.update({n: a[start:end].copy() for n, a in self._spectrum.items()})
+            out.update({n: a[start:end].copy() for n, a in self._flow_scalars.items()})
+            out.update({n: a[start:end].copy() for n, a in self._flow_spectrum.items()})
         return out
 
     def latest_eigenvectors(self) -> tuple[int, np.ndarray] | None:
@@ -207,8 +265,21 @@ class RunBuffer:
                                                                       np.float32)
             kept_kernel = self._kernel
             attrs = dict(self.attrs)
+            flows = self._flow_contents(n)
         return to_dataset(LogContents(steps, scalars, spectrum, snap_steps, snaps,
-                                      self._reordered(kept_kernel), self.row_data, attrs))
+                                      self._reordered(kept_kernel), self.row_data, attrs, flows))
+
+    def _flow_contents(self, n: int) -> FlowContents | None:
+        if not self.flows:
+            return None
+        tables = {**self._flow_scalars, **self._flow_spectrum}
+        processes = {p: {name: tables[flow_column(name, p)][:n].copy()
+                         for name in (*PROCESS_SCALARS, *SPECTRUM, DISTANCE[0])}
+                     for p in self.flows}
+        central = {name: (tables[name][:n].copy() if name in tables
+                          else np.full((n, SIGMA_SQ_WIDTH) if name == SIGMA_SQ[0] else n, np.nan))
+                   for name in (*CENTRAL_SCALARS, SIGMA_SQ[0])}
+        return FlowContents(processes, central)
 
     @classmethod
     def from_dataset(cls, ds: xr.Dataset) -> RunBuffer:
@@ -229,6 +300,20 @@ class RunBuffer:
             buffer._snaps = list(log.eigenvectors)
             if log.kernel is not None:
                 buffer._kernel = (log.kernel[0], log.kernel[1], 0)
+            if log.flows is not None:
+                for p, table in log.flows.processes.items():
+                    for name, values in table.items():
+                        key = flow_column(name, p)
+                        if key in buffer._flow_scalars:
+                            buffer._flow_scalars[key][:steps] = values
+                        elif key in buffer._flow_spectrum:
+                            buffer._flow_spectrum[key][:steps] = values
+                for name, values in log.flows.central.items():
+                    if name in buffer._flow_scalars:
+                        buffer._flow_scalars[name][:steps] = values
+                    elif name in buffer._flow_spectrum:
+                        width = min(values.shape[1], SIGMA_SQ_WIDTH)
+                        buffer._flow_spectrum[name][:steps, :width] = values[:, :width]
             buffer.version += 1
         return buffer
 

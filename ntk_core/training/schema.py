@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import xarray as xr
 
 from ..config import MAX_K, MAX_N, MAX_STEPS, ConfigError, RunConfig
 from ..numerics.stability import stability_threshold
-from ..vocabulary import RunStatus
+from ..vocabulary import GD_PROCESS, FlowName, RunStatus
+
+FLOW_NAMES: tuple[str, ...] = get_args(FlowName)
 
 # name -> (long name, units)
 SCALARS: dict[str, tuple[str, str]] = {
@@ -66,6 +68,21 @@ SPECTRUM: dict[str, tuple[str, str]] = {
     "alignment": ("target alignment a_i = (u_iᵀy)²/‖y‖²", "1"),
     "residual_proj": ("residual along eigenvector u_iᵀr", "1"),
 }
+# With flows (``config.flows``) these are measured along every process, and the file indexes
+# them (process, step), gd first; the SPECTRUM arrays become (process, step, eig).
+PROCESS_SCALARS = ("loss", "accuracy", "grad_norm", "sharpness", "gn_sharpness", "kta",
+                   "kta_centered", "kta_stderr", "topk_mass", "kernel_fro", "kernel_trace",
+                   "kernel_distance", "u1_residual", "ntk_products", "ntk_max_residual",
+                   "hvp_products", "hessian_residual", "measured")
+# ... and these only exist with flows: the distance (process, step), the central flow's (step)
+DISTANCE = ("distance_to_gd", "relative distance to gradient descent ‖w − w_gd‖/‖w_gd‖", "1")
+CENTRAL_SCALARS: dict[str, tuple[str, str]] = {
+    "predicted_loss": ("central flow's predicted time-averaged loss L + tr(Σ)/η", "1"),
+    "sigma_sq_trace": ("central flow's tr Σ, GD's predicted oscillation variance", "1"),
+    "critical_count": ("Hessian eigenvalues in the central flow's problem", "count"),
+    "flow_kkt_residual": ("KKT residual of the central flow's complementarity solve", "1"),
+}
+SIGMA_SQ = ("sigma_sq", "central flow's σ_i², the eigenvalues of X", "1")
 # name -> (long name, kind: "i" whole numbers, "f" floats)
 ROWS: dict[str, tuple[str, str]] = {
     "label": ("class index of the sample", "i"),
@@ -77,7 +94,8 @@ ROWS: dict[str, tuple[str, str]] = {
 # What a file must hold to be read back, and the most a run can have along each dim.
 REQUIRED_VARIABLES = ("loss", "two_over_lr", "sharpness", "gn_sharpness", "kta", "topk_mass",
                       "u1_residual", "eigenvalues", "eigval_normalized", "alignment", "label")
-DIM_CAPS = {"step": MAX_STEPS + 1, "eig": MAX_K, "sample": 20 * MAX_N, "snapshot": 100_000}
+DIM_CAPS = {"step": MAX_STEPS + 1, "eig": MAX_K, "sample": 20 * MAX_N, "snapshot": 100_000,
+            "process": 1 + len(FLOW_NAMES), "critical": 16}
 MAX_CLASS = 1000  # class indices and outputs (RunConfig allows classes below 1000)
 MAX_REASON_CHARS = 2000
 STATUS_VALUES = frozenset(status.value for status in RunStatus)
@@ -98,6 +116,32 @@ def variables() -> dict[str, tuple[tuple[str, ...], str]]:
         "kernel": (("sample", "sample_col"), "f"),
         **{name: (("sample",), kind) for name, (_, kind) in ROWS.items()},
     }
+
+
+def process_variables() -> dict[str, tuple[tuple[str, ...], str]]:
+    """What a run with flows holds besides, or instead of, ``variables()``."""
+    return {
+        **{name: (("process", "step"), "f") for name in PROCESS_SCALARS},
+        **{name: (("process", "step", "eig"), "f") for name in SPECTRUM},
+        DISTANCE[0]: (("process", "step"), "f"),
+        **{name: (("step",), "f") for name in CENTRAL_SCALARS},
+        SIGMA_SQ[0]: (("step", "critical"), "f"),
+    }
+
+
+def run_flows(attrs: dict[str, Any]) -> tuple[str, ...]:
+    """The flows a run's attributes name (its ``flows`` attribute, comma-separated)."""
+    text = attrs.get("flows", "")
+    return tuple(name for name in str(text).split(",") if name)
+
+
+@dataclass
+class FlowContents:
+    """A run's flows: per process its PROCESS_SCALARS, SPECTRUM and distance_to_gd arrays,
+    and the central flow's own (CENTRAL_SCALARS and sigma_sq)."""
+
+    processes: dict[str, dict[str, np.ndarray]]
+    central: dict[str, np.ndarray]
 
 
 def measured_rows(measured: np.ndarray) -> np.ndarray:
@@ -124,6 +168,7 @@ class LogContents:
     kernel: tuple[int, np.ndarray] | None  # (its step, (m, m) with sample-major rows)
     rows: dict[str, np.ndarray]  # names of ROWS: (m,)
     attrs: dict[str, Any]
+    flows: FlowContents | None = None
 
     @property
     def k(self) -> int:
@@ -158,8 +203,35 @@ def to_dataset(log: LogContents) -> xr.Dataset:
         "snapshot_step": ("snapshot", log.snapshot_steps,
                           {"long_name": "step of the eigenvector snapshot", "units": "1"}),
     }
+    if log.flows is not None:
+        _add_flows(data_vars, coords, log)
     attrs = {**log.attrs, "steps_done": len(log.steps)}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _add_flows(data_vars: dict[str, Any], coords: dict[str, Any], log: LogContents) -> None:
+    """Stack gd and every flow along ``process``, and add the central flow's own variables."""
+    assert log.flows is not None
+    names = list(log.flows.processes)
+    r = len(log.steps)
+    coords["process"] = ("process", np.array([GD_PROCESS, *names], dtype=object),
+                         {"long_name": "gradient descent and the flows beside it"})
+    for name in PROCESS_SCALARS:
+        long_name, units = SCALARS[name]
+        stacked = np.stack([log.scalars[name], *(log.flows.processes[p][name] for p in names)])
+        data_vars[name] = (("process", "step"), stacked, {"long_name": long_name, "units": units})
+    for name, (long_name, units) in SPECTRUM.items():
+        stacked = np.stack([log.spectrum[name], *(log.flows.processes[p][name] for p in names)])
+        data_vars[name] = (("process", "step", "eig"), stacked,
+                           {"long_name": long_name, "units": units})
+    distance = np.stack([np.zeros(r), *(log.flows.processes[p][DISTANCE[0]] for p in names)])
+    data_vars[DISTANCE[0]] = (("process", "step"), distance,
+                              {"long_name": DISTANCE[1], "units": DISTANCE[2]})
+    for name, (long_name, units) in CENTRAL_SCALARS.items():
+        data_vars[name] = ("step", log.flows.central[name],
+                           {"long_name": long_name, "units": units})
+    data_vars[SIGMA_SQ[0]] = (("step", "critical"), log.flows.central[SIGMA_SQ[0]],
+                              {"long_name": SIGMA_SQ[1], "units": SIGMA_SQ[2]})
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -167,6 +239,9 @@ def from_dataset(ds: xr.Dataset) -> LogContents:
     """The contents of a run Dataset, checked by ``check_run_dataset``. A run saved while it
     was running reads back as ``stopped``: nothing steps it any more."""
     check_run_dataset(ds)
+    flows = _read_flows(ds)
+    if flows is not None:
+        ds = ds.sel(process=GD_PROCESS).drop_vars("process")
     r, k = ds.sizes["step"], ds.sizes["eig"]
     kernel = None
     if "kernel" in ds.variables:
@@ -186,7 +261,28 @@ def from_dataset(ds: xr.Dataset) -> LogContents:
         spectrum={name: _values(ds, name, (r, k)) for name in SPECTRUM},
         snapshot_steps=np.asarray(snapshot_steps, np.int64), eigenvectors=eigenvectors,
         kernel=kernel, rows={name: ds[name].values for name in ROWS if name in ds.variables},
-        attrs=attrs)
+        attrs=attrs, flows=flows)
+
+
+def _read_flows(ds: xr.Dataset) -> FlowContents | None:
+    if "process" not in ds.dims:
+        return None
+    labels = [str(p) for p in ds["process"].values] if "process" in ds.variables else []
+    names = run_flows(ds.attrs)
+    if labels != [GD_PROCESS, *names]:
+        raise RunSchemaError(f"the process labels {labels[:5]} do not match the run's flows "
+                             f"({', '.join(names) or 'none'})")
+    r, k = ds.sizes["step"], ds.sizes["eig"]
+    processes = {}
+    for p in names:
+        one = ds.sel(process=p)
+        processes[p] = ({name: _values(one, name, (r,)) for name in PROCESS_SCALARS}
+                        | {name: _values(one, name, (r, k)) for name in SPECTRUM}
+                        | {DISTANCE[0]: _values(one, DISTANCE[0], (r,))})
+    width = ds.sizes.get("critical", 0)
+    central = ({name: _values(ds, name, (r,)) for name in CENTRAL_SCALARS}
+               | {SIGMA_SQ[0]: _values(ds, SIGMA_SQ[0], (r, width))})
+    return FlowContents(processes, central)
 
 
 def _derived(ds: xr.Dataset, attrs: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -31,12 +31,13 @@ from ..config import DATA_OPTIONS, MODEL_OPTIONS, ConfigError, RunConfig
 from ..data import Dataset, load_dataset
 from ..data.arrays import from_arrays
 from ..models import build_model
-from ..numerics.losses import accuracy, gradient_norm, loss_value, residual
+from ..numerics.losses import accuracy, divergence, gradient_norm, loss_value, residual
 from ..numerics.ntk import LayerCapture
 from ..numerics.stability import tracked_sharpness
 from ..version import __version__
 from ..vocabulary import RunStatus
 from .buffer import RunBuffer, StepRecord
+from .flows import Flows
 from .measurer import Measurement, Measurer, kernel_rows, resolve_ntk_mode
 from .optimizers import BatchOrder, UpdateRule
 from .protocol import LoggedRun
@@ -102,6 +103,9 @@ class Trainer(LoggedRun):
         self.mode, self.cost_estimate = resolve_ntk_mode(config, self.model, self.X,
                                                          self.Y.shape[1])
         self.measurer = Measurer(config, self.Y, self.mode)
+        # the flows start from the initial weights, before any step
+        self.flows = (Flows(config, self.model, self.X, self.Y, self.mode) if config.flows
+                      else None)
         self.lr = config.lr
         self.rule = UpdateRule.from_config(config)
         self.batches = (BatchOrder(self.data.n, config.batch_size, config.seed, self.device)
@@ -149,6 +153,7 @@ class Trainer(LoggedRun):
             "optimizer": cfg.optimizer,
             "tracked_sharpness": tracked_sharpness(cfg.optimizer),
             "ntk_mode": self.mode,
+            **({"flows": ",".join(cfg.flows), "flow_status": ""} if cfg.flows else {}),
             **self.cost_estimate.as_attrs(),
             "kernel": "full" if self.measurer.full else "traced",
             "loss_definition": "L = (1/2n) sum ||f - y||^2" if cfg.loss == "mse" else "mean CE",
@@ -252,7 +257,13 @@ class Trainer(LoggedRun):
                     record.kernel_outputs = m.output_major
         else:
             scalars["grad_norm"] = gradient_norm(grads)
+        if self.flows is not None:
+            record.flows = self.flows.before_update(self.model, measuring)
         self.rule.update(self.params, self._update_gradient(grads), self.lr)
+        if self.flows is not None:
+            self.flows.after_update(self.lr, t)
+            if self.flows.status != self.buffer.attrs.get("flow_status"):
+                self.buffer.set_attr("flow_status", self.flows.status)
         self.step_index += 1
         scalars["time_step"] = time.perf_counter() - t0
         self.buffer.append(record)
@@ -266,14 +277,9 @@ class Trainer(LoggedRun):
         return record
 
     def _diverged(self, loss: float) -> str:
-        if not math.isfinite(loss):
-            return f"diverged at step {self.step_index}: the loss is {loss}"
         assert self.initial_loss is not None
-        limit = self.config.divergence_factor * max(self.initial_loss, 1e-12)
-        if loss > limit:
-            return (f"diverged at step {self.step_index}: loss {loss:.3g} exceeds "
-                    f"{self.config.divergence_factor:g}× its initial value")
-        return ""
+        return divergence(loss, self.initial_loss, self.config.divergence_factor,
+                          self.step_index)
 
     def _finish(self, record: StepRecord, t0: float, status: RunStatus, reason: str
                 ) -> StepRecord:
