@@ -162,6 +162,11 @@ class Flows:
                 p.ended = f"failed at step {step} ({type(exc).__name__}: {exc})"
                 continue
             row.scalars.update(found)
+            # free on every step: each flow's loss where its unit of time began, and the
+            # central flow's sharpness from its own eigensolve (to its tolerance, 1e-6)
+            row.scalars.setdefault("loss", p.start_loss)
+            if p.pending is not None and len(p.pending.eigenvalues):
+                row.scalars.setdefault("sharpness", float(p.pending.eigenvalues[0]))
             if p.pending is not None:
                 sigma = np.full(TRACKED, np.nan)
                 values = p.pending.sigma_sq[:TRACKED]
