@@ -43,7 +43,7 @@ ADDED_ATTRIBUTES = {"optimizer": "gd", "tracked_sharpness": "sharpness", "data":
 # own position and class embeddings
 OTHER_LAYERS = {"mlp-exact": "", "vit-matrix-free": "LayerNorm, ViT"}
 ADDED_OPTIONS = {"optimizer": "gd", "nesterov": False, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-                 "batch_size": None}
+                 "batch_size": None, "flows": []}
 # An exact multi-output kernel with thinned eigenvector snapshots, and a matrix-free binary ViT
 # with momentum: between them every part of a measured and an unmeasured step is exercised.
 CONFIGS = {
