@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..experiments.reproduce import ReproductionError, reproduce
+from ..experiments.reproduce.flow_claims import run_flow_claims, write_flow_report
 from ..experiments.reproduce.grid import experiments
 
 
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serial", action="store_true", help="same as --scheduler serial")
     p.add_argument("--no-theory", action="store_true", help="skip the linear-network comparison")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--flows", action="store_true",
+                   help="instead of the sweeps: the central-flow claims (one run per "
+                   "architecture with the central flow and gradient flow beside GD), written "
+                   "to reproduction-flows.md")
     return p
 
 
@@ -67,6 +72,12 @@ def main(argv: Sequence[str]) -> int:
         # a folder of the repository (docs/optimizers) is part of how to rerun it
         + [f" --out-dir {args.out_dir}"] * bool(args.out_dir
                                                 and not Path(args.out_dir).is_absolute()))
+    if args.flows:
+        results = run_flow_claims(exps, args.quick, log=lambda line: print(line, file=sys.stderr))
+        report = write_flow_report(out_dir / "reproduction-flows.md", results,
+                                   command + " --flows")
+        print(f"wrote {report}", file=sys.stderr)
+        return 0
     try:
         report, figures = reproduce(
             exps, out_dir, command, quick=args.quick, with_theory=not args.no_theory,

@@ -1,0 +1,60 @@
+"""The central-flow claims of the reproduction, computed on runs whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ntk_core.experiments.reproduce.flow_claims import claims, period_average
+
+
+def test_the_period_average_removes_a_period_two_oscillation() -> None:
+    loss = 2.0 + np.array([1, -1, 1, -1, 1, -1.0])
+    averaged = period_average(loss)
+    assert math.isnan(averaged[0]) and math.isnan(averaged[-1])
+    np.testing.assert_allclose(averaged[1:-1], 2.0)
+
+
+def made_up_run(steps: int = 40, lr: float = 0.1) -> xr.Dataset:
+    """GD oscillating ±0.1 around 1 − t/100, the central flow at 2/η from step 10 with the
+    predicted loss 5 % above GD's mean, gradient flow sharpening past 2/η; the central flow
+    twice as close to GD and ahead in KTA by 0.05 at matched loss."""
+    t = np.arange(steps, dtype=float)
+    mean = 1 - t / 100
+    gd_loss = mean + 0.1 * (-1) ** t
+    flow_loss = mean.copy()
+    edge = 2 / lr
+    central_s = np.where(t < 10, edge * (0.5 + 0.05 * t), edge * (1 + 0.01 * np.sin(t)))
+    stable_s = edge * (0.5 + 0.05 * t)
+    kta_central, kta_stable = 0.3 + t / 200, 0.25 + t / 200
+    process = ["gd", "central", "stable"]
+    def stack(*rows: np.ndarray) -> tuple[tuple[str, str], np.ndarray]:
+        return ("process", "step"), np.stack(rows)
+    return xr.Dataset({
+        "loss": stack(gd_loss, flow_loss, flow_loss),
+        "sharpness": stack(central_s, central_s, stable_s),
+        "kta": stack(kta_central, kta_central, kta_stable),
+        "measured": stack(*[np.ones(steps)] * 3),
+        "distance_to_gd": stack(0 * t, 0.01 * t, 0.02 * t),
+        "predicted_loss": ("step", 1.05 * mean),
+        "lr": ("step", np.full(steps, lr)),
+    }, coords={"process": process, "step": np.arange(steps)}, attrs={"flow_status": ""})
+
+
+def test_the_claims_read_what_the_run_holds() -> None:
+    found = claims(made_up_run())
+    assert found["edge_step"] == 10
+    assert found["loss_error_median"] == pytest.approx(0.05, rel=1e-9)
+    assert found["flow_loss_error_median"] == pytest.approx(0.0, abs=1e-12)
+    assert found["pin_within"] == 1.0 and found["pin_max"] <= 0.01
+    assert found["distance_central"] == pytest.approx(0.39)
+    assert found["distance_stable"] == pytest.approx(0.78)
+    # both flows follow the same loss, so the matched level is their common final loss
+    assert found["kta_central"] - found["kta_stable"] == pytest.approx(0.05)
+    run = made_up_run()
+    run["sharpness"].loc[{"process": "central", "step": 30}] = 2 / 0.1 * 1.1
+    off = claims(run)
+    assert off["pin_max"] == pytest.approx(0.1) and off["pin_within"] < 1
