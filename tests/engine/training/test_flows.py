@@ -115,3 +115,22 @@ def test_the_command_line_writes_the_processes(tmp_path, capsys) -> None:
     assert main(["run", "--flows", "central", "--momentum", "0.9", "--steps", "2"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "flows: the central flow and gradient flow" in error[0]
+
+
+def test_the_central_flow_is_pinned_at_the_edge() -> None:
+    """The default preset's data and model, shrunk (n = 64, width 32) at η = 0.2, where GD
+    reaches 2/η near step 40: from there on, the central flow's sharpness (logged every step
+    from its own eigensolve) stays within 2 % of 2/η, while it rose freely before."""
+    from ntk_core.presets import DEFAULT_PRESET, load_preset
+
+    config = load_preset(DEFAULT_PRESET).config.replace(
+        n=64, width=32, lr=0.2, k=4, steps=90, measure_every=10**6, flows=("central",),
+        threads=1)
+    ds = Trainer(config).run()
+    ratio = ds.sharpness.sel(process="central").values * config.lr / 2
+    reached = np.flatnonzero(ratio >= 0.98)
+    assert len(reached) and 10 < reached[0] < 70, ratio
+    assert ratio[0] < 0.9  # it starts well below the edge ...
+    assert np.all(np.abs(ratio[reached[0]:] - 1) <= 0.02), ratio[reached[0]:]  # ... then stays
+    assert (ds.critical_count.values[reached[0]:] >= 1).all()
+    assert ds.flow_kkt_residual.values[reached[0]:].max() <= 1e-8
