@@ -5,7 +5,10 @@
 training thread) and pulls new rows from the engine's buffer every ``PULL_MS`` milliseconds;
 the eigenvalue and alignment curves, the matrices and the comparison views refresh about once a
 second. ``Dashboard(model=..., data=(X, y))`` trains the user's own module and arrays in place of
-the preset's (``app.session.own_inputs``); the controls they replace are greyed out.
+the preset's (``app.session.own_inputs``); the controls they replace are greyed out. With the
+Flows control on, each run also trains GD's central flow and gradient flow from the same initial
+weights; their curves join the loss, sharpness and KTA plots, and their distances from GD get a
+plot of their own.
 """
 
 from __future__ import annotations
@@ -40,9 +43,15 @@ from .session import limits as server_limits
 from .session.limits import has_viewers
 from .session.own_inputs import Data, Model, OwnInputs
 from .session.runner import RunController
-from .session.settings import LIVE_FIELDS, RunSettings
+from .session.settings import FLOW_CHOICES, LIVE_FIELDS, RunSettings
 from .session.theory_lines import TheoryLines
-from .views.controls import SPEEDS, LearningRateControl, optimizer_controls, settings_sections
+from .views.controls import (
+    SPEEDS,
+    FlowsControl,
+    LearningRateControl,
+    optimizer_controls,
+    settings_sections,
+)
 from .views.plot_data import buffer_threshold
 from .views.plots import PLOT_HEIGHT, LivePlots
 from .views.server_files import ServerFiles
@@ -62,7 +71,7 @@ SIDEBAR_WIDTH = 330
 # Names of the control fields in the header's "changed from the preset" line
 FIELD_NAMES = {"lr": "η", "measure_every": "measure every", "target_loss": "target loss",
                "momentum": "β", "beta1": "β₁", "beta2": "β₂", "eps": "ε",
-               "batch_size": "batch size"}
+               "batch_size": "batch size", "flows": "flows"}
 
 RESULT_ALERTS = {
     RunStatus.DIVERGED: ("warning", "**{reason}.** The sharpness rose so far above its stability "
@@ -74,9 +83,14 @@ RESULT_ALERTS = {
 }
 
 
-def _shown(value: object) -> str:
+FLOW_SHOWN = {value: label.lower() for label, value in FLOW_CHOICES.items()}
+
+
+def _shown(value: object, name: str = "") -> str:
     if isinstance(value, float):
         return f"{value:g}"
+    if name == "flows":
+        return FLOW_SHOWN.get(str(value), str(value))
     return "all" if value == "" else str(value)  # no classes given: all of them
 
 
@@ -129,7 +143,16 @@ class Dashboard(pn.viewable.Viewer):
         self._sync_url()
         self.settings.param.watch(self._on_settings, "changed")
         self._make_widgets()
-        self._plot_panes = [self._pane(fig) for fig in self.plots.live_figures()]
+        figures = self.plots.live_figures()
+        after = figures.index(self.plots.alignment_fig) + 1  # the distances beside KTA
+        figures[after:after] = self.plots.flow_figures()
+        # the flow figures come in a box, shown only while the run on screen has flows (a
+        # Bokeh pane's own visibility follows its figure's and did not come back once hidden)
+        flow_figures = self.plots.flow_figures()
+        self._plot_panes: list[pn.viewable.Viewable] = [
+            pn.Column(self._pane(fig), sizing_mode="stretch_width", margin=0)
+            if fig in flow_figures else self._pane(fig) for fig in figures]
+        self._flow_panes = [self._plot_panes[figures.index(fig)] for fig in flow_figures]
         self._grid = pn.GridBox(*([] if staged else self._plot_panes), ncols=self.columns,
                                 sizing_mode="stretch_width")
         self._layout = self._make_layout()
@@ -195,7 +218,9 @@ class Dashboard(pn.viewable.Viewer):
         settings = self.settings
         # a hidden option of another optimiser (a link's batch_size for GD) changes no run
         changed = {name for name in settings.last_changed if settings.used(name)}
-        if changed <= LIVE_FIELDS and run is not None and not run.finished:
+        # momentum turned on under a run with flows ends its flows: that is another run
+        same_flows = run is not None and settings.to_config().flows == run.config.flows
+        if changed <= LIVE_FIELDS and same_flows and run is not None and not run.finished:
             if "lr" in changed:
                 self.controller.set_lr(settings.lr)
             if changed & {"momentum", "beta1"}:
@@ -359,6 +384,7 @@ class Dashboard(pn.viewable.Viewer):
                 self._next_curves = self._next_slow = now
                 self._file_threshold = buffer_threshold(buffer) if buffer is not None else None
                 self.plots.clear()
+                self._show_flows(buffer.flows if buffer is not None else ())
                 self._show_ladder_lr()
             self.plots.set_threshold(*self._threshold())
             self.plots.set_theory(*self.theory.lines(controller))
@@ -383,6 +409,12 @@ class Dashboard(pn.viewable.Viewer):
             self.plots.apply_stale_ranges()  # the reset tool was used
             self._update_text()
 
+    def _show_flows(self, flows: tuple[str, ...]) -> None:
+        """The overlays and the distance plot of the run on screen's flows, or none."""
+        self.plots.set_flows(flows)
+        for pane in self._flow_panes:
+            _set_if_changed(pane, visible=bool(flows))
+
     def _update_text(self) -> None:
         controller = self.controller
         status = controller.status_line
@@ -402,6 +434,10 @@ class Dashboard(pn.viewable.Viewer):
             reason = plain(buffer.attrs.get("status_reason", ""), 400).rstrip(".")
             reason = reason[:1].upper() + reason[1:]
             alert = (text.format(line=controller.status_line, reason=reason), kind)
+        flow_status = buffer.attrs.get("flow_status", "") if buffer is not None else ""
+        if flow_status and not alert[0]:
+            alert = (f"**A flow ended, gradient descent goes on:** {plain(flow_status, 400)}",
+                     "warning")
         if controller.idle_note and not alert[0]:
             alert = (controller.idle_note, "warning")
         if self._file_message[0]:
@@ -461,6 +497,7 @@ class Dashboard(pn.viewable.Viewer):
         self.clear_button.on_click(self.clear_kept)
         self.lr_control = LearningRateControl(self.settings)
         self.optimizer_select, self.optimizer_options = optimizer_controls(self.settings)
+        self.flows_control = FlowsControl(self.settings, self.controller.limits)
         self.preset_select = pn.widgets.Select.from_param(self.settings.param.preset,
                                                           sizing_mode="stretch_width")
         self.netcdf = pn.widgets.FileDownload(callback=self._download_netcdf, filename="run.nc",
@@ -488,7 +525,7 @@ class Dashboard(pn.viewable.Viewer):
         run_box = pn.Column(
             "### Run", pn.Row(*self.buttons.values()), self.speed_slider,
             pn.Row(self.keep_button, self.clear_button), self.optimizer_select, self.lr_control,
-            self.optimizer_options)
+            self.optimizer_options, self.flows_control)
         sections = [pn.Card(*widgets, title=title, collapsed=title == "Run",
                             sizing_mode="stretch_width")
                     for title, widgets in settings_sections(self.settings, self._ignored)]
@@ -520,7 +557,7 @@ class Dashboard(pn.viewable.Viewer):
             text = (f"### Training {self.own.describe()}\n\nWith the *{info.title}* preset's "
                     f"other settings; the greyed-out controls are not used.\n\n"
                     f"{info.description}")
-        changes = [f"{FIELD_NAMES.get(name, name)} {_shown(old)} → {_shown(new)}"
+        changes = [f"{FIELD_NAMES.get(name, name)} {_shown(old, name)} → {_shown(new, name)}"
                    for name, (old, new) in self.settings.overrides().items()
                    if name not in self._ignored]
         if changes:

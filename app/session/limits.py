@@ -34,8 +34,12 @@ Mode = Literal["hosted", "local"]
 Training = Literal["process", "thread"]
 ENV_PREFIX = "NTK_EOS_"
 # Per-run caps of hosted mode (0: no cap). The default preset has n = 256, p ≈ 25k: n·p ≈ 6.5M.
+# A run with flows measures three processes per step and solves the central flow's Hessian
+# eigenpairs four times a step: on the default preset one step took 3.4× a GD step at first and
+# up to 20× once at the edge. A step holds its training slot until it ends, so flows get a
+# smaller n·p: the default preset's size, about the time of the largest GD step allowed.
 HOSTED_CAPS: dict[str, Any] = {"max_n": 1024, "max_width": 512, "max_depth": 6, "max_steps": 5000,
-                               "max_np": 20_000_000}
+                               "max_np": 20_000_000, "max_flow_np": 8_000_000}
 # Runs opened from files, all sessions together (0: no cap). One opened run may take a quarter.
 HOSTED_OPEN_RUNS_MB = 1024.0
 
@@ -68,6 +72,7 @@ class ServerLimits:
     max_depth: int = 0
     max_steps: int = 0
     max_np: int = 0
+    max_flow_np: int = 0  # n·p of a run with flows (RunConfig.flows)
     open_runs_mb: float = 0.0
 
     def __post_init__(self) -> None:
@@ -137,13 +142,18 @@ class ServerLimits:
                 raise ConfigError(f"{name}: at most {cap} on this server ({self.mode} mode), "
                                   f"got {value}")
 
-    def check_size(self, n: int, num_params: int) -> None:
+    def check_size(self, n: int, num_params: int, flows: bool = False) -> None:
         """Raise ConfigError when n·p (examples × parameters, the size of the Jacobian per
-        output) exceeds the cap."""
+        output) exceeds the cap, or the cap for runs with flows (``flows``)."""
         if self.max_np and n * num_params > self.max_np:
             raise ConfigError(f"n·p: at most {self.max_np:,} on this server ({self.mode} mode), "
                               f"got {n} × {num_params:,} parameters = {n * num_params:,}; "
                               "lower n, width or depth")
+        if flows and self.max_flow_np and n * num_params > self.max_flow_np:
+            raise ConfigError(f"n·p: at most {self.max_flow_np:,} with flows on this server "
+                              f"({self.mode} mode), got {n} × {num_params:,} parameters = "
+                              f"{n * num_params:,}; lower n, width or depth, or turn the flows "
+                              "off")
 
     def summary(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

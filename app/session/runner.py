@@ -15,7 +15,7 @@ page polls ``buffer`` / ``status_line`` from its periodic callback.
 Server limits (``app.session.limits``): a run builds and steps only while it holds one of the process's
 training slots, waiting its turn in the queue otherwise; each training thread sets its own torch
 thread count; hosted caps are checked before a run starts (n, width, depth, steps) and once the
-model is built (n·p); a session left untouched past the idle limit is paused.
+model is built (n·p, smaller with flows); a session left untouched past the idle limit is paused.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ class TrainingRun:
         trainer: SteppableRun | None = None
         try:
             trainer = self._new_trainer()
-            self.limits.check_size(*trainer.size)
+            self.limits.check_size(*trainer.size, flows=bool(self.config.flows))
         except ConfigError as exc:
             self.error = str(exc)
         except TrainingProcessError as exc:

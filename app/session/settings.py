@@ -7,7 +7,9 @@ show (``input_dim``, ``kernel`` ...) come from the selected preset. The optimise
 (``OPTIMIZER_FIELDS``) reach the run only for the optimiser that reads them: the others take
 their ``RunConfig`` defaults, so switching to Adam and back keeps the momentum typed for GD.
 ``to_config`` builds the ``RunConfig`` and lets the engine validate it: every message shown is
-the engine's.
+the engine's. The flows beside GD (``flows``, the Flows control) reach the run only with plain
+gradient descent (GD without momentum), the one optimiser whose central flow and gradient flow
+the engine runs; the choice is kept while another optimiser is selected.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ CONTROL_FIELDS: tuple[str, ...] = (
     "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "batch_size",
     "steps", "target_loss", "measure_every", "k", "seed",
 )
+# The Flows control: RunConfig.flows as the text a link carries, by the name the control shows
+FLOW_CHOICES: dict[str, str] = {"Off": "", "Central flow": "central",
+                                "Central flow + gradient flow": "central,stable"}
+# Every RunConfig field the settings hold: the generated controls, and the flows
+SETTING_FIELDS: tuple[str, ...] = (*CONTROL_FIELDS, "flows")
 # Changing one of these keeps the weights and the optimiser's state (the trainer continues from
 # the next step: set_lr, set_hyper); any other field resets the run.
 LIVE_FIELDS = frozenset({"lr", "momentum", "beta1"})
@@ -77,7 +84,7 @@ LABELS: dict[str, str] = {
     "beta2": "β₂ (second moment)", "eps": "ε (preconditioner floor)", "batch_size": "Batch size",
     "steps": "Steps",
     "target_loss": "Stop at loss (empty: never)", "measure_every": "Measure every",
-    "k": "Top-k eigenpairs", "seed": "Seed",
+    "k": "Top-k eigenpairs", "seed": "Seed", "flows": "Flows beside GD",
 }
 
 
@@ -120,16 +127,27 @@ def _preset_values(preset: Preset) -> dict[str, Any]:
         if name == "batch_size" and value is None:
             value = DEFAULT_BATCH_SIZE
         values[name] = value
+    values["flows"] = ",".join(preset.config.flows)
     return values
 
 
 def for_optimizer(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with the optimiser options that ``values["optimizer"]`` does not read set to
-    their RunConfig defaults (the engine refuses, say, a batch size for full-batch GD)."""
+    their RunConfig defaults (the engine refuses, say, a batch size for full-batch GD), and no
+    flows unless the run is plain gradient descent (``plain_gd``)."""
     used = OPTIMIZER_FIELDS.get(values["optimizer"], ())
     defaults = RunConfig()
-    return {**values, **{name: getattr(defaults, name) for name in ALL_OPTIMIZER_FIELDS
-                         if name not in used}}
+    out = {**values, **{name: getattr(defaults, name) for name in ALL_OPTIMIZER_FIELDS
+                        if name not in used}}
+    if "flows" in out and not plain_gd(out):
+        out["flows"] = ""
+    return out
+
+
+def plain_gd(values: dict[str, Any]) -> bool:
+    """Whether ``values`` train with plain gradient descent (full batch, no momentum): the
+    optimiser whose central flow and gradient flow the engine runs beside it."""
+    return values["optimizer"] == "gd" and not values.get("momentum")
 
 
 class RunSettings(param.Parameterized):
@@ -144,6 +162,9 @@ class RunSettings(param.Parameterized):
     """
 
     preset: param.Selector[str] = param.Selector(default=DEFAULT_PRESET, objects=[], label="Preset")
+    flows: param.Selector[str] = param.Selector(
+        default="", objects=list(FLOW_CHOICES.values()), label=LABELS["flows"],
+        doc="RunConfig.flows, comma-separated: the processes that run beside GD")
     changed = param.Event(doc="Fires once after each coherent change of the settings.")
     # The control fields, added below from RunConfig (``config_parameter``), hold these types:
     dataset: str
@@ -178,7 +199,7 @@ class RunSettings(param.Parameterized):
         self.last_changed: frozenset[str] = frozenset()
         self.rejected: dict[str, str] = {}  # control -> the message for the value typed there
         self._applying = False
-        self.param.watch(self._on_change, ["preset", *CONTROL_FIELDS])
+        self.param.watch(self._on_change, ["preset", *SETTING_FIELDS])
 
     # ---- changes -------------------------------------------------------------------------
     def _on_change(self, *events: param.parameterized.Event) -> None:
@@ -195,7 +216,7 @@ class RunSettings(param.Parameterized):
                 self.param.update(**{k: v for k, v in values.items() if k not in names})
             finally:
                 self._applying = False
-            names |= set(CONTROL_FIELDS)
+            names |= set(SETTING_FIELDS)
             self.rejected.clear()
         self._announce(names)
 
@@ -235,13 +256,21 @@ class RunSettings(param.Parameterized):
     def values(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
         """The control fields (with ``changes``) as RunConfig.from_dict input, the optimiser's
         options only where it reads them (strings are coerced by the engine)."""
-        values = {name: getattr(self, name) for name in CONTROL_FIELDS} | (changes or {})
+        values = {name: getattr(self, name) for name in SETTING_FIELDS} | (changes or {})
         values["classes"] = values["classes"].strip() or None
         return for_optimizer(values)
 
     def used(self, name: str) -> bool:
-        """Whether the run reads control ``name`` (the optimiser's options depend on it)."""
+        """Whether the run reads control ``name`` (the optimiser's options depend on it, the
+        flows need plain gradient descent)."""
+        if name == "flows":
+            return self.flows_available
         return name not in ALL_OPTIMIZER_FIELDS or name in OPTIMIZER_FIELDS.get(self.optimizer, ())
+
+    @property
+    def flows_available(self) -> bool:
+        """Whether the selected optimiser can run flows beside it (``plain_gd``)."""
+        return plain_gd({"optimizer": self.optimizer, "momentum": self.momentum})
 
     def to_config(self) -> RunConfig:
         """The run config: the preset's, overridden by the controls. Raises ConfigError."""
@@ -268,7 +297,7 @@ class RunSettings(param.Parameterized):
         Fields the preset sweeps (a ladder's η) vary by design and are left out."""
         preset = _preset_values(self.preset_info)
         out = {}
-        for name in CONTROL_FIELDS:
+        for name in SETTING_FIELDS:
             if name in self.preset_info.sweep or not self.used(name):
                 continue
             ours, theirs = getattr(self, name), preset[name]
@@ -280,7 +309,7 @@ class RunSettings(param.Parameterized):
 
     def url_parameters(self) -> dict[str, str]:
         """Parameter name -> URL query name for pn.state.location.sync."""
-        return {name: name for name in ("preset", *CONTROL_FIELDS)}
+        return {name: name for name in ("preset", *SETTING_FIELDS)}
 
 
 for _name in CONTROL_FIELDS:

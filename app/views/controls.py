@@ -4,7 +4,8 @@ Each control field gets a widget chosen by its parameter type (selectors, slider
 numeric inputs for counts); sliders write back on release (``value_throttled``) because a change
 restarts the run. η gets a log-scale slider plus an exact input, both linked to ``settings.lr``,
 with the optimiser's stability threshold beside them. The optimiser's options show only while
-the selected optimiser reads them.
+the selected optimiser reads them. The Flows control starts the central flow and gradient flow
+beside gradient descent; it is greyed out, showing Off, while the optimiser is not plain GD.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from bokeh.models import CustomJSTickFormatter
 from ntk_core.models import UNUSED_FIELDS
 from ntk_core.numerics.stability import stability_threshold, threshold_label
 
+from ..session.limits import ServerLimits
 from ..session.settings import (
     ALL_OPTIMIZER_FIELDS,
     BOUNDS,
+    FLOW_CHOICES,
     SLIDER_RANGES,
     RunSettings,
     round_lr,
@@ -140,6 +143,59 @@ def optimizer_controls(settings: RunSettings) -> tuple[pn.widgets.Widget, pn.Col
     settings.param.watch(show_used, "optimizer")
     show_used()
     return select, pn.Column(*widgets.values(), sizing_mode="stretch_width", margin=0)
+
+
+FLOWS_ONLY_GD = "Flows: plain gradient descent only"
+FLOWS_NOTE = ("Beside GD, from the same initial weights: each flow is measured as GD is, so "
+              "a step costs several GD steps; raise *Measure every* to go faster.")
+
+
+def flows_text(settings: RunSettings, limits: ServerLimits | None = None) -> str:
+    """The line under the Flows control: why it is off (another optimiser, momentum), what the
+    flows cost, and a server's cap on them."""
+    if not settings.flows_available:
+        using = (f"momentum β = {settings.momentum:g}" if settings.optimizer == "gd"
+                 else OPTIMIZER_NAMES.get(settings.optimizer, settings.optimizer))
+        return f"*{FLOWS_ONLY_GD} (no momentum); this run uses {using}.*"
+    if not settings.flows:
+        return ""
+    text = f"*{FLOWS_NOTE}*"
+    if limits is not None and limits.max_flow_np:
+        text += (f" *On this server a run with flows may have n·p up to "
+                 f"{limits.max_flow_np:,} (examples × parameters).*")
+    return text
+
+
+class FlowsControl(pn.viewable.Viewer):
+    """Off / central flow / central flow + gradient flow (``settings.flows``). While the
+    optimiser is not plain gradient descent it is greyed out and shows Off, and the line under
+    it says why (the choice comes back with plain GD)."""
+
+    def __init__(self, settings: RunSettings, limits: ServerLimits | None = None,
+                 **params: Any) -> None:
+        super().__init__(**params)
+        self.settings = settings
+        self.limits = limits
+        self.select = pn.widgets.Select(label=settings.param.flows.label, options=FLOW_CHOICES,
+                                        value=settings.flows, sizing_mode="stretch_width")
+        self.note = pn.pane.Markdown("", margin=(0, 10), sizing_mode="stretch_width")
+        self.select.param.watch(self._from_widget, "value")
+        settings.param.watch(self._show, ["flows", "optimizer", "momentum"])
+        self._show()
+
+    def _from_widget(self, event: param.parameterized.Event) -> None:
+        if self.settings.flows_available:  # greyed out it shows Off, which is no choice
+            self.settings.flows = event.new
+
+    def _show(self, *_: object) -> None:
+        available = self.settings.flows_available
+        self.select.param.update(value=self.settings.flows if available else "",
+                                 disabled=not available)
+        text = flows_text(self.settings, self.limits)
+        self.note.param.update(object=text, visible=bool(text))
+
+    def __panel__(self) -> pn.layout.Column:
+        return pn.Column(self.select, self.note, sizing_mode="stretch_width", margin=0)
 
 
 OWN_NOTES = {"Data": "*Not used (greyed out): the runs train your data.*",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ntk_core.numerics.stability import threshold_label
-from ntk_core.training.buffer import RunBuffer
+from ntk_core.training.buffer import RunBuffer, flow_column
 from ntk_core.training.schema import RunSchemaError, config_from_attrs, last_measured
 from ntk_core.vocabulary import OptimizerName
 
@@ -18,6 +18,16 @@ from ..session.kept_runs import KeptRun
 from ..session.theory_lines import TheoryCurve, TheoryTarget
 
 K_SHOW = 10  # eigenvalue curves drawn in the spectrum plot
+# The flows beside GD (RunConfig.flows). Their curves are drawn at the measured steps, where
+# each process is measured as GD is, in the sources of GD's curves of the same cadence: each
+# flow's loss and sharpness and the central flow's predicted time-averaged loss of GD with the
+# fast curves, each flow's KTA with the slow ones. Their distances from GD (every step) have a
+# source of their own. A flow a run lacks is NaN.
+FLOWS = ("central", "stable")
+FLOW_MEASURE_COLUMNS = ["predicted_loss", *(f"{name}_{p}" for name in ("loss", "sharpness")
+                                            for p in FLOWS)]
+FLOW_SPECTRUM_COLUMNS = [f"kta_{p}" for p in FLOWS]
+DISTANCE_COLUMNS = ["step", *(f"distance_{p}" for p in FLOWS)]
 MAX_PIXELS = 256  # NTK heatmap side after block-averaging
 MAX_VECTOR_COLUMNS = 512
 MAX_HISTORY_ROWS = 128
@@ -29,10 +39,11 @@ STEP_COLUMNS = ["step", "loss", "accuracy", "two_over_lr"]
 # Hessian's for GD, or one of the two extra columns for the adaptive methods and SGD.
 TRACKED_COLUMNS = ["preconditioned_sharpness", "batch_sharpness"]
 MEASURE_COLUMNS = ["step", "two_over_lr", "stability_threshold", "sharpness", "gn_sharpness",
-                   *TRACKED_COLUMNS, "u1_residual"]
+                   *TRACKED_COLUMNS, "u1_residual", *FLOW_MEASURE_COLUMNS]
 EIGENVALUE_COLUMNS = [f"lam{i + 1}" for i in range(K_SHOW)]
 LABEL_ALIGNMENT_COLUMNS = ["kta", "topk_mass", "a1"]
-SPECTRUM_COLUMNS = ["step", "two_over_lr", *EIGENVALUE_COLUMNS, *LABEL_ALIGNMENT_COLUMNS]
+SPECTRUM_COLUMNS = ["step", "two_over_lr", *EIGENVALUE_COLUMNS, *LABEL_ALIGNMENT_COLUMNS,
+                    *FLOW_SPECTRUM_COLUMNS]
 ALIGNMENT_COLUMNS = ["eigval_normalized", "alignment"]
 COMPARE_COLUMNS = ["lr", "kta", "a1", "topk_mass"]
 
@@ -47,21 +58,48 @@ def finite(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(out), out, np.nan)
 
 
+def flow_data(rows: dict[str, np.ndarray], columns: list[str],
+              keep: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+    """The flow curves ``columns`` (``loss_central``: the buffer's ``loss@central``;
+    ``distance_stable``: ``distance_to_gd@stable``) at rows ``keep``, NaN where the run has no
+    such flow."""
+    out = {}
+    for column in columns:
+        if column == "predicted_loss":
+            key = column
+        else:
+            name, process = column.rsplit("_", 1)
+            key = flow_column("distance_to_gd" if name == "distance" else name, process)
+        values = rows.get(key)
+        out[column] = (finite(values[keep]) if values is not None
+                       else np.full(len(rows["step"][keep]), np.nan))
+    return out
+
+
 def step_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
     """Every step: loss, accuracy, 2/η."""
     return pd.DataFrame({"step": rows["step"].astype(float), "loss": finite(rows["loss"]),
                          "accuracy": rows["accuracy"], "two_over_lr": rows["two_over_lr"]})
 
 
+def distance_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Every step: each flow's distance from GD, ‖w − w_gd‖/‖w_gd‖."""
+    return pd.DataFrame({"step": rows["step"].astype(float),
+                         **flow_data(rows, DISTANCE_COLUMNS[1:])})
+
+
 def measure_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Measured steps only, so that measure_every > 1 still draws connected curves."""
+    """Measured steps only, so that measure_every > 1 still draws connected curves; the flows
+    are measured on the same steps as GD."""
     keep = rows["measured"] == 1
-    return pd.DataFrame({c: finite(rows[c][keep]) for c in MEASURE_COLUMNS})
+    gd = [c for c in MEASURE_COLUMNS if c not in FLOW_MEASURE_COLUMNS]
+    return pd.DataFrame({**{c: finite(rows[c][keep]) for c in gd},
+                         **flow_data(rows, FLOW_MEASURE_COLUMNS, keep)})
 
 
 def spectrum_frame(rows: dict[str, np.ndarray], n: int) -> pd.DataFrame:
     """Measured steps, the slow curves: the top K_SHOW eigenvalues divided by n (comparable
-    with 2/η), KTA, A_k and a₁."""
+    with 2/η), KTA, A_k and a₁, and each flow's KTA."""
     keep = rows["measured"] == 1
     eig = rows["eigenvalues"][keep, :K_SHOW] / n
     data = {"step": rows["step"][keep].astype(float), "two_over_lr": rows["two_over_lr"][keep]}
@@ -69,6 +107,7 @@ def spectrum_frame(rows: dict[str, np.ndarray], n: int) -> pd.DataFrame:
         data[f"lam{i + 1}"] = finite(eig[:, i]) if i < eig.shape[1] else np.full(len(eig), np.nan)
     data.update(kta=finite(rows["kta"][keep]), topk_mass=finite(rows["topk_mass"][keep]),
                 a1=finite(rows["alignment"][keep, 0]))
+    data.update(flow_data(rows, FLOW_SPECTRUM_COLUMNS, keep))
     return pd.DataFrame(data)
 
 

@@ -8,6 +8,10 @@ replace one image source each. Everything is built once per page; an update touc
 That keeps a page update at a few milliseconds of server time: the equivalent HoloViews
 DynamicMaps re-ran their element pipeline and walked the whole document per plot per update,
 which at 4 Hz took most of a core and starved the training thread.
+
+A run with flows (``RunConfig.flows``) adds its central flow and gradient flow to the loss,
+sharpness and KTA figures, each process in a line style of its own (``FLOW_STYLES``), and a
+figure of their distances from GD (``flow_figures``); without flows these stay hidden.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from ..session.theory_lines import TheoryCurve, TheoryTarget
 from .plot_data import (
     ALIGNMENT_COLUMNS,
     COMPARE_COLUMNS,
+    DISTANCE_COLUMNS,
     EIGENVALUE_COLUMNS,
+    FLOW_SPECTRUM_COLUMNS,
     K_SHOW,
     LABEL_ALIGNMENT_COLUMNS,
     MEASURE_COLUMNS,
@@ -52,6 +58,7 @@ from .plot_data import (
     buffer_kernel_name,
     column_data,
     comparison_frame,
+    distance_frame,
     empty_data,
     last_alignment,
     matrix_payload,
@@ -95,6 +102,15 @@ KTA_COLOR = "#1f77b4"
 # The two-layer linear network's predicted final KTA: black and dashed, drawn over the KTA
 # curve, which ends on it
 THEORY_STYLE = {"line_color": "black", "line_width": 1.5, "line_dash": "dashed"}
+# The flows beside GD: the central flow dashed, gradient flow dotted, in colours no GD line has
+# (the threshold is red and dashed: the central flow's sharpness lies on it, by design)
+FLOW_NAMES = {"central": "central flow", "stable": "gradient flow"}
+FLOW_STYLES: dict[str, dict[str, Any]] = {
+    "central": {"color": "#9467bd", "line_dash": "dashed", "line_width": 2.5},
+    "stable": {"color": "#8c564b", "line_dash": "dotted", "line_width": 2.5},
+}
+PREDICTED_STYLE = {"color": "#9467bd", "line_dash": "dashdot", "line_width": 1.5}
+DISTANCE_TITLE = "Distance from GD to each flow"
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 # A legend above the frame may be as wide as the frame: about 270 px for each figure of the
 # three-column Live tab at 1600 px, so the wider legends wrap after ``ncols`` entries. Its labels
@@ -268,6 +284,11 @@ class LivePlots:
         self.spectrum = ColumnDataSource(empty_data(SPECTRUM_COLUMNS))
         self.current_alignment = ColumnDataSource(empty_data(ALIGNMENT_COLUMNS))
         self.comparison = ColumnDataSource(empty_data(COMPARE_COLUMNS))
+        self.distances = ColumnDataSource(empty_data(DISTANCE_COLUMNS))  # flows' distances
+        self.flows: tuple[str, ...] = ()  # the flows of the run on screen
+        self._flows_shown: tuple[str, ...] | None = None
+        # (process, renderer or legend entry) of every flow overlay: shown with that process
+        self._flow_drawn: list[tuple[str, GlyphRenderer | LegendItem]] = []
         # the theory's predictions: the level at the run's η (not drawn: one NaN step, for the
         # alignment figure's followed range) and the curve against η
         self.theory_level = ColumnDataSource({"step": [math.nan], "kta": [math.nan]})
@@ -298,12 +319,25 @@ class LivePlots:
     def _line(self, fig: figure, source: ColumnDataSource, y: str, **style: Any) -> GlyphRenderer:
         return fig.line("step", y, source=source, **style)
 
+    def _flow_line(self, fig: figure, source: ColumnDataSource, y: str, process: str,
+                   label: str, style: dict[str, Any] | None = None) -> LegendItem:
+        """A flow's line and its legend entry, both shown only while the run on screen has
+        that flow (``set_flows``)."""
+        line = self._line(fig, source, y, **(style or FLOW_STYLES[process]))
+        entry = _streamed_entry(fig, label, line)
+        self._flow_drawn += [(process, line), (process, entry)]
+        return entry
+
     def _build(self) -> None:
         # 1. loss
         f = _figure("Training loss", "loss L (log)", y_axis_type="log")
         live = self._line(f, self.steps, "loss", color="black", line_width=2)
+        flows = [self._flow_line(f, self.measures, "loss_central", "central", "central flow"),
+                 self._flow_line(f, self.measures, "predicted_loss", "central",
+                                 "predicted time-averaged loss", PREDICTED_STYLE),
+                 self._flow_line(f, self.measures, "loss_stable", "stable", "gradient flow")]
         # kept runs add entries: "current" and up to two kept runs a row
-        self._loss_legend = _legend(f, [_streamed_entry(f, "current", live)], ncols=3)
+        self._loss_legend = _legend(f, [_streamed_entry(f, "current", live), *flows], ncols=3)
         f.add_tools(_step_hover())
         self.loss_fig = f
         # 2. sharpness against the optimiser's stability threshold
@@ -314,6 +348,9 @@ class LivePlots:
             line = self._line(f, self.measures, col, **style)
             self.sharpness_lines[col] = line
             self._sharpness_entries[col] = _streamed_entry(f, label, line)
+        self._sharpness_flows = [
+            self._flow_line(f, self.measures, f"sharpness_{p}", p, FLOW_NAMES[p])
+            for p in FLOW_NAMES]
         # rows of two: the tracked sharpness beside its threshold, the other sharpness below
         self._sharpness_legend = _legend(f, [], ncols=2)
         f.add_tools(_step_hover())
@@ -335,8 +372,10 @@ class LivePlots:
                                                       line_width=2))
                  for col, label, color in (("kta", "KTA", KTA_COLOR), ("topk_mass", "Aₖ", "#ff7f0e"),
                                            ("a1", "a₁", "#2ca02c"))]
+        items += [self._flow_line(f, self.spectrum, f"kta_{p}", p, f"KTA, {FLOW_NAMES[p]}")
+                  for p in FLOW_NAMES]
         items.append(self._theory_target_entry(f))
-        _legend(f, items)
+        _legend(f, items, ncols=3)
         hover = _step_hover()
         f.add_tools(hover)
         self._kernel_labelled.append((f.yaxis[0], "alignment", hover))
@@ -346,18 +385,30 @@ class LivePlots:
         self._line(f, self.measures, "u1_residual", color="#9467bd", line_width=1.5)
         f.add_tools(_step_hover())
         self.residual_fig = f
+        # 5b. (flows only) the distances from GD
+        f = _figure(DISTANCE_TITLE, "‖w − w_gd‖ / ‖w_gd‖")
+        _legend(f, [self._flow_line(f, self.distances, f"distance_{p}", p,
+                                    f"to the {FLOW_NAMES[p]}") for p in FLOW_NAMES])
+        f.add_tools(_step_hover())
+        self.distance_fig = f
         self.followed = {fig: FollowedRanges(fig, log_y=fig is self.loss_fig)
                          for fig in (self.loss_fig, self.sharpness_fig, self.eigenvalues_fig,
-                                     self.alignment_fig, self.residual_fig)}
+                                     self.alignment_fig, self.residual_fig, self.distance_fig)}
         self._eigen_columns = ["two_over_lr", *EIGENVALUE_COLUMNS]  # set_threshold edits it
         for fig, source, columns in (
                 (self.loss_fig, self.steps, ["loss"]),
-                (self.sharpness_fig, self.measures, [col for col, _, _ in SHARPNESS_LINES]),
+                (self.loss_fig, self.measures,
+                 ["predicted_loss", *(f"loss_{p}" for p in FLOW_NAMES)]),
+                (self.sharpness_fig, self.measures, [*(col for col, _, _ in SHARPNESS_LINES),
+                                                     *(f"sharpness_{p}" for p in FLOW_NAMES)]),
                 (self.eigenvalues_fig, self.spectrum, self._eigen_columns),
-                (self.alignment_fig, self.spectrum, LABEL_ALIGNMENT_COLUMNS),
+                (self.alignment_fig, self.spectrum,
+                 [*LABEL_ALIGNMENT_COLUMNS, *FLOW_SPECTRUM_COLUMNS]),
                 (self.alignment_fig, self.theory_level, ["kta"]),
-                (self.residual_fig, self.measures, ["u1_residual"])):
+                (self.residual_fig, self.measures, ["u1_residual"]),
+                (self.distance_fig, self.distances, DISTANCE_COLUMNS[1:])):
             self._followers.append((source, self.followed[fig], columns))
+        self.set_flows(())
         # 6.–8. heatmaps
         self.vectors = HeatMap("Top NTK eigenvectors", "kernel rows by class", "eigenvector i")
         self.history = HeatMap("u₁ over training", "kernel rows by class", "step")
@@ -455,6 +506,8 @@ class LivePlots:
         if len(rows["step"]) == 0:
             return
         self._stream(self.steps, column_data(step_frame(rows), STEP_COLUMNS))
+        if self.flows:
+            self._stream(self.distances, column_data(distance_frame(rows), DISTANCE_COLUMNS))
         measured = measure_frame(rows)
         if len(measured):
             self._stream(self.measures, column_data(measured, MEASURE_COLUMNS))
@@ -540,13 +593,33 @@ class LivePlots:
             self._eigen_two_over_lr.glyph.line_color = TWO_OVER_LR_COLOR if grey else THRESHOLD_COLOR
             for col, line in self.sharpness_lines.items():
                 line.visible = col in order
-            self._sharpness_legend.items = [entries[col] for col in order]
+            self._sharpness_legend.items = self._sharpness_items()
         if optimizer != old_optimizer:
             self._eigen_two_over_lr.visible = not adaptive
             self._eigen_columns[:] = (["two_over_lr"] if not adaptive else []) + EIGENVALUE_COLUMNS
             self.eigenvalues_fig.title.text = EIGENVALUES_TITLE + ("" if adaptive
                                                                    else EIGENVALUES_LINE)
             self._refit_ranges({self.followed[self.eigenvalues_fig]})
+
+    def set_flows(self, flows: tuple[str, ...]) -> None:
+        """Show the overlays of the run's ``flows`` (``RunBuffer.flows``) and hide the others
+        (their columns hold NaN then); the distances stream only with flows. Only a change
+        touches the figures."""
+        flows = tuple(flows)
+        if flows == self._flows_shown:
+            return
+        self.flows = self._flows_shown = flows
+        for process, model in self._flow_drawn:
+            model.visible = process in flows
+        self._sharpness_legend.items = self._sharpness_items()
+
+    def _sharpness_items(self) -> list[LegendItem]:
+        """The sharpness legend: the lines of the optimiser (``set_threshold``), then the
+        flows' (``set_flows``)."""
+        entries = self._sharpness_entries
+        return [*(entries[col] for col in self._sharpness_order),
+                *(item for process, item in zip(FLOW_NAMES, self._sharpness_flows, strict=True)
+                  if process in self.flows)]
 
     def set_theory(self, target: TheoryTarget | None, curve: TheoryCurve | None) -> None:
         """Draw the two-layer linear network's predicted final KTA (``app.session.theory_lines``):
@@ -623,7 +696,8 @@ class LivePlots:
     def clear(self) -> None:
         for source, columns in ((self.steps, STEP_COLUMNS), (self.measures, MEASURE_COLUMNS),
                                 (self.spectrum, SPECTRUM_COLUMNS),
-                                (self.current_alignment, ALIGNMENT_COLUMNS)):
+                                (self.current_alignment, ALIGNMENT_COLUMNS),
+                                (self.distances, DISTANCE_COLUMNS)):
             source.data = empty_data(columns)
         self._pending_spectrum = []
         for heat in (self.vectors, self.history, self.kernel):
@@ -646,3 +720,7 @@ class LivePlots:
         return [self.loss_fig, self.sharpness_fig, self.eigenvalues_fig, self.alignment_fig,
                 self.residual_fig, self.spectrum_fig, self.vectors.fig, self.history.fig,
                 self.kernel.fig]
+
+    def flow_figures(self) -> list[figure]:
+        """The figures a run with flows adds to the Live tab (the page shows them only then)."""
+        return [self.distance_fig]
