@@ -13,8 +13,9 @@ a restart of that process. The reader there
 * refuses external links, external storage, virtual datasets and unknown filters;
 * checks dtypes and shapes, and caps every dimension and the total decompressed size, before
   reading any data;
-* sends back plain numeric arrays (``.npz`` read with ``allow_pickle=False``) and the file's
-  attributes as JSON. Nothing from the file is ever unpickled.
+* sends back plain numeric arrays (``.npz`` read with ``allow_pickle=False``), and the file's
+  attributes and its few text labels (a run with flows names its processes) as JSON. Nothing
+  from the file is ever unpickled.
 
 ``app.files.runs.read_run_bytes`` then builds the Dataset and checks its meaning (steps, indices, the
 config).
@@ -47,6 +48,7 @@ MAX_ATTRIBUTES = 128
 MAX_ATTR_CHARS = 65_536
 MAX_ATTR_VALUES = 16
 MAX_LINKS = 512
+MAX_LABEL_CHARS = 64  # one text label (a process name)
 FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf"}  # what HDF5 may decode
 PHONY_DIM = b"This is a netCDF dimension but not a netCDF variable"
 
@@ -69,30 +71,47 @@ class Schema:
     # optional variables left out, unread, when they hold more values than this (the viewer's
     # picture of an 11,000-row NTK is not worth a gigabyte of server memory)
     leave_out_over: dict[str, int] = field(default_factory=dict)
+    # the dims a variable may have instead, told apart by their number (a run with flows
+    # stacks its processes: loss is (process, step) there)
+    alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # coordinates of text labels, read as short strings (at most the cap of their dimension)
+    labels: tuple[str, ...] = ()
+
+    def dims(self, name: str, ndim: int) -> tuple[str, ...] | None:
+        """The dims of variable ``name`` when it has ``ndim`` of them; None when it may not."""
+        for dims in (self.variables[name][0], self.alternatives.get(name)):
+            if dims is not None and len(dims) == ndim:
+                return dims
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {"variables": self.variables, "required": self.required,
                 "dim_caps": self.dim_caps, "max_bytes": self.max_bytes,
                 "inf_ok": sorted(self.inf_ok), "var_attrs": self.var_attrs,
-                "leave_out_over": self.leave_out_over}
+                "leave_out_over": self.leave_out_over, "alternatives": self.alternatives,
+                "labels": self.labels}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Schema:
         return cls({k: (tuple(dims), kind) for k, (dims, kind) in d["variables"].items()},
                    tuple(d["required"]), d["dim_caps"], d["max_bytes"], frozenset(d["inf_ok"]),
                    {k: tuple(v) for k, v in d["var_attrs"].items()},
-                   {k: int(v) for k, v in d["leave_out_over"].items()})
+                   {k: int(v) for k, v in d["leave_out_over"].items()},
+                   {k: tuple(v) for k, v in d.get("alternatives", {}).items()},
+                   tuple(d.get("labels", ())))
 
 
 @dataclass
 class FileContents:
     """What the reader sends back: plain arrays, the file's attributes, the kept variable
-    attributes, and the shapes of the variables it left out (``Schema.leave_out_over``)."""
+    attributes, the shapes of the variables it left out (``Schema.leave_out_over``) and the
+    text labels (``Schema.labels``)."""
 
     arrays: dict[str, np.ndarray]
     attrs: dict[str, Any]
     var_attrs: dict[str, dict[str, Any]]
     left_out: dict[str, tuple[int, ...]]
+    labels: dict[str, list[str]] = field(default_factory=dict)
 
 
 def read_isolated(data: bytes, schema: Schema, timeout: float = READ_SECONDS) -> FileContents:
@@ -125,11 +144,13 @@ def read_isolated(data: bytes, schema: Schema, timeout: float = READ_SECONDS) ->
     except (OSError, ValueError, EOFError) as exc:
         raise RunFileError(f"the reader sent damaged data ({type(exc).__name__})") from None
     attrs, var_attrs, left_out = head.get("attrs"), head.get("var_attrs"), head.get("left_out")
-    if not all(isinstance(d, dict) for d in (attrs, var_attrs, left_out)):
+    labels = head.get("labels", {})
+    if not all(isinstance(d, dict) for d in (attrs, var_attrs, left_out, labels)):
         raise RunFileError("the reader sent damaged data")
     check_shapes(arrays, schema)  # again, outside the child
     return FileContents(arrays, attrs, var_attrs,
-                        {str(k): tuple(int(n) for n in v) for k, v in left_out.items()})
+                        {str(k): tuple(int(n) for n in v) for k, v in left_out.items()},
+                        check_labels(labels, schema))
 
 
 # ---- the reader process ------------------------------------------------------------------------
@@ -241,7 +262,7 @@ def _serve(data: bytes, schema: Schema) -> bytes:
     try:
         contents = read_run_file(data, schema)
         head = json.dumps({"ok": True, "attrs": contents.attrs, "var_attrs": contents.var_attrs,
-                           "left_out": contents.left_out}).encode()
+                           "left_out": contents.left_out, "labels": contents.labels}).encode()
         out = io.BytesIO()
         np.savez(out, allow_pickle=False, **contents.arrays)  # numbers only, as the parent reads
     except RunFileError as exc:
@@ -296,7 +317,9 @@ def read_run_file(data: bytes, schema: Schema) -> FileContents:
         attrs = _attributes(f.attrs)
         var_attrs = {name: _attributes(datasets[name].attrs, keep)
                      for name, keep in schema.var_attrs.items() if name in datasets}
-    return FileContents(arrays, attrs, var_attrs, left_out)
+        labels = {name: _read_labels(name, f[name], schema) for name in schema.labels
+                  if name in f and not _is_phony(f[name])}
+    return FileContents(arrays, attrs, var_attrs, left_out, check_labels(labels, schema))
 
 
 def _datasets(f: h5py.File, schema: Schema) -> dict[str, h5py.Dataset]:
@@ -316,14 +339,14 @@ def _datasets(f: h5py.File, schema: Schema) -> dict[str, h5py.Dataset]:
         if _is_phony(dset):
             continue
         _check_storage(name, dset)
-        if dset.ndim != len(dims):
+        if schema.dims(name, dset.ndim) is None:
             raise RunFileError(f"{name} has {dset.ndim} dimensions, expected {len(dims)} "
                                f"({', '.join(dims)})")
         found[name] = dset
     return found
 
 
-def _is_phony(dset: h5py.Dataset) -> bool:
+def _is_phony(dset: h5py.Dataset | h5py.Group) -> bool:
     """A netCDF dimension without a coordinate variable."""
     if "NAME" not in dset.attrs:
         return False
@@ -358,7 +381,8 @@ def _check_sizes(datasets: dict[str, h5py.Dataset], schema: Schema) -> None:
     sizes: dict[str, int] = {}
     total = 0
     for name, dset in datasets.items():
-        dims = schema.variables[name][0]
+        dims = schema.dims(name, dset.ndim)
+        assert dims is not None  # _datasets keeps only these
         for dim, size in zip(dims, dset.shape, strict=True):
             key = "sample" if dim == "sample_col" else dim
             cap = schema.dim_caps.get(key, 0)
@@ -391,6 +415,30 @@ def _read(name: str, dset: h5py.Dataset, schema: Schema) -> np.ndarray:
     return out
 
 
+def _read_labels(name: str, dset: Any, schema: Schema) -> list[str]:
+    """A coordinate of text labels: a short 1-D array of strings, stored in this file."""
+    if not isinstance(dset, h5py.Dataset) or h5py.check_string_dtype(dset.dtype) is None:
+        raise RunFileError(f"{name} must hold text labels")
+    if dset.is_virtual or dset.id.get_create_plist().get_external_count():
+        raise RunFileError(f"{name} stores its data elsewhere; that is not allowed")
+    if dset.ndim != 1 or dset.shape[0] > schema.dim_caps.get(name, 0):
+        raise RunFileError(f"{name} must be a list of at most {schema.dim_caps.get(name, 0)} "
+                           "labels")
+    return [str(v) for v in dset.asstr(errors="replace")[()]]
+
+
+def check_labels(labels: dict[str, Any], schema: Schema) -> dict[str, list[str]]:
+    """Text labels as the schema allows them: lists of short strings within their dim's cap."""
+    out = {}
+    for name, values in labels.items():
+        if name not in schema.labels or not isinstance(values, list) \
+                or len(values) > schema.dim_caps.get(name, 0) \
+                or not all(isinstance(v, str) and len(v) <= MAX_LABEL_CHARS for v in values):
+            raise RunFileError(f"{_name(name)} must be a list of short text labels")
+        out[name] = values
+    return out
+
+
 def check_shapes(arrays: dict[str, np.ndarray], schema: Schema) -> None:
     """Every array is a known, numeric variable with the dims the schema gives it, and sizes
     agree across variables."""
@@ -398,8 +446,9 @@ def check_shapes(arrays: dict[str, np.ndarray], schema: Schema) -> None:
     for name, values in arrays.items():
         if name not in schema.variables:
             raise RunFileError(f"unexpected variable {_name(name)}")
-        dims, kind = schema.variables[name]
-        if values.dtype.kind not in ("i" if kind == "i" else "f") or values.ndim != len(dims):
+        kind = schema.variables[name][1]
+        dims = schema.dims(name, values.ndim)
+        if values.dtype.kind not in ("i" if kind == "i" else "f") or dims is None:
             raise RunFileError(f"{name} has the wrong type or shape")
         for dim, size in zip(dims, values.shape, strict=True):
             key = "sample" if dim == "sample_col" else dim

@@ -14,15 +14,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ntk_core.training.buffer import RunBuffer
+from ntk_core.training.buffer import RunBuffer, flow_column
 from ntk_core.training.netcdf import run_bytes
 from ntk_core.training.schema import (
+    CENTRAL_SCALARS,
     DIM_CAPS,
+    DISTANCE,
+    PROCESS_SCALARS,
     REQUIRED_VARIABLES,
     SCALARS,
     RunSchemaError,
     check_run_dataset,
     config_from_attrs,
+    process_variables,
     variables,
 )
 
@@ -46,19 +50,31 @@ def netcdf_bytes(buffer: RunBuffer) -> io.BytesIO:
 
 
 def csv_bytes(buffer: RunBuffer) -> io.BytesIO:
-    """The per-step scalars (one row per step) as CSV."""
+    """The per-step scalars (one row per step) as CSV; with flows, each flow's beside GD's
+    (``loss@central``: ``flow_column``) and the central flow's own."""
     rows = buffer.rows(0)
-    frame = pd.DataFrame({"step": rows["step"], **{name: rows[name] for name in SCALARS}})
+    names = [*SCALARS, *(flow_column(name, p) for p in buffer.flows
+                         for name in (*PROCESS_SCALARS, DISTANCE[0]))]
+    if "central" in buffer.flows:
+        names += list(CENTRAL_SCALARS)
+    frame = pd.DataFrame({"step": rows["step"], **{name: rows[name] for name in names}})
     return io.BytesIO(frame.to_csv(index=False).encode())
 
 
 # ---- import ------------------------------------------------------------------------------------
 def run_schema(max_data_mb: float = MAX_DATA_MB) -> Schema:
-    """What the isolated reader accepts: the engine's run variables with their dims."""
-    return Schema(variables(), (*REQUIRED_VARIABLES, "step", "eig", "sample"), DIM_CAPS,
-                  int(max_data_mb * 2**20), inf_ok=frozenset(SCALARS),
+    """What the isolated reader accepts: the engine's run variables with their dims, and a run
+    with flows: the variables it stacks along ``process`` and those only it has."""
+    plain = variables()
+    flows = process_variables()
+    return Schema({**plain, **{name: spec for name, spec in flows.items() if name not in plain}},
+                  (*REQUIRED_VARIABLES, "step", "eig", "sample"), DIM_CAPS,
+                  int(max_data_mb * 2**20),
+                  inf_ok=frozenset({*SCALARS, *CENTRAL_SCALARS, DISTANCE[0]}),
                   var_attrs={"kernel": ("step",)},
-                  leave_out_over={"kernel": MAX_KERNEL_ROWS**2})
+                  leave_out_over={"kernel": MAX_KERNEL_ROWS**2},
+                  alternatives={name: dims for name, (dims, _) in flows.items() if name in plain},
+                  labels=("process",))
 
 
 def read_run_bytes(data: bytes, max_mb: float = MAX_UPLOAD_MB,
@@ -72,7 +88,7 @@ def read_run_bytes(data: bytes, max_mb: float = MAX_UPLOAD_MB,
     schema = run_schema(max_data_mb)
     contents = read_isolated(bytes(data), schema)
     contents.attrs.pop(LEFT_OUT, None)  # only the reader says what it left out
-    ds = _dataset(contents.arrays, contents.attrs, contents.var_attrs, schema)
+    ds = _dataset(contents.arrays, contents.attrs, contents.var_attrs, schema, contents.labels)
     try:
         check_run_dataset(ds)
     except RunSchemaError as exc:
@@ -85,13 +101,24 @@ def read_run_bytes(data: bytes, max_mb: float = MAX_UPLOAD_MB,
 
 
 def _dataset(arrays: dict[str, np.ndarray], attrs: dict[str, Any],
-             var_attrs: dict[str, dict[str, Any]], schema: Schema) -> xr.Dataset:
+             var_attrs: dict[str, dict[str, Any]], schema: Schema,
+             labels: dict[str, list[str]]) -> xr.Dataset:
     coords: dict[str, Any] = {name: arrays.pop(name) for name in ("step", "eig", "sample")
                               if name in arrays}
     if "snapshot_step" in arrays:
         coords["snapshot_step"] = ("snapshot", arrays.pop("snapshot_step"))
-    data_vars = {name: (schema.variables[name][0], values, var_attrs.get(name, {}))
+    data_vars = {name: (schema.dims(name, values.ndim), values, var_attrs.get(name, {}))
                  for name, values in arrays.items()}
+    processes = {values.shape[0] for name, values in arrays.items()
+                 if (schema.dims(name, values.ndim) or ("",))[0] == "process"}
+    if processes:  # a run with flows: gd and each flow (the engine checks the labels' order)
+        names = labels.get("process")
+        if names is None:
+            raise RunFileError("the file stacks processes but does not name them")
+        if processes != {len(names)}:
+            raise RunFileError(f"the file stacks {max(processes)} processes and names "
+                               f"{len(names)}")
+        coords["process"] = np.array(names, dtype=object)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 

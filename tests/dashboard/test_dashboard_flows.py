@@ -27,6 +27,7 @@ from app.views.plot_data import (
 from ntk_core import RunConfig
 from ntk_core.config import ConfigError
 from ntk_core.training.buffer import flow_column
+from ntk_core.training.process_trainer import ProcessTrainer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -136,6 +137,8 @@ def test_a_link_names_the_flows_and_the_header_says_so() -> None:
 def test_overlays_fill_after_steps_and_the_distance_plot_shows(dash: Dashboard) -> None:
     assert dash.controller.run.config.flows == ("central", "stable")
     steps_done(dash, 4)
+    # the served default: the steps run in a child process, the page reads its mirror log
+    assert isinstance(dash.controller.run.trainer, ProcessTrainer)
     dash.tick()
     plots = dash.plots
     assert plots.flows == ("central", "stable")
