@@ -150,7 +150,7 @@ class Dashboard(pn.viewable.Viewer):
         # Bokeh pane's own visibility follows its figure's and did not come back once hidden)
         flow_figures = self.plots.flow_figures()
         self._plot_panes: list[pn.viewable.Viewable] = [
-            pn.Column(self._pane(fig), sizing_mode="stretch_width", margin=0)
+            pn.Column(self._pane(fig), sizing_mode="stretch_width", margin=0, visible=False)
             if fig in flow_figures else self._pane(fig) for fig in figures]
         self._flow_panes = [self._plot_panes[figures.index(fig)] for fig in flow_figures]
         self._grid = pn.GridBox(*([] if staged else self._plot_panes), ncols=self.columns,

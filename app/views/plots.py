@@ -111,6 +111,8 @@ FLOW_STYLES: dict[str, dict[str, Any]] = {
 }
 PREDICTED_STYLE = {"color": "#9467bd", "line_dash": "dashdot", "line_width": 1.5}
 DISTANCE_TITLE = "Distance from GD to each flow"
+ALIGNMENT_TITLE = "Label alignment: KTA, Aₖ, a₁"
+ALIGNMENT_FLOWS_TITLE = "Label alignment: KTA along GD and each flow"
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 # A legend above the frame may be as wide as the frame: about 270 px for each figure of the
 # three-column Live tab at 1600 px, so the wider legends wrap after ``ncols`` entries. Its labels
@@ -286,6 +288,11 @@ class LivePlots:
         self.comparison = ColumnDataSource(empty_data(COMPARE_COLUMNS))
         self.distances = ColumnDataSource(empty_data(DISTANCE_COLUMNS))  # flows' distances
         self.flows: tuple[str, ...] = ()  # the flows of the run on screen
+        # Aₖ and a₁ (lines, legend entries) and the columns the alignment figure follows: with
+        # flows it shows KTA alone, whose three processes differ by a few hundredths, on a scale
+        # of its own (Aₖ near 0.6 squeezed them into one line)
+        self._alignment_extras: list[GlyphRenderer | LegendItem] = []
+        self._alignment_columns = [*LABEL_ALIGNMENT_COLUMNS, *FLOW_SPECTRUM_COLUMNS]
         self._flows_shown: tuple[str, ...] | None = None
         # (process, renderer or legend entry) of every flow overlay: shown with that process
         self._flow_drawn: list[tuple[str, GlyphRenderer | LegendItem]] = []
@@ -366,12 +373,15 @@ class LivePlots:
                                              line_dash="dashed")
         f.add_tools(_step_hover())
         self.eigenvalues_fig = f
-        # 4. KTA, Aₖ, a₁
-        f = _figure("Label alignment: KTA, Aₖ, a₁", "alignment")
-        items = [_streamed_entry(f, label, self._line(f, self.spectrum, col, color=color,
-                                                      line_width=2))
-                 for col, label, color in (("kta", "KTA", KTA_COLOR), ("topk_mass", "Aₖ", "#ff7f0e"),
-                                           ("a1", "a₁", "#2ca02c"))]
+        # 4. KTA, Aₖ, a₁; with flows, KTA along each process
+        f = _figure(ALIGNMENT_TITLE, "alignment")
+        items = []
+        for col, label, color in (("kta", "KTA", KTA_COLOR), ("topk_mass", "Aₖ", "#ff7f0e"),
+                                  ("a1", "a₁", "#2ca02c")):
+            line = self._line(f, self.spectrum, col, color=color, line_width=2)
+            items.append(_streamed_entry(f, label, line))
+            if col != "kta":  # they step aside for the flows' KTA (``set_flows``)
+                self._alignment_extras += [line, items[-1]]
         items += [self._flow_line(f, self.spectrum, f"kta_{p}", p, f"KTA, {FLOW_NAMES[p]}")
                   for p in FLOW_NAMES]
         items.append(self._theory_target_entry(f))
@@ -402,8 +412,7 @@ class LivePlots:
                 (self.sharpness_fig, self.measures, [*(col for col, _, _ in SHARPNESS_LINES),
                                                      *(f"sharpness_{p}" for p in FLOW_NAMES)]),
                 (self.eigenvalues_fig, self.spectrum, self._eigen_columns),
-                (self.alignment_fig, self.spectrum,
-                 [*LABEL_ALIGNMENT_COLUMNS, *FLOW_SPECTRUM_COLUMNS]),
+                (self.alignment_fig, self.spectrum, self._alignment_columns),
                 (self.alignment_fig, self.theory_level, ["kta"]),
                 (self.residual_fig, self.measures, ["u1_residual"]),
                 (self.distance_fig, self.distances, DISTANCE_COLUMNS[1:])):
@@ -612,6 +621,12 @@ class LivePlots:
         for process, model in self._flow_drawn:
             model.visible = process in flows
         self._sharpness_legend.items = self._sharpness_items()
+        for model in self._alignment_extras:
+            model.visible = not flows
+        self._alignment_columns[:] = ["kta", *FLOW_SPECTRUM_COLUMNS] if flows else [
+            *LABEL_ALIGNMENT_COLUMNS, *FLOW_SPECTRUM_COLUMNS]
+        self.alignment_fig.title.text = ALIGNMENT_FLOWS_TITLE if flows else ALIGNMENT_TITLE
+        self._refit_ranges({self.followed[self.alignment_fig]})
 
     def _sharpness_items(self) -> list[LegendItem]:
         """The sharpness legend: the lines of the optimiser (``set_threshold``), then the

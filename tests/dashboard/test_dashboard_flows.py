@@ -159,6 +159,14 @@ def test_overlays_fill_after_steps_and_the_distance_plot_shows(dash: Dashboard) 
                       "predicted time-averaged loss": True, "gradient flow": True}
     labels = [item.label.value for item in plots._sharpness_legend.items if item.visible]
     assert labels[-2:] == ["central flow", "gradient flow"]
+    # KTA alone on the alignment plot, on its own scale: Aₖ (near 0.6 here) steps aside
+    shown = [item.label.value for item in plots.alignment_fig.legend[0].items if item.visible]
+    assert shown == ["KTA", "KTA, central flow", "KTA, gradient flow"]
+    assert plots.alignment_fig.title.text == "Label alignment: KTA along GD and each flow"
+    kta = np.concatenate([plots.spectrum.data[c] for c in ("kta", *FLOW_SPECTRUM_COLUMNS)])
+    low, high = plots.alignment_fig.y_range.start, plots.alignment_fig.y_range.end
+    assert low <= kta.min() and kta.max() <= high and high < kta.max() + np.ptp(kta)
+    assert high < np.nanmax(plots.spectrum.data["topk_mass"])
 
 
 def test_the_central_flow_alone_draws_no_gradient_flow() -> None:
@@ -183,6 +191,9 @@ def test_without_flows_the_overlays_and_distance_plot_stay_hidden() -> None:
         board.tick()
         assert not any(pane.visible for pane in board._flow_panes)
         assert not any(flow_lines(board).values())
+        shown = [item.label.value for item in board.plots.alignment_fig.legend[0].items
+                 if item.visible]
+        assert shown == ["KTA", "Aₖ", "a₁"]
         assert len(board.plots.steps.data["step"]) == 2
         assert len(board.plots.distances.data["step"]) == 0
         assert np.isnan(board.plots.measures.data["loss_central"]).all()
