@@ -305,7 +305,9 @@ class Dashboard(pn.viewable.Viewer):
         """Show a checked run Dataset (an upload, a server file) instead of training."""
         try:
             buffer = RunBuffer.from_dataset(ds)
-        except (RunFileError, ConfigError, ValueError, KeyError) as exc:
+        except Exception as exc:  # a file from outside: whatever it trips is a message
+            if not isinstance(exc, (RunFileError, ConfigError, ValueError, KeyError)):
+                exc = RunFileError(f"{type(exc).__name__}: {exc}")  # named: not one of ours
             self._report(f"**Could not open {file_name(name)}:** {plain(exc, 300)}.", "danger")
             return
         if not server_limits.opened_runs().hold(self, int(ds.nbytes)):

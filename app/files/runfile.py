@@ -339,7 +339,10 @@ def _datasets(f: h5py.File, schema: Schema) -> dict[str, h5py.Dataset]:
         if _is_phony(dset):
             continue
         _check_storage(name, dset)
-        if schema.dims(name, dset.ndim) is None:
+        found_dims = schema.dims(name, dset.ndim)
+        # the stacked dims of a run with flows need their labels (a 2-D loss is not one alone)
+        unlabelled = [d for d in found_dims or () if d in schema.labels and d not in f]
+        if found_dims is None or unlabelled:
             raise RunFileError(f"{name} has {dset.ndim} dimensions, expected {len(dims)} "
                                f"({', '.join(dims)})")
         found[name] = dset

@@ -154,3 +154,14 @@ def test_flows_files_that_do_not_add_up_are_a_message(
     assert board.run_alert.visible and board.run_alert.alert_type == "danger"
     assert "Could not open <code>damaged.nc</code>" in board.run_alert.object
     assert board.controller.run is run and board.controller.viewed is None
+
+
+def test_anything_else_a_file_trips_in_the_engine_is_a_message(
+        board: Dashboard, saved: xr.Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    def trips(ds: xr.Dataset) -> RunBuffer:
+        raise IndexError("index 3 is out of bounds for axis 1 with size 3")
+
+    monkeypatch.setattr(RunBuffer, "from_dataset", staticmethod(trips))
+    board.open_bytes("odd.nc", run_bytes(saved))
+    assert board.run_alert.alert_type == "danger" and board.controller.viewed is None
+    assert "IndexError: index 3 is out of bounds" in board.run_alert.object
