@@ -67,30 +67,42 @@ class CentralFlowField:
         self.tol = tol
         self.seed = seed
         self.block: torch.Tensor | None = None
+        self.critical: torch.Tensor | None = None  # the eigenvectors in the window, (dim, c)
         self.X: np.ndarray | None = None
         self.generator: torch.Generator | None = None
 
     def __call__(self, loss_fn: LossFunction, params: Sequence[torch.Tensor], lr: float,
-                 dt: float) -> CentralVelocity:
+                 dt: float, resolve: bool = True) -> CentralVelocity:
+        """The velocity at the current weights. With ``resolve`` False (a later substep of the
+        same unit of time) the eigenvectors of the last solve are kept: the constraint is then
+        on their span, with UᵀHU taken at the current weights, which the third derivatives
+        compute anyway; the window's membership is that of the last solve."""
         L = loss_fn()
         grads = torch.autograd.grad(L, params, create_graph=True)
         gradient = flat([g.detach() for g in grads], params)
-        op = HessianOperator(grads, params)
-        device = params[0].device
-        if self.generator is None:
-            self.generator = torch.Generator(device=device).manual_seed(self.seed)
-        pairs = top_eigenpairs(op.matmat, op.dim, self.tracked, start=self.block, tol=self.tol,
-                               guard=1, generator=self.generator, device=device)
-        self.block = pairs.block
-        values = pairs.values.cpu().numpy()
         edge = 2.0 / lr
-        inside = int(np.sum(values >= WINDOW * edge))
-        products = pairs.products
+        if resolve or self.critical is None:
+            op = HessianOperator(grads, params)
+            device = params[0].device
+            if self.generator is None:
+                self.generator = torch.Generator(device=device).manual_seed(self.seed)
+            pairs = top_eigenpairs(op.matmat, op.dim, self.tracked, start=self.block,
+                                   tol=self.tol, guard=1, generator=self.generator, device=device)
+            self.block = pairs.block
+            values = pairs.values.cpu().numpy()
+            inside = int(np.sum(values >= WINDOW * edge))
+            self.critical = pairs.vectors[:, :inside]
+            products = pairs.products
+        else:
+            values, products = np.zeros(0), 0
+        inside = self.critical.shape[1]
         if inside == 0:
             self.X = None
             return CentralVelocity(-lr * gradient, float(L.detach()), values, np.zeros((0, 0)),
                                    0.0, products)
-        Q, G = curvature_gradients(grads, params, pairs.vectors[:, :inside])
+        Q, G = curvature_gradients(grads, params, self.critical)
+        if not values.size:  # kept eigenvectors: their Ritz values at these weights
+            values = np.linalg.eigvalsh(Q.cpu().numpy())[::-1]
         products += inside + inside * (inside + 1) // 2
         Gm = G.reshape(inside * inside, -1)
         gram = (Gm @ Gm.T).cpu().numpy()

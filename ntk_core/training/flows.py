@@ -94,7 +94,7 @@ class FlowProcess:
             return {}
         found: dict[str, float] = {}
         for s in range(CENTRAL_SUBSTEPS):
-            v = self.flow_field(self.loss, params, lr, 1.0 / CENTRAL_SUBSTEPS)
+            v = self.flow_field(self.loss, params, lr, 1.0 / CENTRAL_SUBSTEPS, resolve=s == 0)
             if s == 0:
                 self.pending, self.start_loss = v, v.loss
                 found = {"predicted_loss": v.predicted_loss(lr),
