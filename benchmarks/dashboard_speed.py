@@ -8,6 +8,10 @@ per second, each with a full measurement) and the Bokeh websocket messages the p
 (page updates per second)::
 
     python benchmarks/dashboard_speed.py --browser --seconds 30
+    python benchmarks/dashboard_speed.py --browser --seconds 30 --flows central,stable
+
+``--flows`` runs the central flow and/or gradient flow beside GD, as the Flows control does,
+each measured in full on every step.
 
 The browser mode also reports who used the two cores over the window (the training thread, the
 server's other threads, Chromium) and how long the training thread waited for a core.
@@ -38,9 +42,11 @@ from ntk_core import Trainer
 from ntk_core.presets import DEFAULT_PRESET, load_preset
 
 
-def engine_only(seconds: float, hz: float, preset: str, threads: int) -> dict:
+def engine_only(seconds: float, hz: float, preset: str, threads: int,
+                flows: tuple[str, ...] = ()) -> dict:
     # the served default: one torch thread per training (app.session.limits, two slots on two cores)
-    trainer = Trainer(load_preset(preset).config.replace(steps=1_000_000, threads=threads))
+    trainer = Trainer(load_preset(preset).config.replace(steps=1_000_000, threads=threads,
+                                                         flows=flows))
     trainer.step()  # the cold first solve is not what a running page sees
     done = threading.Event()
 
@@ -63,7 +69,7 @@ def engine_only(seconds: float, hz: float, preset: str, threads: int) -> dict:
     elapsed = time.perf_counter() - t0
     done.set()
     thread.join()
-    return {"mode": "engine", "preset": preset, "seconds": elapsed,
+    return {"mode": "engine", "preset": preset, "flows": list(flows), "seconds": elapsed,
             "steps_per_s": (len(trainer.buffer) - start_steps) / elapsed,
             "updates_per_s": polls / elapsed, "status": trainer.status, "torch_threads": threads}
 
@@ -215,7 +221,7 @@ def _cores_used(server_pid: int, seconds: float) -> dict[str, float]:
 BROWSER_STEPS = 100_000
 
 
-def browser(seconds: float, warmup: float, preset: str) -> dict:
+def browser(seconds: float, warmup: float, preset: str, flows: tuple[str, ...] = ()) -> dict:
     from playwright.sync_api import sync_playwright
 
     from app.server.launch import serve_command
@@ -245,7 +251,8 @@ def browser(seconds: float, warmup: float, preset: str) -> dict:
             page.on("websocket", on_socket)
             # Steps enough that the run cannot end inside the window at any speed: a run that
             # completes early would count idle seconds as training time.
-            page.goto(f"http://127.0.0.1:{port}/main?preset={preset}&steps={BROWSER_STEPS}")
+            extra = f"&flows={','.join(flows)}" if flows else ""
+            page.goto(f"http://127.0.0.1:{port}/main?preset={preset}&steps={BROWSER_STEPS}{extra}")
             status = page.get_by_text(re.compile(r"^step \d+ · "))
             status.wait_for(timeout=120_000)
             page.get_by_role("button", name="Play", exact=True).click()
@@ -274,7 +281,7 @@ def browser(seconds: float, warmup: float, preset: str) -> dict:
     if not final.endswith("running"):
         raise SystemExit(f"the run stopped inside the measured window ({final!r}): "
                          "its steps per second would be understated")
-    return {"mode": "browser", "preset": preset, "seconds": t1 - t0,
+    return {"mode": "browser", "preset": preset, "flows": list(flows), "seconds": t1 - t0,
             "steps_per_s": (s1 - s0) / (t1 - t0), "updates_per_s": (f1 - f0) / (t1 - t0),
             "status": final, "server_errors": errors,
             "cores_used": cores}
@@ -287,16 +294,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="browser mode: seconds skipped")
     parser.add_argument("--preset", default=DEFAULT_PRESET)
     parser.add_argument("--threads", type=int, default=1, help="engine mode: torch threads")
+    parser.add_argument("--flows", default="",
+                        help="central or central,stable: the flows beside GD (the Flows control)")
     parser.add_argument("--browser", action="store_true", help="serve the app and drive Chromium")
     parser.add_argument("--gil", action="store_true",
                         help="slowdown of training by a Python-busy thread, per switch interval")
     args = parser.parse_args()
+    flows = tuple(name for name in args.flows.split(",") if name)
     if args.gil:
         result = gil_share(min(args.seconds, 6.0), args.preset)
     elif args.browser:
-        result = browser(args.seconds, args.warmup, args.preset)
+        result = browser(args.seconds, args.warmup, args.preset, flows)
     else:
-        result = engine_only(args.seconds, args.hz, args.preset, args.threads)
+        result = engine_only(args.seconds, args.hz, args.preset, args.threads, flows)
     result["load_average"] = os.getloadavg()
     print(json.dumps(result, indent=2))
 

@@ -67,55 +67,87 @@ class CentralFlowField:
         self.tol = tol
         self.seed = seed
         self.block: torch.Tensor | None = None
-        self.critical: torch.Tensor | None = None  # the eigenvectors in the window, (dim, c)
         self.X: np.ndarray | None = None
         self.generator: torch.Generator | None = None
+        self.anchor: _Anchor | None = None  # what the last solve found, for later substeps
 
     def __call__(self, loss_fn: LossFunction, params: Sequence[torch.Tensor], lr: float,
                  dt: float, resolve: bool = True) -> CentralVelocity:
-        """The velocity at the current weights. With ``resolve`` False (a later substep of the
-        same unit of time) the eigenvectors of the last solve are kept: the constraint is then
-        on their span, with UᵀHU taken at the current weights, which the third derivatives
-        compute anyway; the window's membership is that of the last solve."""
+        """The velocity at the current weights.
+
+        With ``resolve`` (the first substep of a unit of time) it solves the tracked Hessian
+        eigenpairs and the third derivatives g_ij here. Without it (the unit's later substeps)
+        it keeps the last solve's eigenvectors, window and g_ij, and takes UᵀHU to first order,
+        Q + G·(w − w₀): exact in the derivative that the linearised constraint uses, and one
+        gradient instead of an eigensolve and the third derivatives. The next unit's solve
+        measures Q afresh, so an error in the prediction is corrected within one unit."""
+        edge = 2.0 / lr
+        if not resolve and self.anchor is not None:
+            return self._predicted(loss_fn, params, lr, dt, self.anchor)
         L = loss_fn()
         grads = torch.autograd.grad(L, params, create_graph=True)
         gradient = flat([g.detach() for g in grads], params)
-        edge = 2.0 / lr
-        if resolve or self.critical is None:
-            op = HessianOperator(grads, params)
-            device = params[0].device
-            if self.generator is None:
-                self.generator = torch.Generator(device=device).manual_seed(self.seed)
-            pairs = top_eigenpairs(op.matmat, op.dim, self.tracked, start=self.block,
-                                   tol=self.tol, guard=1, generator=self.generator, device=device)
-            self.block = pairs.block
-            values = pairs.values.cpu().numpy()
-            inside = int(np.sum(values >= WINDOW * edge))
-            self.critical = pairs.vectors[:, :inside]
-            products = pairs.products
-        else:
-            values, products = np.zeros(0), 0
-        inside = self.critical.shape[1]
+        op = HessianOperator(grads, params)
+        device = params[0].device
+        if self.generator is None:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        pairs = top_eigenpairs(op.matmat, op.dim, self.tracked, start=self.block, tol=self.tol,
+                               guard=1, generator=self.generator, device=device)
+        self.block = pairs.block
+        values = pairs.values.cpu().numpy()
+        inside = int(np.sum(values >= WINDOW * edge))
+        products = pairs.products
         if inside == 0:
             self.X = None
+            self.anchor = _Anchor(flat([p.detach() for p in params], params), np.zeros((0, 0)),
+                                  gradient.new_zeros(0, gradient.numel()))
             return CentralVelocity(-lr * gradient, float(L.detach()), values, np.zeros((0, 0)),
                                    0.0, products)
-        Q, G = curvature_gradients(grads, params, self.critical)
-        if not values.size:  # kept eigenvectors: their Ritz values at these weights
-            values = np.linalg.eigvalsh(Q.cpu().numpy())[::-1]
+        Q, G = curvature_gradients(grads, params, pairs.vectors[:, :inside])
         products += inside + inside * (inside + 1) // 2
-        Gm = G.reshape(inside * inside, -1)
+        self.anchor = _Anchor(flat([p.detach() for p in params], params), Q.cpu().numpy(),
+                              G.reshape(inside * inside, -1))
+        return self._velocity(L, gradient, values, self.anchor.Q, self.anchor.G, lr, dt,
+                              products)
+
+    def _predicted(self, loss_fn: LossFunction, params: Sequence[torch.Tensor], lr: float,
+                   dt: float, anchor: _Anchor) -> CentralVelocity:
+        L = loss_fn()
+        gradient = flat(torch.autograd.grad(L, params), params)
+        c = anchor.Q.shape[0]
+        if c == 0:
+            return CentralVelocity(-lr * gradient, float(L.detach()), np.zeros(0),
+                                   np.zeros((0, 0)), 0.0, 0)
+        shift = flat([p.detach() for p in params], params) - anchor.w
+        Q = anchor.Q + (anchor.G @ shift).reshape(c, c).cpu().numpy()
+        Q = (Q + Q.T) / 2
+        return self._velocity(L, gradient, np.linalg.eigvalsh(Q)[::-1], Q, anchor.G, lr, dt, 0)
+
+    def _velocity(self, L: torch.Tensor, gradient: torch.Tensor, values: np.ndarray,
+                  Q: np.ndarray, Gm: torch.Tensor, lr: float, dt: float,
+                  products: int) -> CentralVelocity:
+        """−η[∇L + ½ Σ X_ij g_ij] with X from the complementarity problem on (Q, G)."""
+        c = Q.shape[0]
         gram = (Gm @ Gm.T).cpu().numpy()
-        alpha = (Gm @ (-lr * gradient)).reshape(inside, inside).cpu().numpy()
+        alpha = (Gm @ (-lr * gradient)).reshape(c, c).cpu().numpy()
         # linearised one substep ahead: Q + dt(α − β[X]) ⪯ (2/η) I
-        alpha = alpha + (Q.cpu().numpy() - edge * np.eye(inside)) / dt
-        start = self.X if self.X is not None and self.X.shape == (inside, inside) else None
+        alpha = alpha + (Q - 2.0 / lr * np.eye(c)) / dt
+        start = self.X if self.X is not None and self.X.shape == (c, c) else None
         solution = solve(alpha, gram, lr / 2, start=start)
         self.X = solution.X
-        penalty = torch.as_tensor(solution.X, dtype=torch.float64, device=G.device).reshape(-1) @ Gm
+        penalty = torch.as_tensor(solution.X, dtype=torch.float64, device=Gm.device).reshape(-1) @ Gm
         velocity = -lr * (gradient + 0.5 * penalty)
         return CentralVelocity(velocity, float(L.detach()), values, solution.X,
                                solution.residual, products)
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    """The last solve: the weights w₀ there, Q = UᵀHU (c, c) and the g_ij as rows (c², dim)."""
+
+    w: torch.Tensor
+    Q: np.ndarray
+    G: torch.Tensor
 
 
 def gradient_flow_velocity(loss_fn: LossFunction, params: Sequence[torch.Tensor],
