@@ -27,7 +27,7 @@ from ntk_core.training.flows import Flows
 
 from .workloads import SPECS
 
-W1_LR = 0.3  # W1 at an η whose edge (2/η = 6.7) it reaches within a few hundred steps
+W1_LR = 0.4  # W1 at an η whose edge (2/η = 5) it reaches within a thousand steps
 
 
 def settings() -> dict[str, RunConfig]:

@@ -152,6 +152,12 @@ MODEL_OPTIONS = ("arch", "width", "depth", "activation", "bias", "init_scale", "
 _DEFAULT_CLASS_COUNT = {"digits": 10, "mnist1d": 10, "cifar10": 10, "synthetic": 4, "teacher": 4}
 
 
+def flows_possible(optimizer: str, momentum: float) -> bool:
+    """Whether a run with ``optimizer`` and ``momentum`` may have flows beside it: the central
+    flow and gradient flow are those of plain, full-batch gradient descent."""
+    return optimizer == "gd" and not momentum
+
+
 def option_names() -> list[str]:
     return [f.name for f in fields(RunConfig) if f.name != "extra"]
 
@@ -294,7 +300,7 @@ def _validate(c: RunConfig) -> None:
         _check(name in flow_names, f"flows: {name!r} is not one of {', '.join(flow_names)}")
     _check(len(set(c.flows)) == len(c.flows), f"flows: repeated entries in {','.join(c.flows)}")
     if c.flows:
-        _check(c.optimizer == "gd" and c.momentum == 0,
+        _check(flows_possible(c.optimizer, c.momentum),
                "flows: the central flow and gradient flow are those of plain gradient descent; "
                f"this run uses {c.optimizer}"
                f"{f' with momentum {c.momentum:g}' if c.momentum else ''}")

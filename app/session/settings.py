@@ -24,6 +24,7 @@ from ntk_core.config import (
     MAX_K,
     ConfigError,
     RunConfig,
+    flows_possible,
     option_base_type,
     option_choices,
     option_type,
@@ -147,7 +148,7 @@ def for_optimizer(values: dict[str, Any]) -> dict[str, Any]:
 def plain_gd(values: dict[str, Any]) -> bool:
     """Whether ``values`` train with plain gradient descent (full batch, no momentum): the
     optimiser whose central flow and gradient flow the engine runs beside it."""
-    return values["optimizer"] == "gd" and not values.get("momentum")
+    return flows_possible(values["optimizer"], values.get("momentum") or 0.0)
 
 
 class RunSettings(param.Parameterized):
