@@ -73,7 +73,8 @@ def main(argv: Sequence[str]) -> int:
         + [f" --out-dir {args.out_dir}"] * bool(args.out_dir
                                                 and not Path(args.out_dir).is_absolute()))
     if args.flows:
-        results = run_flow_claims(exps, args.quick, log=lambda line: print(line, file=sys.stderr))
+        results = run_flow_claims(exps, args.quick, log=lambda line: print(line, file=sys.stderr),
+                                  resume_dir=Path(args.resume_dir) if args.resume_dir else None)
         report = write_flow_report(out_dir / "reproduction-flows.md", results,
                                    command + " --flows")
         print(f"wrote {report}", file=sys.stderr)

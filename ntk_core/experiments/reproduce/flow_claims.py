@@ -14,7 +14,6 @@ fails is reported as failing.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ...config import flows_possible
+from ...training.netcdf import load_run, save_run
 from ...training.schema import measured_rows
 from ...training.trainer import Trainer
+from ..sweep import run_name
 from .grid import Experiment
 
 EDGE = 0.98  # the EoS phase starts where the central flow's sharpness first reaches 0.98·2/η
@@ -86,19 +88,35 @@ def _matched_kta(central: xr.Dataset, stable: xr.Dataset) -> dict[str, float]:
 def flow_configs(exps: Sequence[Experiment], quick: bool) -> list[tuple[Experiment, Any]]:
     return [(exp, exp.config.replace(lr=exp.highlight, seed=exp.seeds[0], target_loss=None,
                                      steps=STEPS[quick], flows=("central", "stable")))
-            for exp in exps if exp.config.optimizer == "gd" and not exp.config.momentum]
+            for exp in exps if flows_possible(exp.config.optimizer, exp.config.momentum)]
 
 
 def run_flow_claims(exps: Sequence[Experiment], quick: bool,
-                    log: Callable[[str], None] = lambda line: None
+                    log: Callable[[str], None] = lambda line: None,
+                    resume_dir: Path | None = None
                     ) -> list[tuple[Experiment, dict[str, Any], float]]:
+    """(experiment, claims, compute time in s) per architecture. With ``resume_dir`` each run's
+    NetCDF is kept there, and a run already there is read instead of trained again."""
     results = []
     for exp, config in flow_configs(exps, quick):
-        log(f"reproduce · flows · {exp.title} · η = {config.lr:g} · {config.steps} steps")
-        t0 = time.perf_counter()
-        ds = Trainer(config).run()
-        results.append((exp, claims(ds), time.perf_counter() - t0))
+        path = (resume_dir / f"flows-{exp.name}_{run_name({}, config)}.nc" if resume_dir
+                else None)
+        if path is not None and path.exists():
+            log(f"reproduce · flows · {exp.title} · read from {path.name}")
+            ds = load_run(path)
+        else:
+            log(f"reproduce · flows · {exp.title} · η = {config.lr:g} · {config.steps} steps")
+            ds = Trainer(config).run()
+            if path is not None:
+                save_run(ds, path)
+        results.append((exp, claims(ds), compute_time(ds)))
     return results
+
+
+def compute_time(ds: xr.Dataset) -> float:
+    """The run's steps' wall time, summed (each step's includes its flows)."""
+    steps = ds.time_step.sel(process="gd") if "process" in ds.time_step.dims else ds.time_step
+    return float(np.nansum(steps.values))
 
 
 def _pct(x: float) -> str:
@@ -112,13 +130,15 @@ def write_flow_report(path: Path, results: Sequence[tuple[Experiment, dict[str, 
              "with the central flow and gradient flow from GD's initial weights (seed 0). "
              "Every verdict below is computed from these runs. The claims are stated in "
              "`ntk_core/experiments/reproduce/flow_claims.py` and the method is described "
-             "in [central-flow.md](central-flow.md).", "",
+             "in [central-flow.md](central-flow.md). Compute time is the wall time of the "
+             "run's steps, summed (one thread; a step includes both flows and all three "
+             "measurements).", "",
              "| setting | η | steps | edge at | 1. predicted loss vs GD's mean loss (median rel. "
              "error) | 2. distance to GD: central / gradient flow | 3. KTA at matched loss: "
-             "central / gradient flow | 4. flow's S within 2 % of 2/η | runtime |",
+             "central / gradient flow | 4. flow's S within 2 % of 2/η | compute time |",
              "|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
-    for exp, c, runtime in results:
+    for exp, c, seconds in results:
         pinned = c.get("pin_within", math.nan)
         lines.append(
             f"| {exp.title} | {exp.highlight:g} | {c['steps']} | {c['edge_step']} | "
@@ -127,7 +147,7 @@ def write_flow_report(path: Path, results: Sequence[tuple[Experiment, dict[str, 
             f"{c['distance_central']:.3g} / {c['distance_stable']:.3g} | "
             f"{c['kta_central']:.4f} / {c['kta_stable']:.4f} at loss {c['matched_loss']:.3g} | "
             f"{_pct(pinned)} of steps (max {_pct(c.get('pin_max', math.nan))}) | "
-            f"{runtime / 60:.1f} min |")
+            f"{seconds / 60:.1f} min |")
         verdicts.append(_verdicts(exp, c))
     lines += ["", "## Verdicts", "", *verdicts]
     path.parent.mkdir(parents=True, exist_ok=True)

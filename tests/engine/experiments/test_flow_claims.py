@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from ntk_core import RunConfig, load_run
+from ntk_core.experiments.reproduce import flow_claims
 from ntk_core.experiments.reproduce.flow_claims import claims, period_average
+from ntk_core.experiments.reproduce.grid import Experiment
 
 
 def test_the_period_average_removes_a_period_two_oscillation() -> None:
@@ -58,3 +61,27 @@ def test_the_claims_read_what_the_run_holds() -> None:
     run["sharpness"].loc[{"process": "central", "step": 30}] = 2 / 0.1 * 1.1
     off = claims(run)
     assert off["pin_max"] == pytest.approx(0.1) and off["pin_within"] < 1
+
+
+def test_a_resume_folder_keeps_each_run_and_reads_it_back(tmp_path, monkeypatch) -> None:
+    config = RunConfig(dataset="digits", classes=(0, 1), n=16, width=8, depth=1, k=3,
+                       threads=1, measure_every=2)
+    exp = Experiment("mlp", "tiny MLP", config, lrs=(0.5,), highlight=0.5, seeds=(4,))
+    monkeypatch.setattr(flow_claims, "STEPS", {True: 6, False: 6})
+    first = flow_claims.run_flow_claims([exp], quick=True, resume_dir=tmp_path)
+    files = list(tmp_path.glob("flows-mlp_*.nc"))
+    assert len(files) == 1
+    ds = load_run(files[0])
+    assert ds.sizes["step"] == 6 and list(ds.process.values) == ["gd", "central", "stable"]
+    assert first[0][2] == pytest.approx(float(ds.time_step.values.sum())) and first[0][2] > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the kept run should have been read")
+
+    monkeypatch.setattr(flow_claims, "Trainer", no_training)
+    again = flow_claims.run_flow_claims([exp], quick=True, resume_dir=tmp_path)
+    assert again[0][1] == first[0][1] and again[0][2] == first[0][2]
+    # another configuration is another file, never the kept one
+    monkeypatch.setattr(flow_claims, "STEPS", {True: 7, False: 7})
+    with pytest.raises(AssertionError, match="kept run"):
+        flow_claims.run_flow_claims([exp], quick=True, resume_dir=tmp_path)
