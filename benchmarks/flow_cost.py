@@ -9,7 +9,7 @@ step, three full measurements (GD's and each flow's) and one unit of each flow, 
 second. Also runs the setting with both flows from initialisation for ``--steps`` and reports
 GD steps per second with flows off and on (measuring every step).
 
-    python benchmarks/flow_cost.py --settings default W1 --units 10
+    python -m benchmarks.flow_cost --settings default W1 --units 8 --threads 1
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def steps_per_second(config: RunConfig, steps: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=["default", "W1"])
-    parser.add_argument("--edge-step", type=int, default=400)
+    parser.add_argument("--edge-step", type=int, default=1000)
     parser.add_argument("--units", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
