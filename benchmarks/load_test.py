@@ -18,29 +18,45 @@ the baseline::
 
     python benchmarks/load_test.py --sessions 20 --seconds 120 --json benchmarks/results/load.json
 
+Tabs beyond the server's session cap (``--max-sessions``, else ``NTK_EOS_MAX_SESSIONS`` or the
+mode's default) get the app's "busy" page: they are counted as refused, closed at once, and left
+out of the checks on the admitted pages. The whole test ends by ``--deadline`` seconds (by
+default the server's start, the tabs' opening, ``--seconds`` and the close), or on SIGTERM or
+Ctrl-C, and reports what it has measured by then: ``stopped`` says why it ended early,
+``missing`` names the parts it did not measure, and their checks are null. The server runs in
+a process group of its own, which is ended however the test ends. Progress lines, the server's
+pid first, go to stderr.
+
 It prints the figures as JSON; ``checks`` holds each acceptance criterion and whether it held.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import panel.models  # noqa: F401  (the client document needs Panel's model classes)
 import panel.models.file_dropper  # noqa: F401  (the upload box, loaded only on demand)
+import psutil
 from bokeh.client import ClientSession, pull_session
+from bokeh.document import Document
 from bokeh.document.events import MessageSentEvent
 from bokeh.events import ButtonClick, DocumentReady
 from bokeh.models import Button
@@ -55,12 +71,33 @@ from app.server.startup import LIMITS_PREFIX, STATS_PREFIX  # noqa: E402
 LIVENESS_P95_S = 1.0
 LIVENESS_TIMEOUT_S = 5.0
 MAX_UPDATE_GAP_S = 15.0  # a tab that hears nothing for this long looks frozen
-OPEN_TIMEOUT_S = 300.0  # every tab must show its dashboard within this
+READY_TIMEOUT_S = 120.0  # the server must answer /liveness within this
+STATS_TIMEOUT_S = 30.0
+OPEN_TIMEOUT_S = 300.0  # every tab must show its dashboard (or the busy page) within this
+# closed sessions are culled after the unused-session lifetime; their training must follow
+BACK_TIMEOUT_S = 120.0
+TAB_CLOSE_TIMEOUT_S = 30.0  # all tabs together
+SERVER_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 # the server and its training processes, 20 tabs of the default preset (each live run has a
 # process of its own: about 180 MB unique, torch's pages shared)
 MEMORY_BOUND_MB = 6144.0
+BUSY_CLASS = "ntk-busy"  # the page app/main.py serves a tab beyond the session cap
+STATUS_CLASS = "ntk-status"
 ERROR_PATTERN = re.compile(r"Traceback|ERROR|Exception|Error:", re.I)
 STEP_PATTERN = re.compile(r"step (\d+)")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def default_deadline(seconds: float) -> float:
+    """Seconds the whole test may take: the server's start, the tabs' opening, the measuring
+    window and the close, each at its own limit."""
+    return READY_TIMEOUT_S + STATS_TIMEOUT_S + OPEN_TIMEOUT_S + seconds + BACK_TIMEOUT_S \
+        + TAB_CLOSE_TIMEOUT_S
+
+
+def say(text: str) -> None:
+    """A progress line on stderr (stdout carries the JSON)."""
+    print(f"load_test: {text}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -72,8 +109,6 @@ def free_port() -> int:
 def memory_mb(pid: int) -> float:
     """Memory of ``pid`` and its descendants (the fork server, the training processes): the sum
     of their proportional set sizes, so pages they share (torch's) count once in all."""
-    import psutil
-
     try:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
@@ -95,6 +130,66 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# ---- ending early: the deadline and signals ---------------------------------------------------
+class Stop(Exception):
+    """Ends the measurement early (the deadline passed, or a signal came); the report follows."""
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self, cap: float = float("inf")) -> float:
+        """Seconds left, at most ``cap``: how long a phase may wait."""
+        return max(0.0, min(cap, self.end - time.monotonic()))
+
+    def check(self, doing: str) -> None:
+        if time.monotonic() >= self.end:
+            raise Stop(f"deadline of {self.seconds:g} s passed while {doing}")
+
+
+def ignore_stop_signals() -> None:
+    """From here on the test is ending anyway: a second signal must not cut its cleanup short."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def raise_stop(signum: int, _: Any) -> None:
+    ignore_stop_signals()
+    raise Stop(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGHUP raise Stop in the main thread (so that ``finally`` blocks
+    end the server); the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+    previous = {sig: signal.signal(sig, raise_stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.2) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(every)
+    return True
+
+
+# ---- processes ----------------------------------------------------------------------------------
 def probe(url: str, out: Path) -> None:
     """Poll ``/liveness`` every 0.25 s and the app's check every 5 s, one JSON line per answer.
     Runs in a process of its own, as a load balancer's or Docker's checks would: in the load
@@ -133,6 +228,40 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its descendants now (a local server's training processes start sessions of
+    their own, so its process group alone would miss them)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def end_process_group(proc: subprocess.Popen, grace: float = SERVER_GRACE_S) -> None:
+    """SIGTERM to the group led by ``proc`` and to its descendants, SIGKILL to whatever is left
+    after ``grace`` seconds."""
+    tree = process_tree(proc.pid)
+    signal_group(proc.pid, signal.SIGTERM)
+    for child in tree[1:]:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    signal_group(proc.pid, signal.SIGKILL)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 def read_probes(path: Path) -> tuple[list[float], list[float], list[float], list[str]]:
@@ -142,7 +271,10 @@ def read_probes(path: Path) -> tuple[list[float], list[float], list[float], list
     stamps: list[float] = []
     failures: list[str] = []
     for line in path.read_text().splitlines() if path.exists() else []:
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the prober was stopped in the middle of a line
+            continue
         if row["error"]:
             failures.append(row["error"])
         if row["endpoint"]:
@@ -154,19 +286,34 @@ def read_probes(path: Path) -> tuple[list[float], list[float], list[float], list
 
 
 class Server:
-    """``panel serve`` in a subprocess, its log in a file, its stats lines parsed."""
+    """``panel serve`` in a subprocess of its own process group, its log in a file, its stats
+    lines parsed."""
 
-    def __init__(self, mode: str, stats_seconds: float, workdir: Path) -> None:
+    def __init__(self, mode: str, stats_seconds: float, workdir: Path,
+                 max_sessions: int | None = None) -> None:
         self.port = free_port()
-        env = limits_env(hosted=mode == "hosted")
-        env.update(NTK_EOS_STATS_SECONDS=str(stats_seconds), OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(ROOT), BOKEH_ALLOW_WS_ORIGIN=f"127.0.0.1:{self.port}")
+        self.env = limits_env(hosted=mode == "hosted", max_sessions=max_sessions)
+        self.env.update(NTK_EOS_STATS_SECONDS=str(stats_seconds), OMP_NUM_THREADS="1",
+                        PYTHONPATH=str(ROOT), BOKEH_ALLOW_WS_ORIGIN=f"127.0.0.1:{self.port}")
+        self.workdir = workdir
         self.log_path = workdir / "server.log"
-        self._log = self.log_path.open("w")
-        cmd = serve_command(port=self.port, address="127.0.0.1")
-        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = serve_command(port=self.port, address="127.0.0.1")
+        with self.log_path.open("w") as log:
+            # a process group of its own: its training processes are ended with it, and Ctrl-C
+            # in a terminal reaches only the load test, which ends them all. Not a session: that
+            # would be a scheduler autogroup of its own on Linux, and change the CPU shares
+            # being measured
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, process_group=0)
+        say(f"server pid {self.proc.pid} (its process group) at {self.url}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else -1
 
     def liveness(self, endpoint: str = "", timeout: float = 5.0) -> float:
         """Seconds one /liveness request took; raises OSError on failure."""
@@ -178,20 +325,21 @@ class Server:
                 raise OSError(f"liveness answered {r.status}")
         return time.perf_counter() - t0
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the app's health check answers; raises when the server exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError("the server exited:\n" + self.log()[-3000:])
             try:
-                self.liveness("/main")
-                return
+                self.liveness("/main", timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+                return True
             except OSError:
                 time.sleep(0.5)
-        raise TimeoutError("the server did not answer /liveness")
+        return False
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def limits(self) -> dict[str, Any]:
         """The limits the --setup script applied (its first line)."""
@@ -199,6 +347,10 @@ class Server:
             if line.startswith(LIMITS_PREFIX):
                 return json.loads(line[len(LIMITS_PREFIX):])
         return {}
+
+    def errors(self) -> list[str]:
+        return [line for line in self.log().splitlines()
+                if ERROR_PATTERN.search(line) and not line.startswith(STATS_PREFIX)]
 
     def stats(self) -> list[dict[str, Any]]:
         decoder = json.JSONDecoder()
@@ -211,34 +363,46 @@ class Server:
                     continue
         return lines
 
-    def wait_stats(self, after: int, timeout: float = 30.0) -> dict[str, Any]:
-        """The first stats line after the ``after``-th one."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = self.stats()
-            if len(lines) > after:
-                return lines[-1]
-            time.sleep(0.2)
-        raise TimeoutError("no stats line from the server")
+    def wait_stats(self, after: int, timeout: float) -> dict[str, Any] | None:
+        """The first stats line after the ``after``-th one; None if none came in time."""
+        found: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            found[:] = self.stats()
+            return len(found) > after
+
+        return found[-1] if wait_until(arrived, timeout) else None
 
     def stop(self) -> None:
-        stop_process(self.proc)
-        self._log.close()
+        if self.proc is not None:
+            end_process_group(self.proc)
+
+
+def shows_busy_page(doc: Document) -> bool:
+    return any(BUSY_CLASS in (getattr(m, "css_classes", None) or []) for m in doc.models)
 
 
 class Tab:
-    """One client session in its own thread and IO loop: pull the page, press Play, listen."""
+    """One client session in its own thread and IO loop: pull the page, press Play, listen.
+    A tab shown the busy page is refused: it closes at once."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.updates: list[float] = []
         self.status = ""
         self.error = ""
+        self.refused = False
+        self.admitted = False
         self.played_at = 0.0
         self.session: ClientSession | None = None
         self.loop: IOLoop | None = None
         self.status_model: Any = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def answered(self) -> bool:
+        """The tab's opening is over: it pressed Play, was refused, or failed."""
+        return bool(self.played_at or self.refused or self.error)
 
     def start(self) -> None:
         self.thread.start()
@@ -251,9 +415,14 @@ class Tab:
             self.error = f"{type(exc).__name__}: {exc}"
             return
         doc = self.session.document
-        doc.on_change(self._on_change)
-        # what BokehJS sends once the page is drawn: the app then builds the dashboard
-        self._send(DocumentReady())
+        if shows_busy_page(doc):
+            self.refused = True
+            self.loop.add_callback(self.session.close)  # frees the server's session soon
+        else:
+            self.admitted = True
+            doc.on_change(self._on_change)
+            # what BokehJS sends once the page is drawn: the app then builds the dashboard
+            self._send(DocumentReady())
         self.session._loop_until_closed()  # bokeh 3 keeps the listening loop private
 
     def _send(self, event: Any) -> None:
@@ -265,7 +434,7 @@ class Tab:
         doc = self.session.document
         if self.status_model is None:
             found = [m for m in doc.models
-                     if "ntk-status" in (getattr(m, "css_classes", None) or [])]
+                     if STATUS_CLASS in (getattr(m, "css_classes", None) or [])]
             self.status_model = found[0] if found else None
         if self.status_model is not None:
             self.status = str(self.status_model.text)
@@ -286,112 +455,266 @@ class Tab:
                  if self.played_at else [])
         gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
         step = STEP_PATTERN.search(self.status)
-        if not self.played_at and not self.error:
-            self.error = "the dashboard never showed a Play button"
-        return {"updates": len(stamps), "max_gap_s": round(max(gaps), 2) if gaps else None,
+        error = self.error
+        if not error and not self.refused and not self.played_at:
+            error = ("the dashboard never showed a Play button" if self.admitted
+                     else "no page from the server")
+        return {"refused": self.refused, "updates": len(stamps),
+                "max_gap_s": round(max(gaps), 2) if gaps else None,
                 "step": int(step.group(1)) if step else 0, "status": self.status,
-                "error": self.error}
+                "error": error}
 
 
-def run(sessions: int, seconds: float, mode: str, stats_seconds: float = 1.0) -> dict[str, Any]:
+def close_tabs(tabs: list[Tab], timeout: float) -> None:
+    for tab in tabs:
+        tab.close()
+    end = time.monotonic() + timeout
+    for tab in tabs:
+        tab.thread.join(max(0.0, end - time.monotonic()))
+
+
+# ---- the measurement ----------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """What the run has measured so far; a phase that did not finish leaves its fields None."""
+
+    tabs: list[Tab] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    memory_base: float | None = None
+    memory_peak: float | None = None
+    opened_s: float | None = None
+    window_start: float | None = None
+    window_end: float | None = None
+    peak: dict[str, Any] = field(default_factory=dict)
+    per_tab: list[dict[str, Any]] | None = None
+    after: dict[str, Any] | None = None
+    back_s: float | None = None
+    memory_after: float | None = None
+    stopped: str = ""
+    prober: subprocess.Popen | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def watch_memory(server: Server, progress: Progress) -> None:
+    while not progress.done.wait(0.25):
+        progress.memory_peak = max(progress.memory_peak or 0.0, memory_mb(server.pid))
+
+
+def start_server(server: Server, deadline: Deadline) -> None:
+    server.start()
+    if not server.wait_ready(deadline.left(READY_TIMEOUT_S)):
+        deadline.check("waiting for the server")
+        raise TimeoutError("the server did not answer /liveness")
+    say("server ready")
+
+
+def take_baseline(server: Server, progress: Progress, deadline: Deadline, workdir: Path) -> None:
+    progress.baseline = server.wait_stats(0, deadline.left(STATS_TIMEOUT_S))
+    if progress.baseline is None:
+        deadline.check("waiting for the server's stats")
+        raise TimeoutError("no stats line from the server")
+    progress.memory_base = progress.memory_peak = memory_mb(server.pid)
+    threading.Thread(target=watch_memory, args=(server, progress), daemon=True).start()
+    progress.prober = start_prober(server.url, workdir / "liveness.jsonl")
+
+
+def open_tabs(server: Server, progress: Progress, sessions: int, deadline: Deadline) -> None:
+    """Open every tab; the window starts once each has pressed Play, been refused or failed."""
+    progress.tabs = [Tab(f"{server.url}/main") for _ in range(sessions)]
+    t_open = time.monotonic()
+    for tab in progress.tabs:
+        tab.start()
+    wait_until(lambda: all(tab.answered for tab in progress.tabs),
+               deadline.left(OPEN_TIMEOUT_S))
+    progress.opened_s = time.monotonic() - t_open
+    counts = tab_counts(progress.tabs, sessions)
+    say(f"tabs answered: {counts['admitted']} admitted, {counts['refused']} refused, "
+        f"{counts['unanswered']} unanswered after {progress.opened_s:.1f} s")
+    deadline.check("opening the tabs")
+
+
+def watch_window(server: Server, progress: Progress, seconds: float,
+                 deadline: Deadline) -> None:
+    progress.window_start = time.monotonic()
+    while time.monotonic() - progress.window_start < seconds:
+        progress.window_end = time.monotonic()
+        deadline.check("measuring")
+        time.sleep(min(1.0, deadline.left()))
+        lines = server.stats()
+        if lines:
+            progress.peak = {k: max(v, progress.peak.get(k, v)) for k, v in lines[-1].items()}
+    progress.window_end = time.monotonic()
+    progress.per_tab = [tab.figures(progress.window_end) for tab in progress.tabs]
+    say("window ended")
+
+
+def wait_threads_back(server: Server, progress: Progress, deadline: Deadline) -> None:
+    """Close the tabs; the server culls their sessions after the unused-session lifetime, and
+    their training threads and processes must return to the baseline."""
+    n_stats = len(server.stats())
+    t_close = time.monotonic()
+    close_tabs(progress.tabs, deadline.left(TAB_CLOSE_TIMEOUT_S))
+    baseline = progress.baseline or {}
+    end = t_close + BACK_TIMEOUT_S
+    after = server.wait_stats(n_stats, deadline.left(STATS_TIMEOUT_S))
+    while (after is not None and not threads_back(baseline, after)
+           and time.monotonic() < end and deadline.left() > 0):
+        after = server.wait_stats(len(server.stats()), deadline.left(STATS_TIMEOUT_S)) or after
+    progress.after = after
+    progress.back_s = time.monotonic() - t_close
+    progress.memory_after = memory_mb(server.pid)
+    deadline.check("waiting for the training to stop")
+
+
+def threads_back(baseline: dict[str, Any], after: dict[str, Any]) -> bool:
+    return (after["training_threads"] <= baseline["training_threads"]
+            and after["training_processes"] <= baseline["training_processes"])
+
+
+def measure(server: Server, progress: Progress, workdir: Path, sessions: int, seconds: float,
+            deadline: Deadline) -> None:
+    start_server(server, deadline)
+    take_baseline(server, progress, deadline, workdir)
+    open_tabs(server, progress, sessions, deadline)
+    watch_window(server, progress, seconds, deadline)
+    wait_threads_back(server, progress, deadline)
+
+
+def wrap_up(server: Server, progress: Progress) -> None:
+    """Ends the server, its training processes, the prober and the tabs, in that order: on an
+    early stop the server must go first, whatever else is slow."""
+    ignore_stop_signals()
+    progress.done.set()
+    server.stop()
+    if progress.prober is not None:
+        stop_process(progress.prober, timeout=5.0)
+    close_tabs(progress.tabs, timeout=5.0)
+    say("server ended")
+
+
+def run(sessions: int, seconds: float, mode: str, stats_seconds: float = 1.0,
+        deadline_s: float | None = None, max_sessions: int | None = None) -> dict[str, Any]:
+    deadline = Deadline(deadline_s if deadline_s is not None else default_deadline(seconds))
+    t_start = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ntk-eos-load-"))
     load_before = os.getloadavg()
-    server = Server(mode, stats_seconds, workdir)
-    try:
-        server.wait_ready()
-        baseline = server.wait_stats(0)
-        memory_base = memory_mb(server.proc.pid)
-        memory_peak = memory_base
-        done = threading.Event()
+    server = Server(mode, stats_seconds, workdir, max_sessions)
+    progress = Progress()
+    with stop_on_signals():
+        try:
+            measure(server, progress, workdir, sessions, seconds, deadline)
+        except Stop as exc:
+            progress.stopped = str(exc)
+        except Exception as exc:  # the figures so far are still worth a report
+            progress.stopped = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        finally:
+            wrap_up(server, progress)
+    if progress.stopped:
+        say(progress.stopped)
+    result = report(server, progress, workdir, sessions, seconds, mode, deadline)
+    result["loadavg_before"] = [round(x, 2) for x in load_before]
+    result["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    return result
 
-        def watch_memory() -> None:
-            nonlocal memory_peak
-            while not done.wait(0.25):
-                memory_peak = max(memory_peak, memory_mb(server.proc.pid))
 
-        poller = threading.Thread(target=watch_memory, daemon=True)
-        poller.start()
-        probe_log = workdir / "liveness.jsonl"
-        prober = start_prober(server.url, probe_log)
-        tabs = [Tab(f"{server.url}/main") for _ in range(sessions)]
-        t_open = time.monotonic()
-        for tab in tabs:
-            tab.start()
-        # the window starts once every tab has its dashboard and has pressed Play
-        while (not all(tab.played_at or tab.error for tab in tabs)
-               and time.monotonic() - t_open < OPEN_TIMEOUT_S):
-            time.sleep(0.2)
-        opened_s = time.monotonic() - t_open
-        t0 = time.monotonic()
-        peak: dict[str, Any] = {}
-        while time.monotonic() - t0 < seconds:
-            time.sleep(1.0)
-            lines = server.stats()
-            if lines:
-                last = lines[-1]
-                peak = {k: max(v, peak.get(k, v)) for k, v in last.items()}
-        until = time.monotonic()
-        per_tab = [tab.figures(until) for tab in tabs]
-        n_stats = len(server.stats())
-        t_close = time.monotonic()
-        for tab in tabs:
-            tab.close()
-        for tab in tabs:
-            tab.thread.join(30)
-        # culled after the unused-session lifetime; the training threads and processes must follow
-        after = server.wait_stats(n_stats)
-        while ((after["training_threads"] > baseline["training_threads"]
-                or after["training_processes"] > baseline["training_processes"])
-               and time.monotonic() - t_close < 120):
-            after = server.wait_stats(len(server.stats()))
-        back_s = time.monotonic() - t_close
-        done.set()
-        poller.join(5)
-        stop_process(prober)
-        latencies, app_latencies, stamps, failures = read_probes(probe_log)
-        memory_after = memory_mb(server.proc.pid)
-        limits = server.limits()
-        errors = [line for line in server.log().splitlines()
-                  if ERROR_PATTERN.search(line) and not line.startswith(STATS_PREFIX)]
-    finally:
-        server.stop()
-    steps = [t["step"] for t in per_tab]
-    gaps = [t["max_gap_s"] for t in per_tab if t["max_gap_s"] is not None]
-    result = {
+# ---- the report ---------------------------------------------------------------------------------
+def tab_counts(tabs: list[Tab], sessions: int) -> dict[str, int]:
+    """Admitted (the dashboard), refused (the busy page), failed (no connection) and unanswered
+    (still waiting for a page, or never opened: the run stopped before)."""
+    counts = {"admitted": sum(tab.admitted for tab in tabs),
+              "refused": sum(tab.refused for tab in tabs),
+              "failed": sum(bool(tab.error) and not tab.admitted for tab in tabs)}
+    return {**counts, "unanswered": sessions - sum(counts.values())}
+
+
+def missing_parts(progress: Progress, seconds: float, sessions: int) -> list[str]:
+    window = (progress.window_end - progress.window_start
+              if progress.window_start is not None and progress.window_end is not None else 0.0)
+    parts = {"server_baseline": progress.baseline is None,
+             "tabs_opened": len(progress.tabs) < sessions
+             or not all(tab.answered for tab in progress.tabs),
+             "window": progress.per_tab is None or window < seconds,
+             "after_close": progress.after is None}
+    return [name for name, is_missing in parts.items() if is_missing]
+
+
+def liveness_figures(probe_log: Path, window_start: float | None) -> dict[str, Any]:
+    latencies, app_latencies, stamps, failures = read_probes(probe_log)
+    steady = ([x for x, t in zip(latencies, stamps, strict=True) if t > window_start]
+              if window_start is not None else [])
+    return {"polls": len(latencies), "failures": len(failures),
+            "p50_s": round(percentile(latencies, 0.5), 3),
+            "p95_s": round(percentile(latencies, 0.95), 3),
+            "max_s": round(max(latencies, default=float("nan")), 3),
+            "steady_p95_s": round(percentile(steady, 0.95), 3),
+            "app_check_p95_s": round(percentile(app_latencies, 0.95), 3),
+            "app_check_max_s": round(max(app_latencies, default=float("nan")), 3)}
+
+
+def checks(progress: Progress, per_tab: list[dict[str, Any]], missing: list[str],
+           liveness: dict[str, Any], errors: list[str], limits: dict[str, Any],
+           sessions: int) -> dict[str, bool | None]:
+    """Each acceptance criterion: True, False, or None where its part was not measured. The
+    pages checks cover every tab that was not refused (refusals are the cap at work)."""
+    pages = [t for t in per_tab if not t["refused"]]
+    gaps = [t["max_gap_s"] for t in pages if t["max_gap_s"] is not None]
+    window_done = "window" not in missing and "tabs_opened" not in missing
+    refused = sum(t["refused"] for t in per_tab)
+    cap = limits.get("max_sessions")
+    return {
+        "every_session_updates": (bool(pages) and all(not t["error"] and t["updates"] > 0
+                                                      for t in pages)
+                                  and bool(gaps) and max(gaps) <= MAX_UPDATE_GAP_S)
+        if window_done else None,
+        "every_session_trains": (bool(pages) and min(t["step"] for t in pages) > 0)
+        if window_done else None,
+        "refused_only_beyond_cap": refused == max(0, sessions - cap)
+        if cap is not None and "tabs_opened" not in missing else None,
+        "liveness_p95_under_1s": liveness["p95_s"] <= LIVENESS_P95_S
+        if liveness["polls"] else None,
+        "no_server_errors": not errors,
+        "threads_back_to_baseline": threads_back(progress.baseline, progress.after)
+        if progress.baseline is not None and progress.after is not None else None,
+        "memory_within_bound": progress.memory_peak <= MEMORY_BOUND_MB
+        if progress.memory_peak is not None else None,
+    }
+
+
+def report(server: Server, progress: Progress, workdir: Path, sessions: int, seconds: float,
+           mode: str, deadline: Deadline) -> dict[str, Any]:
+    until = progress.window_end or time.monotonic()
+    per_tab = progress.per_tab or [tab.figures(until) for tab in progress.tabs]
+    admitted = [t for t in per_tab if not t["refused"]]
+    steps = [t["step"] for t in admitted]
+    gaps = [t["max_gap_s"] for t in admitted if t["max_gap_s"] is not None]
+    missing = missing_parts(progress, seconds, sessions)
+    liveness = liveness_figures(workdir / "liveness.jsonl", progress.window_start)
+    limits = server.limits()
+    errors = server.errors()
+    window = (progress.window_end - progress.window_start
+              if progress.window_start is not None and progress.window_end is not None else None)
+    result: dict[str, Any] = {
         "sessions": sessions, "seconds": seconds, "mode": mode, "cores": os.cpu_count(),
-        "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "limits": limits, "open_all_s": round(opened_s, 1),
-        "liveness": {"polls": len(latencies), "failures": len(failures),
-                     "p50_s": round(percentile(latencies, 0.5), 3),
-                     "p95_s": round(percentile(latencies, 0.95), 3),
-                     "max_s": round(max(latencies, default=float("nan")), 3),
-                     "steady_p95_s": round(percentile(
-                         [x for x, t in zip(latencies, stamps, strict=True) if t > t0], 0.95), 3),
-                     "app_check_p95_s": round(percentile(app_latencies, 0.95), 3),
-                     "app_check_max_s": round(max(app_latencies, default=float("nan")), 3)},
-        "updates": {"min_per_session": min(t["updates"] for t in per_tab),
+        "limits": limits, **tab_counts(progress.tabs, sessions),
+        "deadline_s": deadline.seconds, "stopped": progress.stopped, "missing": missing,
+        "open_all_s": rounded(progress.opened_s, 1), "window_s": rounded(window, 1),
+        "liveness": liveness,
+        "updates": {"min_per_session": min((t["updates"] for t in admitted), default=None),
                     "max_gap_s": max(gaps, default=None)},
-        "steps": {"min": min(steps), "median": sorted(steps)[len(steps) // 2],
-                  "max": max(steps), "total": sum(steps)},
-        "server": {"baseline": baseline, "peak": peak, "after_close": after,
-                   "threads_back_after_s": round(back_s, 1)},
-        "memory_mb": {"baseline": round(memory_base, 1), "peak": round(memory_peak, 1),
-                   "after_close": round(memory_after, 1), "bound": MEMORY_BOUND_MB},
+        "steps": {"min": min(steps, default=None),
+                  "median": sorted(steps)[len(steps) // 2] if steps else None,
+                  "max": max(steps, default=None), "total": sum(steps)},
+        "server": {"pid": server.pid, "baseline": progress.baseline, "peak": progress.peak,
+                   "after_close": progress.after, "threads_back_after_s": rounded(progress.back_s, 1)},
+        "memory_mb": {"baseline": rounded(progress.memory_base, 1),
+                      "peak": rounded(progress.memory_peak, 1),
+                      "after_close": rounded(progress.memory_after, 1), "bound": MEMORY_BOUND_MB},
         "errors": errors[:20], "server_log": str(server.log_path),
         "tabs": per_tab,
     }
-    result["checks"] = {
-        "every_session_updates": all(not t["error"] and t["updates"] > 0 for t in per_tab)
-        and bool(gaps) and max(gaps) <= MAX_UPDATE_GAP_S,
-        "every_session_trains": min(steps) > 0,
-        "liveness_p95_under_1s": result["liveness"]["p95_s"] <= LIVENESS_P95_S,
-        "no_server_errors": not errors,
-        "threads_back_to_baseline":
-            after["training_threads"] <= baseline["training_threads"]
-            and after["training_processes"] <= baseline["training_processes"],
-        "memory_within_bound": memory_peak <= MEMORY_BOUND_MB,
-    }
+    result["checks"] = checks(progress, per_tab, missing, liveness, errors, limits, sessions)
     return result
 
 
@@ -400,6 +723,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=120.0, help="training time per tab")
     parser.add_argument("--mode", choices=("hosted", "local"), default="hosted")
+    parser.add_argument("--max-sessions", type=int,
+                        help="the server's session cap (default: NTK_EOS_MAX_SESSIONS, else the "
+                             "mode's: 40 hosted); tabs beyond it are refused")
+    parser.add_argument("--deadline", type=float,
+                        help="seconds after which the test stops waiting and reports what it has "
+                             "(default: the phases' limits plus --seconds)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)  # the prober process
     parser.add_argument("--probe-log", type=Path, help=argparse.SUPPRESS)
@@ -407,12 +736,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         probe(args.probe, args.probe_log)
         return 0
-    result = run(args.sessions, args.seconds, args.mode)
+    result = run(args.sessions, args.seconds, args.mode, deadline_s=args.deadline,
+                 max_sessions=args.max_sessions)
     text = json.dumps(result, indent=2)
-    print(text)
+    print(text, flush=True)
     if args.json:
         Path(args.json).write_text(text + "\n")
-    return 0 if all(result["checks"].values()) else 1
+    return 0 if all(value is True for value in result["checks"].values()) else 1
 
 
 if __name__ == "__main__":
