@@ -17,13 +17,21 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 from support import serve_dashboard
-from test_browser import DOCS, at_least, column, open_app, press, status, wait_column
+from test_browser import (
+    DOCS,
+    SMALL,
+    at_least,
+    column,
+    open_app,
+    press,
+    status,
+    wait_column,
+)
 
 from app.dashboard import Dashboard
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
-SMALL = "n=32&classes=0,1&width=16&k=4&steps=5000&speed=5"  # a small net, 5 steps/s at most
 WAIT_MS = 60_000
 expect.set_options(timeout=WAIT_MS)
 
