@@ -115,6 +115,21 @@ class RunBuffer:
             self._flow_spectrum[SIGMA_SQ[0]] = np.full((capacity, SIGMA_SQ_WIDTH), np.nan)
         self.version = 0  # bumps on every change; readers compare it to skip redraws
 
+    def empty_like(self, capacity: int = 16) -> RunBuffer:
+        """A log with this one's layout, attributes and eigenvector cadence but no steps (what
+        a run's state carries in place of its log)."""
+        return RunBuffer(self.k, self.row_data, self.attrs, eigvec_every=self.eigvec_every,
+                         max_snapshots=self.max_snapshots, capacity=capacity)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # ---- writer --------------------------------------------------------------------------
     def wants_eigenvectors(self, step: int) -> bool:
         return step % self.eigvec_every == 0

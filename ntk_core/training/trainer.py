@@ -163,6 +163,20 @@ class Trainer(LoggedRun):
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
+    # ---- the run as state (``run_state``) ---------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything the next step needs, and an empty log in place of this one: the rows
+        already logged stay with whoever holds the log."""
+        state = dict(self.__dict__)
+        state["buffer"] = self.buffer.empty_like()
+        state["_stop_event"] = None
+        state["latest_kernel"] = None  # a view of scratch space
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._stop_event = threading.Event()
+
     # ---- control -------------------------------------------------------------------------
     @property
     def size(self) -> tuple[int, int]:

@@ -91,6 +91,10 @@ class NTKWorkspace:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
 
+    # scratch space never travels with a run's state: it is allocated again on first use
+    def __getstate__(self) -> dict[str, object]:
+        return {"_buffers": {}}
+
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
