@@ -28,8 +28,13 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--torch-threads", type=int, default=None, help="torch threads per run")
     g.add_argument("--idle-minutes", type=float, default=None,
                    help="pause a run after this long without input (0: never)")
-    g.add_argument("--training", choices=["process", "thread"], default=None,
-                   help="train each run in a child process (default) or in the server process")
+    g.add_argument("--training", choices=["pool", "process", "thread"], default=None,
+                   help="pool: fair slices on max-trainings shared workers (the --hosted "
+                   "default); process: a child process per run (the local default); thread: "
+                   "in the server process")
+    g.add_argument("--scheduler", metavar="tcp://HOST:8786", default=None,
+                   help="run the pool's slices on this Dask cluster (implies --training pool; "
+                   "--max-trainings defaults to its worker threads)")
     own = p.add_argument_group("your own model and data (a local server only, not --hosted)")
     own.add_argument("--arch", metavar="PACKAGE.MODULE:FACTORY", default=None,
                      help="train factory(input_shape, num_outputs) in every tab")
@@ -41,7 +46,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 def serve(args: argparse.Namespace) -> int:
     env = launch.limits_env(hosted=args.hosted, max_sessions=args.max_sessions,
                      max_trainings=args.max_trainings, torch_threads=args.torch_threads,
-                     idle_minutes=args.idle_minutes, training=args.training)
+                     idle_minutes=args.idle_minutes, training=args.training,
+                     scheduler=args.scheduler)
     env = launch.own_inputs_env(args.arch, args.data, env)
     return launch.serve(port=args.port, address=args.address, show=args.show,
                  allow_websocket_origin=args.allow_websocket_origin, extra_args=args.extra,

@@ -442,6 +442,8 @@ class Dashboard(pn.viewable.Viewer):
                      "warning")
         if controller.idle_note and not alert[0]:
             alert = (controller.idle_note, "warning")
+        if controller.worker_note and not alert[0]:
+            alert = (controller.worker_note, "info")
         if self._file_message[0]:
             alert = self._file_message
         elif controller.viewed is not None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -133,3 +134,15 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inp(x)
         return self.out(h + torch.tanh(self.mix(self.norm(h))))
+
+
+def assert_same_log(mirror: Any, reference: Any) -> None:
+    """Two runs' logs are equal, value for value (wall times aside), snapshots included."""
+    a, b = mirror.buffer.rows(0), reference.buffer.rows(0)
+    assert a.keys() == b.keys()
+    for name in a:
+        if not name.startswith("time_"):  # wall times differ
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    va, vb = mirror.buffer.eigenvector_history(0), reference.buffer.eigenvector_history(0)
+    np.testing.assert_array_equal(va[0], vb[0])
+    np.testing.assert_array_equal(va[1], vb[1])

@@ -40,13 +40,14 @@ CHECK_UNUSED_SESSIONS_MS = 5_000
 def limits_env(hosted: bool = False, max_sessions: int | None = None,
                max_trainings: int | None = None, torch_threads: int | None = None,
                idle_minutes: float | None = None, training: str | None = None,
+               scheduler: str | None = None,
                environ: dict[str, str] | None = None) -> dict[str, str]:
     """The ``NTK_EOS_*`` variables for these options on top of ``environ`` (default: this
     process's environment); raises ConfigError when the result is not a valid ServerLimits."""
     env = dict(os.environ if environ is None else environ)
     options = {"MODE": "hosted" if hosted else None, "MAX_SESSIONS": max_sessions,
                "MAX_TRAININGS": max_trainings, "TORCH_THREADS": torch_threads,
-               "IDLE_MINUTES": idle_minutes, "TRAINING": training}
+               "IDLE_MINUTES": idle_minutes, "TRAINING": training, "SCHEDULER": scheduler}
     env.update({ENV_PREFIX + k: str(v) for k, v in options.items() if v is not None})
     ServerLimits.from_env(env)
     return env

@@ -18,10 +18,18 @@ import json
 import os
 import sys
 import threading
+from dataclasses import replace
 
 import torch
 
-from app.session.limits import ServerLimits, configure, live_sessions, training_slots
+from app.session.limits import (
+    ENV_PREFIX,
+    ServerLimits,
+    configure,
+    live_sessions,
+    slice_pool,
+    training_slots,
+)
 from app.session.own_inputs import served
 from app.session.runner import training_threads
 from ntk_core.training.process_trainer import prestart, training_processes
@@ -62,10 +70,22 @@ def stats() -> dict[str, float | int]:
 
 def apply_limits() -> ServerLimits:
     limits = configure()
+    if limits.scheduler:
+        limits = _cluster_sized(limits)
     torch.set_num_threads(limits.torch_threads)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     print(LIMITS_PREFIX + json.dumps(limits.summary()), file=sys.stderr, flush=True)
     return limits
+
+
+def _cluster_sized(limits: ServerLimits) -> ServerLimits:
+    """Connect to the Dask scheduler now (a wrong address stops the server here, with the
+    reason) and, unless ``NTK_EOS_MAX_TRAININGS`` is set, train as many runs at once as the
+    cluster has worker threads."""
+    pool = slice_pool()
+    if os.environ.get(ENV_PREFIX + "MAX_TRAININGS", "").strip():
+        return limits
+    return configure(replace(limits, max_trainings=pool.workers))
 
 
 def freeze_startup_objects() -> int:
@@ -98,7 +118,7 @@ def start_stats_log(seconds: float) -> threading.Thread | None:
 
 if __name__ != "app.server.startup":  # executed by panel serve --setup, not imported
     served()  # a hosted server given NTK_EOS_ARCH or NTK_EOS_DATA stops here, before any page
-    if apply_limits().training == "process":
+    if apply_limits().training in ("process", "pool"):
         prestart()  # the fork server's torch import, before the first Play rather than after
     freeze_startup_objects()
     start_stats_log(float(os.environ.get("NTK_EOS_STATS_SECONDS", "0") or 0))

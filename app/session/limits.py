@@ -29,9 +29,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, cast
 
 from ntk_core.config import ConfigError, RunConfig
+from ntk_core.training.slice_pool import DaskSlicePool, LocalSlicePool, SlicePool
 
 Mode = Literal["hosted", "local"]
-Training = Literal["process", "thread"]
+Training = Literal["pool", "process", "thread"]
 ENV_PREFIX = "NTK_EOS_"
 # Per-run caps of hosted mode (0: no cap). The default preset has n = 256, p ≈ 25k: n·p ≈ 6.5M.
 # A run with flows measures three processes per step and solves the central flow's Hessian
@@ -40,6 +41,9 @@ ENV_PREFIX = "NTK_EOS_"
 # smaller n·p: the default preset's size, about the time of the largest GD step allowed.
 HOSTED_CAPS: dict[str, Any] = {"max_n": 1024, "max_width": 512, "max_depth": 6, "max_steps": 5000,
                                "max_np": 20_000_000, "max_flow_np": 8_000_000}
+# Niceness of a hosted server's training processes and workers: at 5 the kernel gives the
+# server's threads three times their weight, so pages open and answer while every core trains
+HOSTED_TRAINING_NICE = 5
 # Runs opened from files, all sessions together (0: no cap). One opened run may take a quarter.
 HOSTED_OPEN_RUNS_MB = 1024.0
 
@@ -58,10 +62,14 @@ class ServerLimits:
     ``idle_minutes``)."""
 
     mode: Mode = "local"
-    # "process": each run trains in a child process (``ntk_core.training.process_trainer``), so the
-    # server's own Python never holds up a training step; "thread": in this process (a test
-    # or a notebook that reaches into the live trainer)
+    # "pool": runs train in fair slices on ``max_trainings`` shared workers
+    # (``ntk_core.training.pooled_trainer``): a waiting run is its state, not a process (the
+    # hosted default); "process": each run trains in a child process of its own
+    # (``process_trainer``), the fastest for one lecturer's tabs; "thread": in this process (a
+    # test or a notebook that reaches into the live trainer)
     training: Training = "process"
+    # a Dask scheduler (tcp://host:8786): the pool's slices run on its workers
+    scheduler: str = ""
     max_sessions: int = 100
     max_trainings: int = 2
     torch_threads: int = 1
@@ -78,15 +86,22 @@ class ServerLimits:
     def __post_init__(self) -> None:
         if self.mode not in ("hosted", "local"):
             raise ConfigError(f"{ENV_PREFIX}MODE: expected hosted or local, got {self.mode!r}")
-        if self.training not in ("process", "thread"):
-            raise ConfigError(f"{ENV_PREFIX}TRAINING: expected process or thread, "
+        if self.training not in ("pool", "process", "thread"):
+            raise ConfigError(f"{ENV_PREFIX}TRAINING: expected pool, process or thread, "
                               f"got {self.training!r}")
+        if self.scheduler and self.training != "pool":
+            raise ConfigError(f"{ENV_PREFIX}SCHEDULER: a Dask scheduler runs the pool's "
+                              f"slices; it needs {ENV_PREFIX}TRAINING=pool, got "
+                              f"{self.training!r}")
+        if self.scheduler and not self.scheduler.startswith(("tcp://", "tls://", "inproc://")):
+            raise ConfigError(f"{ENV_PREFIX}SCHEDULER: expected an address like "
+                              f"tcp://host:8786, got {self.scheduler!r}")
         for name in ("max_sessions", "max_trainings", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be ≥ 1, "
                                   f"got {getattr(self, name)}")
         for f in fields(self):
-            if f.name not in ("mode", "training") and getattr(self, f.name) < 0:
+            if f.name not in ("mode", "training", "scheduler") and getattr(self, f.name) < 0:
                 raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: must be ≥ 0, "
                                   f"got {getattr(self, f.name)}")
         if self.slice_seconds <= 0:
@@ -98,7 +113,8 @@ class ServerLimits:
         training per core when hosted; locally two trainings sharing the cores."""
         cores = cores or cpu_count()
         if mode == "hosted":
-            return cls(mode="hosted", max_sessions=40, max_trainings=cores, torch_threads=1,
+            return cls(mode="hosted", training="pool", max_sessions=40, max_trainings=cores,
+                       torch_threads=1,
                        idle_minutes=15.0, open_runs_mb=HOSTED_OPEN_RUNS_MB, **HOSTED_CAPS)
         trainings = min(2, cores)
         return cls(mode="local", max_sessions=100, max_trainings=trainings,
@@ -118,8 +134,8 @@ class ServerLimits:
             text = env.get(ENV_PREFIX + f.name.upper(), "").strip()
             if f.name == "mode" or not text:
                 continue
-            if f.name == "training":
-                values[f.name] = text.lower()
+            if f.name in ("training", "scheduler"):
+                values[f.name] = text.lower() if f.name == "training" else text
                 continue
             kind = float if f.type in ("float", float) else int
             try:
@@ -128,6 +144,8 @@ class ServerLimits:
                 raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: expected "
                                   f"{'a number' if kind is float else 'an integer'}, "
                                   f"got {text!r}") from None
+        if values.get("scheduler") and "training" not in values:
+            values["training"] = "pool"  # a scheduler is where the pool's slices run
         if "max_trainings" in values and "torch_threads" not in values:
             values["torch_threads"] = max(1, cpu_count() // max(1, int(values["max_trainings"])))
         return replace(base, **values)
@@ -329,6 +347,7 @@ _limits: ServerLimits | None = None
 _slots: TrainingSlots | None = None
 _sessions: SessionRegistry | None = None
 _opened: OpenedRuns | None = None
+_pool: SlicePool | None = None
 
 
 def configure(limits: ServerLimits | None = None) -> ServerLimits:
@@ -336,7 +355,10 @@ def configure(limits: ServerLimits | None = None) -> ServerLimits:
     session registry follow. Runs started before keep the slots they had."""
     global _limits, _slots, _sessions, _opened
     with _lock:
+        previous = _limits
         _limits = limits if limits is not None else ServerLimits.from_env()
+        if previous is not None and _pool_settings(previous) != _pool_settings(_limits):
+            _drop_pool()
         _slots = TrainingSlots(_limits.max_trainings, _limits.slice_seconds)
         _sessions = SessionRegistry(_limits.max_sessions)
         _opened = OpenedRuns(_limits.open_runs_mb)
@@ -358,6 +380,39 @@ def live_sessions() -> SessionRegistry:
     current()
     assert _sessions is not None
     return _sessions
+
+
+def slice_pool() -> SlicePool:
+    """This process's pool of training workers (``training = "pool"``), started on first use:
+    ``max_trainings`` local worker processes, or the Dask cluster at ``scheduler``."""
+    global _pool
+    limits = current()
+    with _lock:
+        if _pool is None:
+            if limits.scheduler:
+                _pool = DaskSlicePool(limits.scheduler)
+            else:
+                _pool = LocalSlicePool(limits.max_trainings,
+                                       nice=HOSTED_TRAINING_NICE if limits.mode == "hosted" else 0)
+        return _pool
+
+
+def _pool_settings(limits: ServerLimits) -> tuple[object, ...]:
+    return limits.max_trainings, limits.scheduler, limits.mode
+
+
+def _drop_pool() -> None:
+    """Close the pool (call with ``_lock`` held); runs on it start a new one on their next
+    slice."""
+    global _pool
+    pool, _pool = _pool, None
+    if pool is not None:
+        pool.close()
+
+
+def close_slice_pool() -> None:
+    with _lock:
+        _drop_pool()
 
 
 def opened_runs() -> OpenedRuns:

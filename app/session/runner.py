@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import threading
 import time
 import weakref
@@ -32,6 +33,7 @@ import torch
 from ntk_core.config import ConfigError, RunConfig
 from ntk_core.numerics import stability
 from ntk_core.training.buffer import RunBuffer
+from ntk_core.training.pooled_trainer import PooledTrainer, slice_steps
 from ntk_core.training.process_trainer import ProcessTrainer, TrainingProcessError
 from ntk_core.training.protocol import SteppableRun
 from ntk_core.training.trainer import Trainer
@@ -39,7 +41,7 @@ from ntk_core.vocabulary import TERMINAL, RunStatus
 
 from . import limits as server_limits
 from .kept_runs import MAX_KEPT, KeptRun, keep_run, lr_history_label
-from .limits import ServerLimits, TrainingSlots
+from .limits import HOSTED_TRAINING_NICE, ServerLimits, TrainingSlots
 from .own_inputs import HOSTED_REFUSAL, OwnInputs
 
 THREAD_PREFIX = "ntk-eos-train-"
@@ -47,9 +49,8 @@ LOADING = "loading"  # a session's run before its trainer exists (never a logged
 # Steps queued in a training process beyond the one being collected: with two, the child has
 # its next step in hand while this process copies out the last one, however busy its GIL is
 STEPS_AHEAD = 2
-# Niceness of a hosted server's training processes: at 5 the kernel gives the server's threads
-# three times their weight, so pages open and answer while every core trains
-HOSTED_TRAINING_NICE = 5
+# A pool's slice while no other run waits: short, so the page gets rows four times a second
+STREAM_SLICE_S = 0.25
 _ids = itertools.count(1)
 _live_runs: weakref.WeakSet[TrainingRun] = weakref.WeakSet()
 
@@ -195,6 +196,15 @@ class TrainingRun:
         """(place, queue length) while waiting for a training slot, else None."""
         return self.slots.position(self)
 
+    @property
+    def queue_wait(self) -> float | None:
+        """About how many seconds until this run steps again, while it waits; else None.
+        Every run ahead of it takes at most one slice of a slot."""
+        place = self.queue_position
+        if place is None:
+            return None
+        return math.ceil(place[0] / self.slots.capacity) * self.limits.slice_seconds
+
     # ---- the thread ----------------------------------------------------------------------
     def _loop(self) -> None:
         try:
@@ -235,13 +245,18 @@ class TrainingRun:
         return None if self.error else trainer
 
     def _new_trainer(self) -> SteppableRun:
+        name = self.thread.name.removeprefix(THREAD_PREFIX)
+        if self.limits.training == "pool" and self.own is None:
+            return PooledTrainer(self.config, server_limits.slice_pool(),
+                                 threads=self.limits.torch_threads, cancelled=self._stop.is_set,
+                                 name=name)
         if self.limits.training == "process" and self.own is None:
             # A lecturer's laptop: the run gets its own share of the cores against the browser.
             # A hosted server trains on every core: its runs yield to the event loop instead.
             hosted = self.limits.mode == "hosted"
             return ProcessTrainer(self.config, threads=self.limits.torch_threads,
                                   cancelled=self._stop.is_set,
-                                  name=self.thread.name.removeprefix(THREAD_PREFIX),
+                                  name=name,
                                   own_session=not hosted, nice=HOSTED_TRAINING_NICE if hosted else 0)
         # OpenMP threads are a per-thread setting in torch: this thread's share of the cores
         torch.set_num_threads(self.limits.torch_threads)
@@ -292,6 +307,29 @@ class TrainingRun:
                     self._pending -= 1
             self._advance(trainer, playing)
 
+    def _slice(self, trainer: PooledTrainer, playing: bool) -> None:
+        """One slice on the pool: a full slice while others wait for a slot (then the slot
+        goes to the next in line), a short one otherwise so the page updates often."""
+        if not playing:
+            trainer.advance(1)
+            return
+        seconds = self.limits.slice_seconds if self.slots.queued else STREAM_SLICE_S
+        t0 = time.perf_counter()
+        steps = slice_steps(self.steps_per_second, seconds)
+        trainer.advance(steps, seconds)
+        if self.steps_per_second > 0:  # the speed cap: wait out the rest of the slice
+            wait = steps / self.steps_per_second - (time.perf_counter() - t0)
+            if wait > 0 and self.slots.queued:
+                self.slots.release(self)
+            self._stop.wait(max(0.0, wait))
+        elif self.slots.queued:
+            self.slots.release(self)  # one slice per turn: the others get theirs
+
+    @property
+    def notice(self) -> str:
+        """A note for the page from the trainer (a slice that ran again), else ''."""
+        return str(getattr(self.trainer, "notice", ""))
+
     def _advance(self, trainer: SteppableRun, playing: bool) -> None:
         t0 = time.perf_counter()
         if playing and trainer.status != RunStatus.RUNNING:
@@ -299,6 +337,9 @@ class TrainingRun:
         elif not playing and trainer.status in (RunStatus.READY, RunStatus.RUNNING):
             trainer.buffer.set_status(RunStatus.PAUSED)
         try:
+            if isinstance(trainer, PooledTrainer):
+                self._slice(trainer, playing)
+                return
             # a playing run in a training process keeps its next step queued, unless others
             # wait for a slot or a speed cap paces it
             queue = playing and not self.slots.queued and self.steps_per_second <= 0
@@ -313,13 +354,15 @@ class TrainingRun:
             self._stop.wait(max(0.0, wait))
 
 
-def status_line(step: int, status: str, queue: tuple[int, int] | None = None) -> str:
-    """'step 120 · running', 'diverged at step 37', 'step 40 · queued: position 3 of 5' ...
-    the line the page shows."""
+def status_line(step: int, status: str, queue: tuple[int, int] | None = None,
+                wait: float | None = None) -> str:
+    """'step 120 · running', 'diverged at step 37', 'step 40 · queued: position 3 of 5 ·
+    steps again in about 4 s' ... the line the page shows."""
     if status == RunStatus.DIVERGED:
         return f"diverged at step {step}"
     if queue is not None:
-        return f"step {step} · queued: position {queue[0]} of {queue[1]}"
+        again = f" · steps again in about {wait:.0f} s" if wait is not None else ""
+        return f"step {step} · queued: position {queue[0]} of {queue[1]}{again}"
     words = {RunStatus.REACHED_TARGET: "reached the target loss", LOADING: "loading data and model"}
     return f"step {step} · {words.get(status, status)}"
 
@@ -496,8 +539,15 @@ class RunController:
 
     @property
     def status_line(self) -> str:
-        queue = self.run.queue_position if self.run is not None and self.viewed is None else None
-        return status_line(self.step_count, self.status, queue)
+        live = self.run is not None and self.viewed is None
+        queue = self.run.queue_position if live and self.run is not None else None
+        wait = self.run.queue_wait if live and self.run is not None and queue else None
+        return status_line(self.step_count, self.status, queue, wait)
+
+    @property
+    def worker_note(self) -> str:
+        """The live run's note about its training workers (a slice that ran again), or ''."""
+        return self.run.notice if self.run is not None and self.viewed is None else ""
 
     @property
     def ladder_position(self) -> int:

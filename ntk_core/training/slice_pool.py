@@ -158,14 +158,12 @@ class DaskSlicePool:
 
     def run(self, request: SliceRequest, cancelled: Callable[[], bool] = lambda: False
             ) -> SliceResult:
-        from distributed import wait as dask_wait
-
         future = self.client.submit(run_slice, request, pure=False)
+        finished = threading.Event()
+        future.add_done_callback(lambda _: finished.set())
 
         def done(timeout: float) -> bool:
-            with contextlib.suppress(TimeoutError):
-                dask_wait(future, timeout=timeout)
-            return bool(future.done())
+            return finished.wait(timeout) or bool(future.done())
 
         try:
             _wait(done, cancelled)

@@ -114,10 +114,18 @@ def test_serve_flags_become_limits(monkeypatch) -> None:
     assert cli_main(["serve", "--hosted", "--max-sessions", "5"]) == 0
     assert called[0]["env"]["NTK_EOS_MODE"] == "hosted"
     assert called[0]["env"]["NTK_EOS_MAX_SESSIONS"] == "5"
-    assert ServerLimits.from_env(called[0]["env"]).training == "process"  # the default
+    assert ServerLimits.from_env(called[0]["env"]).training == "pool"  # the hosted default
     assert cli_main(["serve", "--training", "thread"]) == 0
     assert ServerLimits.from_env(called[1]["env"]).training == "thread"
-    with pytest.raises(ConfigError, match="NTK_EOS_TRAINING: expected process or thread"):
+    assert cli_main(["serve"]) == 0
+    assert ServerLimits.from_env(called[2]["env"]).training == "process"  # the local default
+    assert cli_main(["serve", "--scheduler", "tcp://10.0.0.5:8786"]) == 0
+    with_cluster = ServerLimits.from_env(called[3]["env"])
+    assert (with_cluster.training, with_cluster.scheduler) == ("pool", "tcp://10.0.0.5:8786")
+    assert cli_main(["serve", "--scheduler", "10.0.0.5"]) == 2  # not an address
+    assert cli_main(["serve", "--scheduler", "tcp://h:8786", "--training", "process"]) == 2
+    assert len(called) == 4
+    with pytest.raises(ConfigError, match="NTK_EOS_TRAINING: expected pool, process or thread"):
         ServerLimits.from_env({"NTK_EOS_TRAINING": "gpu"})
 
 

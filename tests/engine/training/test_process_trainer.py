@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import wait_for
+from support import assert_same_log, wait_for
 
 from app.session.limits import ServerLimits, TrainingSlots
 from app.session.runner import TrainingRun
@@ -26,17 +26,6 @@ pytestmark = pytest.mark.timeout(180)
 # the full multi-output kernel: output-major in the engine, sample-major in the buffer
 CONFIG = RunConfig(dataset="digits", n=24, classes=(0, 1, 2), width=16, k=4, steps=12, lr=0.2,
                    kernel="full")
-
-
-def assert_same_log(mirror: ProcessTrainer, reference: Trainer) -> None:
-    a, b = mirror.buffer.rows(0), reference.buffer.rows(0)
-    assert a.keys() == b.keys()
-    for name in a:
-        if not name.startswith("time_"):  # wall times differ
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    va, vb = mirror.buffer.eigenvector_history(0), reference.buffer.eigenvector_history(0)
-    np.testing.assert_array_equal(va[0], vb[0])
-    np.testing.assert_array_equal(va[1], vb[1])
 
 
 def test_the_mirror_matches_an_in_process_trainer_step_for_step() -> None:

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 import pytest
-from test_process_trainer import assert_same_log
+from support import assert_same_log
 
 from ntk_core import RunConfig, Trainer
 from ntk_core.training.buffer import sample_major
@@ -65,7 +65,7 @@ def test_slices_log_what_an_uninterrupted_trainer_logs(name: str) -> None:
     while not run.finished:
         run.advance(next(sizes))
     assert run.status == reference.status == "completed"
-    assert_same_log(run, reference)  # type: ignore[arg-type]
+    assert_same_log(run, reference)
     assert all(r.state is not None for r in pool.requests[1:])  # every slice from a state
     if config.flows:
         for column in ("loss@central", "distance_to_gd@stable", "predicted_loss"):
@@ -144,5 +144,5 @@ def test_slices_on_local_workers_match_and_a_killed_worker_loses_only_its_slice(
         assert run.status == "completed"
         steps = run.buffer.rows(0)["step"]
         np.testing.assert_array_equal(steps, np.arange(config.steps))  # none lost, none twice
-        assert_same_log(run, reference)  # type: ignore[arg-type]
+        assert_same_log(run, reference)
     assert any("worker was lost" in r.notice for r in runs)
