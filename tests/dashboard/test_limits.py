@@ -297,7 +297,8 @@ def test_status_line_shows_the_queue_position(process_limits) -> None:
         board.play()
         wait_for(lambda: board.controller.run.queue_position is not None, 10)
         board.tick()
-        assert board.status == "step 0 · queued: position 1 of 1"
+        # one run ahead of it on one slot: its slice of 2 s
+        assert board.status == "step 0 · queued: position 1 of 1 · steps again in about 2 s"
         slots.release("a long run")
         wait_for(lambda: board.controller.step_count > 0)
         board.tick()
