@@ -27,6 +27,7 @@ from app.session.limits import (
     ServerLimits,
     configure,
     live_sessions,
+    pool_workers,
     slice_pool,
     training_slots,
 )
@@ -64,7 +65,7 @@ def stats() -> dict[str, float | int]:
     slots = training_slots()
     return {"sessions": live_sessions().count, "trainings": slots.running,
             "queued": slots.queued, "training_threads": len(training_threads()),
-            "training_processes": len(training_processes()),
+            "training_processes": len(training_processes()), "pool_workers": pool_workers(),
             "rss_mb": round(rss_mb(), 1)}
 
 

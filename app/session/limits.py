@@ -397,6 +397,14 @@ def slice_pool() -> SlicePool:
         return _pool
 
 
+def pool_workers() -> int:
+    """Live worker processes of this process's local pool (0 before its first slice, or when
+    the slices run on a Dask cluster)."""
+    with _lock:
+        pool = _pool
+    return len(pool.pids()) if isinstance(pool, LocalSlicePool) else 0
+
+
 def _pool_settings(limits: ServerLimits) -> tuple[object, ...]:
     return limits.max_trainings, limits.scheduler, limits.mode
 
