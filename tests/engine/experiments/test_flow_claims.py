@@ -61,6 +61,11 @@ def test_the_claims_read_what_the_run_holds() -> None:
     run["sharpness"].loc[{"process": "central", "step": 30}] = 2 / 0.1 * 1.1
     off = claims(run)
     assert off["pin_max"] == pytest.approx(0.1) and off["pin_within"] < 1
+    assert off["pin_outside"] == (1, 30, 30) and off["pin_within_after"] == 1.0
+    assert found["pin_outside"] == (0, -1, -1)
+    # GD's sharpness as made up is the central flow's: its median ratio in the phase is 1
+    assert found["gd_ratio_median"] == pytest.approx(1.0, abs=0.01)
+    assert found["loss_error_thirds"] == pytest.approx([0.05] * 3, rel=1e-9)
 
 
 def test_a_resume_folder_keeps_each_run_and_reads_it_back(tmp_path, monkeypatch) -> None:
