@@ -221,7 +221,8 @@ def _cores_used(server_pid: int, seconds: float) -> dict[str, float]:
 BROWSER_STEPS = 100_000
 
 
-def browser(seconds: float, warmup: float, preset: str, flows: tuple[str, ...] = ()) -> dict:
+def browser(seconds: float, warmup: float, preset: str, flows: tuple[str, ...] = (),
+            training: str = "") -> dict:
     from playwright.sync_api import sync_playwright
 
     from app.server.launch import serve_command
@@ -232,6 +233,8 @@ def browser(seconds: float, warmup: float, preset: str, flows: tuple[str, ...] =
     port = _free_port()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
+    if training:  # where the run trains: a process of its own (local default) or the pool
+        env["NTK_EOS_TRAINING"] = training
     server = subprocess.Popen(serve_command(port=port, address="127.0.0.1"), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     frames = 0
@@ -297,6 +300,9 @@ def main() -> None:
     parser.add_argument("--flows", default="",
                         help="central or central,stable: the flows beside GD (the Flows control)")
     parser.add_argument("--browser", action="store_true", help="serve the app and drive Chromium")
+    parser.add_argument("--training", choices=["pool", "process", "thread"], default="",
+                        help="browser mode: where the served run trains (default: the local "
+                        "server's, a process of its own)")
     parser.add_argument("--gil", action="store_true",
                         help="slowdown of training by a Python-busy thread, per switch interval")
     args = parser.parse_args()
@@ -304,7 +310,8 @@ def main() -> None:
     if args.gil:
         result = gil_share(min(args.seconds, 6.0), args.preset)
     elif args.browser:
-        result = browser(args.seconds, args.warmup, args.preset, flows)
+        result = browser(args.seconds, args.warmup, args.preset, flows, args.training)
+        result["training"] = args.training or "process"
     else:
         result = engine_only(args.seconds, args.hz, args.preset, args.threads, flows)
     result["load_average"] = os.getloadavg()

@@ -49,8 +49,8 @@ LOADING = "loading"  # a session's run before its trainer exists (never a logged
 # Steps queued in a training process beyond the one being collected: with two, the child has
 # its next step in hand while this process copies out the last one, however busy its GIL is
 STEPS_AHEAD = 2
-# A pool's slice while no other run waits: short, so the page gets rows four times a second
-STREAM_SLICE_S = 0.25
+# A pool's slice while no other run waits: short, so the page gets rows five times a second
+STREAM_SLICE_S = 0.2
 _ids = itertools.count(1)
 _live_runs: weakref.WeakSet[TrainingRun] = weakref.WeakSet()
 
