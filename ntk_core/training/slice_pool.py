@@ -28,6 +28,10 @@ from typing import Any, Protocol
 from .slices import SliceRequest, SliceResult, run_slice
 
 POLL_S = 0.1  # how often a wait checks ``cancelled``
+# what a Dask future raises when the worker, not the slice, failed: the scheduler gave up on a
+# task whose workers kept dying, the connection closed, or the task was dropped
+LOST_ON_DASK = frozenset({"KilledWorker", "CommClosedError", "CancelledError",
+                          "FutureCancelledError", "StreamClosedError"})
 
 
 class WorkerLost(RuntimeError):
@@ -172,7 +176,9 @@ class DaskSlicePool:
             raise
         try:
             return future.result()
-        except Exception as exc:  # KilledWorker, a closed connection, a cancelled future
+        except Exception as exc:
+            if type(exc).__name__ not in LOST_ON_DASK:
+                raise  # the slice's own error: running it again would fail again
             self.lost += 1
             raise WorkerLost(f"the slice's Dask worker was lost ({type(exc).__name__}: "
                              f"{exc})") from None
