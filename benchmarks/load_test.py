@@ -8,10 +8,24 @@ without drawing), presses Play in each, and, from the moment every tab has press
 - per session: every document update received (the largest gap between two), the step reached;
 - ``/liveness`` latency, polled every 0.25 s (the server's event loop), and the app's health
   check ``/liveness?endpoint=/main`` every 5 s (builds a document), from a process of its own;
+- per session, the step shown on its status line each time it changes, as a timeline; from it,
+  over the measuring window, how many steps each tab gained (fairness: min, median, max and
+  max/min across the admitted tabs) and the longest time its step did not advance;
 - the server's own figures (training threads and processes, sessions, queue, memory), from the
   stats line of the ``--setup`` script (``NTK_EOS_STATS_SECONDS``), and the memory of the
-  server with its training processes from /proc (proportional set sizes);
+  whole tree from /proc (proportional set sizes): the server, its training processes or pool
+  workers, and the Dask cluster's processes where the test started one;
 - error lines and tracebacks in the server's log.
+
+``--training pool|process|thread`` picks how the server trains (default: the mode's, the pool
+when hosted). ``--scheduler tcp://HOST:PORT`` runs the pool's slices on that Dask cluster;
+``--scheduler local-cluster`` starts one here first, on loopback only: a ``LocalCluster`` of
+``--cluster-workers`` single-threaded worker processes, in a process of its own (its own
+process group, at the niceness of a hosted server's training workers) so that the client
+sessions' GIL does not slow its scheduler and its memory counts in full, scheduler included.
+It is ended with the server however the test ends. ``--kill-worker-after S`` then SIGKILLs one
+of its worker processes S seconds into the window (Dask's nanny starts a new one), and checks
+that every tab's step still advances after it.
 
 Then it closes every session and waits for the training threads and processes to return to
 the baseline::
@@ -28,6 +42,9 @@ a process group of its own, which is ended however the test ends. Progress lines
 pid first, go to stderr.
 
 It prints the figures as JSON; ``checks`` holds each acceptance criterion and whether it held.
+``fairness`` holds the steps gained in the window and the longest stalls across the admitted
+tabs (each tab's own under ``tabs``), ``scheduler`` where the slices ran (null: the server's own
+workers), ``worker_killed_at`` the second of the window at which a cluster worker was killed.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +85,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.server.launch import limits_env, serve_command  # noqa: E402
 from app.server.startup import LIMITS_PREFIX, STATS_PREFIX  # noqa: E402
+from app.session.limits import HOSTED_TRAINING_NICE  # noqa: E402
 
 LIVENESS_P95_S = 1.0
 LIVENESS_TIMEOUT_S = 5.0
@@ -78,9 +97,14 @@ OPEN_TIMEOUT_S = 300.0  # every tab must show its dashboard (or the busy page) w
 BACK_TIMEOUT_S = 120.0
 TAB_CLOSE_TIMEOUT_S = 30.0  # all tabs together
 SERVER_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
-# the server and its training processes, 20 tabs of the default preset (each live run has a
-# process of its own: about 180 MB unique, torch's pages shared)
-MEMORY_BOUND_MB = 6144.0
+# peak proportional set size of the whole tree (the server, its training processes or pool
+# workers, and the cluster's processes where the test started one): issue 20's bound for 50
+# tabs of the default preset on 2 cores
+MEMORY_BOUND_MB = 4096.0
+STALL_BOUND_S = 60.0  # no admitted tab may go longer without its step advancing
+FAIR_RATIO_BOUND = 3.0  # most steps gained by a tab over the fewest, in the window
+LOCAL_CLUSTER = "local-cluster"  # --scheduler: start a Dask LocalCluster here
+CLUSTER_READY_TIMEOUT_S = 120.0  # its scheduler and every worker must be up within this
 BUSY_CLASS = "ntk-busy"  # the page app/main.py serves a tab beyond the session cap
 STATUS_CLASS = "ntk-status"
 ERROR_PATTERN = re.compile(r"Traceback|ERROR|Exception|Error:", re.I)
@@ -88,11 +112,11 @@ STEP_PATTERN = re.compile(r"step (\d+)")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def default_deadline(seconds: float) -> float:
-    """Seconds the whole test may take: the server's start, the tabs' opening, the measuring
-    window and the close, each at its own limit."""
-    return READY_TIMEOUT_S + STATS_TIMEOUT_S + OPEN_TIMEOUT_S + seconds + BACK_TIMEOUT_S \
-        + TAB_CLOSE_TIMEOUT_S
+def default_deadline(seconds: float, local_cluster: bool = False) -> float:
+    """Seconds the whole test may take: the cluster's start (``local_cluster``), the server's
+    start, the tabs' opening, the measuring window and the close, each at its own limit."""
+    return (CLUSTER_READY_TIMEOUT_S if local_cluster else 0.0) + READY_TIMEOUT_S \
+        + STATS_TIMEOUT_S + OPEN_TIMEOUT_S + seconds + BACK_TIMEOUT_S + TAB_CLOSE_TIMEOUT_S
 
 
 def say(text: str) -> None:
@@ -108,7 +132,10 @@ def free_port() -> int:
 
 def memory_mb(pid: int) -> float:
     """Memory of ``pid`` and its descendants (the fork server, the training processes): the sum
-    of their proportional set sizes, so pages they share (torch's) count once in all."""
+    of their proportional set sizes, so pages they share (torch's) count once in all. Sums of
+    several trees' figures are the memory of them all, counted the same way."""
+    if pid <= 0:
+        return 0.0
     try:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
@@ -264,8 +291,10 @@ def end_process_group(proc: subprocess.Popen, grace: float = SERVER_GRACE_S) -> 
         proc.wait(5)
 
 
-def read_probes(path: Path) -> tuple[list[float], list[float], list[float], list[str]]:
-    """(/liveness latencies, app-check latencies, /liveness times, failures) from the log."""
+def read_probes(path: Path, until: float | None = None
+                ) -> tuple[list[float], list[float], list[float], list[str]]:
+    """(/liveness latencies, app-check latencies, /liveness times, failures) from the log, up
+    to ``until`` (when the server was told to stop: later polls time its shutdown)."""
     latencies: list[float] = []
     app_latencies: list[float] = []
     stamps: list[float] = []
@@ -274,6 +303,8 @@ def read_probes(path: Path) -> tuple[list[float], list[float], list[float], list
         try:
             row = json.loads(line)
         except json.JSONDecodeError:  # the prober was stopped in the middle of a line
+            continue
+        if until is not None and row["t"] >= until:
             continue
         if row["error"]:
             failures.append(row["error"])
@@ -290,9 +321,11 @@ class Server:
     lines parsed."""
 
     def __init__(self, mode: str, stats_seconds: float, workdir: Path,
-                 max_sessions: int | None = None) -> None:
+                 max_sessions: int | None = None, training: str | None = None,
+                 scheduler: str | None = None) -> None:
         self.port = free_port()
-        self.env = limits_env(hosted=mode == "hosted", max_sessions=max_sessions)
+        self.env = limits_env(hosted=mode == "hosted", max_sessions=max_sessions,
+                              training=training, scheduler=scheduler)
         self.env.update(NTK_EOS_STATS_SECONDS=str(stats_seconds), OMP_NUM_THREADS="1",
                         PYTHONPATH=str(ROOT), BOKEH_ALLOW_WS_ORIGIN=f"127.0.0.1:{self.port}")
         self.workdir = workdir
@@ -300,7 +333,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, scheduler: str | None = None) -> None:
+        """``scheduler``: the Dask scheduler's address, known only once a local cluster is up."""
+        if scheduler:
+            self.env = limits_env(scheduler=scheduler, environ=self.env)
         cmd = serve_command(port=self.port, address="127.0.0.1")
         with self.log_path.open("w") as log:
             # a process group of its own: its training processes are ended with it, and Ctrl-C
@@ -378,6 +414,88 @@ class Server:
             end_process_group(self.proc)
 
 
+def serve_cluster(workers: int, address_file: Path, nice: int) -> None:
+    """``--scheduler local-cluster``'s process: a Dask ``LocalCluster`` of ``workers``
+    single-threaded worker processes, on loopback only and without its dashboard. Once every
+    worker is up it writes the scheduler's address to ``address_file``; it closes the cluster on
+    SIGTERM, SIGINT or SIGHUP, or once the load test that started it has gone."""
+    from distributed import Client, LocalCluster
+
+    parent = os.getppid()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _: sys.exit(0))  # the ``with`` closes the cluster
+    if nice:  # the workers inherit it
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=CLUSTER_READY_TIMEOUT_S)
+        ready = address_file.with_suffix(".tmp")
+        ready.write_text(cluster.scheduler_address)
+        ready.replace(address_file)  # whole, never half written
+        while os.getppid() == parent:
+            time.sleep(0.5)
+
+
+class Cluster:
+    """The local Dask cluster of ``--scheduler local-cluster``: ``serve_cluster`` in a
+    subprocess of its own process group, its log in a file."""
+
+    def __init__(self, workers: int, workdir: Path, nice: int) -> None:
+        self.workers = workers
+        self.nice = nice
+        self.log_path = workdir / "cluster.log"
+        self.address_file = workdir / "scheduler-address"
+        self.address = ""
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else -1
+
+    def start(self, timeout: float) -> str:
+        """Start the cluster and return its scheduler's address once every worker is up."""
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        cmd = [sys.executable, __file__, "--serve-cluster", str(self.workers),
+               "--cluster-address-file", str(self.address_file), "--cluster-nice", str(self.nice)]
+        with self.log_path.open("w") as log:
+            # a process group of its own, like the server's: it ends with its workers
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, process_group=0)
+        say(f"cluster pid {self.proc.pid} (its process group)")
+        end = time.monotonic() + timeout
+        while not self.address_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError("the Dask cluster exited:\n" + self.log()[-3000:])
+            if time.monotonic() >= end:
+                raise TimeoutError("the Dask cluster's workers did not start in time")
+            time.sleep(0.2)
+        self.address = self.address_file.read_text().strip()
+        say(f"cluster ready at {self.address}")
+        return self.address
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids, as their workers report them."""
+        from distributed import Client
+
+        with Client(self.address, timeout=10, set_as_default=False) as client:
+            return sorted(client.run(os.getpid).values())
+
+    def stop(self) -> None:
+        """SIGTERM to the cluster's process, which closes its workers; whatever is left of its
+        group after the grace gets SIGTERM, then SIGKILL."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(SERVER_GRACE_S)
+        end_process_group(self.proc, grace=5.0)
+
+
 def shows_busy_page(doc: Document) -> bool:
     return any(BUSY_CLASS in (getattr(m, "css_classes", None) or []) for m in doc.models)
 
@@ -397,6 +515,8 @@ class Tab:
         self.session: ClientSession | None = None
         self.loop: IOLoop | None = None
         self.status_model: Any = None
+        # (when it arrived, step) each time the status line shows another step
+        self.timeline: list[tuple[float, int]] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     @property
@@ -438,6 +558,9 @@ class Tab:
             self.status_model = found[0] if found else None
         if self.status_model is not None:
             self.status = str(self.status_model.text)
+            shown = STEP_PATTERN.search(self.status)
+            if shown and (not self.timeline or self.timeline[-1][1] != int(shown.group(1))):
+                self.timeline.append((time.monotonic(), int(shown.group(1))))
         if not self.played_at:
             play = [m for m in doc.select({"type": Button}) if m.label == "Play"]
             if play:
@@ -448,7 +571,10 @@ class Tab:
         if self.session is not None and self.loop is not None:
             self.loop.add_callback(self.session.close)
 
-    def figures(self, until: float) -> dict[str, Any]:
+    def figures(self, until: float, since: float | None = None,
+                kill_at: float | None = None) -> dict[str, Any]:
+        """The tab's figures up to ``until``; with ``since`` (the window's start) also its
+        progress in the window, and with ``kill_at`` whether it advanced after the kill."""
         stamps = [t for t in self.updates if t <= until]
         # gaps count from the Play press: a tab waits for its page before that
         marks = ([self.played_at, *[t for t in stamps if t > self.played_at], until]
@@ -459,10 +585,40 @@ class Tab:
         if not error and not self.refused and not self.played_at:
             error = ("the dashboard never showed a Play button" if self.admitted
                      else "no page from the server")
-        return {"refused": self.refused, "updates": len(stamps),
-                "max_gap_s": round(max(gaps), 2) if gaps else None,
-                "step": int(step.group(1)) if step else 0, "status": self.status,
-                "error": error}
+        figures = {"refused": self.refused, "updates": len(stamps),
+                   "max_gap_s": round(max(gaps), 2) if gaps else None,
+                   "step": int(step.group(1)) if step else 0, "status": self.status,
+                   "error": error}
+        if since is not None:
+            figures.update(window_progress(list(self.timeline), since, until, kill_at))
+        return figures
+
+
+def step_at(timeline: list[tuple[float, int]], when: float) -> int:
+    """The step a tab showed at ``when`` (0 before its first status line)."""
+    shown = [step for t, step in timeline if t <= when]
+    return shown[-1] if shown else 0
+
+
+def window_progress(timeline: list[tuple[float, int]], start: float, end: float,
+                    kill_at: float | None = None) -> dict[str, Any]:
+    """From a tab's (time, step) timeline: the steps it gained between ``start`` and ``end``,
+    the longest interval in there in which its step did not advance (from the window's start
+    to the first advance, between two, and from the last to the window's end), and with
+    ``kill_at`` whether its step advanced after that time."""
+    advances = []
+    previous = 0
+    for t, step in timeline:
+        if start < t <= end and step > previous:
+            advances.append(t)
+        previous = step
+    marks = [start, *advances, end]
+    figures: dict[str, Any] = {
+        "steps_in_window": step_at(timeline, end) - step_at(timeline, start),
+        "longest_stall_s": round(max(b - a for a, b in zip(marks, marks[1:], strict=False)), 2)}
+    if kill_at is not None:
+        figures["advanced_after_kill"] = step_at(timeline, end) > step_at(timeline, kill_at)
+    return figures
 
 
 def close_tabs(tabs: list[Tab], timeout: float) -> None:
@@ -490,31 +646,60 @@ class Progress:
     after: dict[str, Any] | None = None
     back_s: float | None = None
     memory_after: float | None = None
+    memory_peak_parts: dict[str, float] = field(default_factory=dict)  # at the peak
+    kill_after: float | None = None  # --kill-worker-after
+    kill_at: float | None = None  # when a cluster worker was killed
+    killed_pid: int | None = None
+    worker_pids: list[int] = field(default_factory=list)  # the cluster's, before the kill
+    kill_error: str = ""
     stopped: str = ""
+    ending_at: float | None = None  # when the server was told to stop
     prober: subprocess.Popen | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def watch_memory(server: Server, progress: Progress) -> None:
+def tree_memory(server: Server, cluster: Cluster | None) -> dict[str, float]:
+    """Memory (PSS) of the server's tree and of the cluster's, MB."""
+    return {"server": memory_mb(server.pid),
+            "cluster": memory_mb(cluster.pid) if cluster is not None else 0.0}
+
+
+def watch_memory(server: Server, cluster: Cluster | None, progress: Progress) -> None:
     while not progress.done.wait(0.25):
-        progress.memory_peak = max(progress.memory_peak or 0.0, memory_mb(server.pid))
+        parts = tree_memory(server, cluster)
+        if sum(parts.values()) > (progress.memory_peak or 0.0):
+            progress.memory_peak = sum(parts.values())
+            progress.memory_peak_parts = parts
 
 
-def start_server(server: Server, deadline: Deadline) -> None:
-    server.start()
+def start_cluster(cluster: Cluster | None, deadline: Deadline) -> str | None:
+    """Start the local Dask cluster, if any; its scheduler's address."""
+    if cluster is None:
+        return None
+    try:
+        return cluster.start(deadline.left(CLUSTER_READY_TIMEOUT_S))
+    except TimeoutError:
+        deadline.check("waiting for the Dask cluster")
+        raise
+
+
+def start_server(server: Server, deadline: Deadline, scheduler: str | None = None) -> None:
+    server.start(scheduler)
     if not server.wait_ready(deadline.left(READY_TIMEOUT_S)):
         deadline.check("waiting for the server")
         raise TimeoutError("the server did not answer /liveness")
     say("server ready")
 
 
-def take_baseline(server: Server, progress: Progress, deadline: Deadline, workdir: Path) -> None:
+def take_baseline(server: Server, cluster: Cluster | None, progress: Progress,
+                  deadline: Deadline, workdir: Path) -> None:
     progress.baseline = server.wait_stats(0, deadline.left(STATS_TIMEOUT_S))
     if progress.baseline is None:
         deadline.check("waiting for the server's stats")
         raise TimeoutError("no stats line from the server")
-    progress.memory_base = progress.memory_peak = memory_mb(server.pid)
-    threading.Thread(target=watch_memory, args=(server, progress), daemon=True).start()
+    progress.memory_peak_parts = tree_memory(server, cluster)
+    progress.memory_base = progress.memory_peak = sum(progress.memory_peak_parts.values())
+    threading.Thread(target=watch_memory, args=(server, cluster, progress), daemon=True).start()
     progress.prober = start_prober(server.url, workdir / "liveness.jsonl")
 
 
@@ -533,22 +718,44 @@ def open_tabs(server: Server, progress: Progress, sessions: int, deadline: Deadl
     deadline.check("opening the tabs")
 
 
-def watch_window(server: Server, progress: Progress, seconds: float,
+def kill_a_worker(cluster: Cluster, progress: Progress) -> None:
+    """SIGKILL one of the cluster's worker processes; a failure is reported, not raised."""
+    try:
+        progress.worker_pids = cluster.worker_pids()
+        progress.killed_pid = progress.worker_pids[0]
+        os.kill(progress.killed_pid, signal.SIGKILL)
+        progress.kill_at = time.monotonic()
+        start = progress.window_start or progress.kill_at
+        say(f"killed the Dask worker pid {progress.killed_pid} "
+            f"{progress.kill_at - start:.1f} s into the window")
+    except Exception as exc:  # the check on the kill reports it
+        progress.kill_error = f"{type(exc).__name__}: {exc}"
+        say(f"could not kill a Dask worker: {progress.kill_error}")
+
+
+def watch_window(server: Server, cluster: Cluster | None, progress: Progress, seconds: float,
                  deadline: Deadline) -> None:
     progress.window_start = time.monotonic()
     while time.monotonic() - progress.window_start < seconds:
         progress.window_end = time.monotonic()
         deadline.check("measuring")
-        time.sleep(min(1.0, deadline.left()))
+        if (cluster is not None and progress.kill_after is not None
+                and progress.kill_at is None and not progress.kill_error
+                and time.monotonic() - progress.window_start >= progress.kill_after):
+            kill_a_worker(cluster, progress)
+        left = seconds - (time.monotonic() - progress.window_start)
+        time.sleep(max(0.0, min(1.0, left, deadline.left())))
         lines = server.stats()
         if lines:
             progress.peak = {k: max(v, progress.peak.get(k, v)) for k, v in lines[-1].items()}
     progress.window_end = time.monotonic()
-    progress.per_tab = [tab.figures(progress.window_end) for tab in progress.tabs]
+    progress.per_tab = [tab.figures(progress.window_end, progress.window_start, progress.kill_at)
+                        for tab in progress.tabs]
     say("window ended")
 
 
-def wait_threads_back(server: Server, progress: Progress, deadline: Deadline) -> None:
+def wait_threads_back(server: Server, cluster: Cluster | None, progress: Progress,
+                      deadline: Deadline) -> None:
     """Close the tabs; the server culls their sessions after the unused-session lifetime, and
     their training threads and processes must return to the baseline."""
     n_stats = len(server.stats())
@@ -562,7 +769,7 @@ def wait_threads_back(server: Server, progress: Progress, deadline: Deadline) ->
         after = server.wait_stats(len(server.stats()), deadline.left(STATS_TIMEOUT_S)) or after
     progress.after = after
     progress.back_s = time.monotonic() - t_close
-    progress.memory_after = memory_mb(server.pid)
+    progress.memory_after = sum(tree_memory(server, cluster).values())
     deadline.check("waiting for the training to stop")
 
 
@@ -571,48 +778,70 @@ def threads_back(baseline: dict[str, Any], after: dict[str, Any]) -> bool:
             and after["training_processes"] <= baseline["training_processes"])
 
 
-def measure(server: Server, progress: Progress, workdir: Path, sessions: int, seconds: float,
-            deadline: Deadline) -> None:
-    start_server(server, deadline)
-    take_baseline(server, progress, deadline, workdir)
+def measure(server: Server, cluster: Cluster | None, progress: Progress, workdir: Path,
+            sessions: int, seconds: float, deadline: Deadline) -> None:
+    scheduler = start_cluster(cluster, deadline)
+    start_server(server, deadline, scheduler)
+    take_baseline(server, cluster, progress, deadline, workdir)
     open_tabs(server, progress, sessions, deadline)
-    watch_window(server, progress, seconds, deadline)
-    wait_threads_back(server, progress, deadline)
+    watch_window(server, cluster, progress, seconds, deadline)
+    wait_threads_back(server, cluster, progress, deadline)
 
 
-def wrap_up(server: Server, progress: Progress) -> None:
-    """Ends the server, its training processes, the prober and the tabs, in that order: on an
-    early stop the server must go first, whatever else is slow."""
+def wrap_up(server: Server, cluster: Cluster | None, progress: Progress) -> None:
+    """Ends the server and its training processes, the prober, the cluster and the tabs, in
+    that order: on an early stop the server must go first, whatever else is slow, and it must
+    not see its cluster go away while it runs; the prober must not time a server that has
+    gone."""
     ignore_stop_signals()
     progress.done.set()
+    progress.ending_at = time.monotonic()  # the prober's later polls time the shutdown
     server.stop()
+    say("server ended")
     if progress.prober is not None:
         stop_process(progress.prober, timeout=5.0)
+    if cluster is not None:
+        cluster.stop()
+        say("cluster ended")
     close_tabs(progress.tabs, timeout=5.0)
-    say("server ended")
 
 
 def run(sessions: int, seconds: float, mode: str, stats_seconds: float = 1.0,
-        deadline_s: float | None = None, max_sessions: int | None = None) -> dict[str, Any]:
-    deadline = Deadline(deadline_s if deadline_s is not None else default_deadline(seconds))
+        deadline_s: float | None = None, max_sessions: int | None = None,
+        training: str | None = None, scheduler: str | None = None, cluster_workers: int = 2,
+        kill_worker_after: float | None = None) -> dict[str, Any]:
+    """``scheduler``: a Dask scheduler's address, or ``local-cluster`` to start a cluster of
+    ``cluster_workers`` here; ``kill_worker_after`` (with a local cluster): seconds into the
+    window at which one of its workers is killed."""
+    local = scheduler == LOCAL_CLUSTER
+    if kill_worker_after is not None and not local:
+        raise ValueError(f"kill_worker_after: needs scheduler={LOCAL_CLUSTER!r}")
+    deadline = Deadline(deadline_s if deadline_s is not None
+                        else default_deadline(seconds, local_cluster=local))
     t_start = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ntk-eos-load-"))
     load_before = os.getloadavg()
-    server = Server(mode, stats_seconds, workdir, max_sessions)
-    progress = Progress()
+    # a local cluster's address is known once it is up: until then the server needs only the pool
+    server = Server(mode, stats_seconds, workdir, max_sessions,
+                    training="pool" if local and training is None else training,
+                    scheduler=None if local else scheduler)
+    cluster = (Cluster(cluster_workers, workdir, HOSTED_TRAINING_NICE if mode == "hosted" else 0)
+               if local else None)
+    progress = Progress(kill_after=kill_worker_after)
     with stop_on_signals():
         try:
-            measure(server, progress, workdir, sessions, seconds, deadline)
+            measure(server, cluster, progress, workdir, sessions, seconds, deadline)
         except Stop as exc:
             progress.stopped = str(exc)
         except Exception as exc:  # the figures so far are still worth a report
             progress.stopped = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
         finally:
-            wrap_up(server, progress)
+            wrap_up(server, cluster, progress)
     if progress.stopped:
         say(progress.stopped)
-    result = report(server, progress, workdir, sessions, seconds, mode, deadline)
+    result = report(server, cluster, scheduler, progress, workdir, sessions, seconds, mode,
+                    deadline)
     result["loadavg_before"] = [round(x, 2) for x in load_before]
     result["elapsed_s"] = round(time.monotonic() - t_start, 1)
     return result
@@ -639,8 +868,9 @@ def missing_parts(progress: Progress, seconds: float, sessions: int) -> list[str
     return [name for name, is_missing in parts.items() if is_missing]
 
 
-def liveness_figures(probe_log: Path, window_start: float | None) -> dict[str, Any]:
-    latencies, app_latencies, stamps, failures = read_probes(probe_log)
+def liveness_figures(probe_log: Path, window_start: float | None,
+                     until: float | None = None) -> dict[str, Any]:
+    latencies, app_latencies, stamps, failures = read_probes(probe_log, until)
     steady = ([x for x, t in zip(latencies, stamps, strict=True) if t > window_start]
               if window_start is not None else [])
     return {"polls": len(latencies), "failures": len(failures),
@@ -652,6 +882,31 @@ def liveness_figures(probe_log: Path, window_start: float | None) -> dict[str, A
             "app_check_max_s": round(max(app_latencies, default=float("nan")), 3)}
 
 
+def fairness_figures(pages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across the admitted tabs, over the window: the steps each gained (max/min is None when
+    a tab gained none) and the longest time a tab's step did not advance."""
+    gained = [t["steps_in_window"] for t in pages if "steps_in_window" in t]
+    stalls = [t["longest_stall_s"] for t in pages if "longest_stall_s" in t]
+    low, high = min(gained, default=None), max(gained, default=None)
+    return {"tabs": len(gained),
+            "steps_in_window": {"min": low,
+                                "median": statistics.median(gained) if gained else None,
+                                "max": high,
+                                "max_over_min": round(high / low, 2)
+                                if low and high is not None else None},
+            "longest_stall_s": {"median": round(statistics.median(stalls), 2) if stalls else None,
+                                "max": max(stalls, default=None)},
+            "stall_bound_s": STALL_BOUND_S, "max_over_min_bound": FAIR_RATIO_BOUND}
+
+
+def every_tab_advanced(pages: list[dict[str, Any]], window: float) -> bool:
+    """No tab's step stood still for more than STALL_BOUND_S of the window; in a shorter window,
+    every tab's step advanced in it."""
+    return bool(pages) and all(
+        t.get("steps_in_window", 0) > 0
+        and (window < STALL_BOUND_S or t["longest_stall_s"] <= STALL_BOUND_S) for t in pages)
+
+
 def checks(progress: Progress, per_tab: list[dict[str, Any]], missing: list[str],
            liveness: dict[str, Any], errors: list[str], limits: dict[str, Any],
            sessions: int) -> dict[str, bool | None]:
@@ -660,8 +915,16 @@ def checks(progress: Progress, per_tab: list[dict[str, Any]], missing: list[str]
     pages = [t for t in per_tab if not t["refused"]]
     gaps = [t["max_gap_s"] for t in pages if t["max_gap_s"] is not None]
     window_done = "window" not in missing and "tabs_opened" not in missing
+    window = (progress.window_end - progress.window_start
+              if progress.window_start is not None and progress.window_end is not None else 0.0)
+    ratio = fairness_figures(pages)["steps_in_window"]["max_over_min"]
     refused = sum(t["refused"] for t in per_tab)
     cap = limits.get("max_sessions")
+    kill: dict[str, bool | None] = {}
+    if progress.kill_after is not None:
+        kill["every_tab_advanced_after_kill"] = (
+            progress.kill_at is not None and bool(pages)
+            and all(t.get("advanced_after_kill") for t in pages)) if window_done else None
     return {
         "every_session_updates": (bool(pages) and all(not t["error"] and t["updates"] > 0
                                                       for t in pages)
@@ -678,18 +941,40 @@ def checks(progress: Progress, per_tab: list[dict[str, Any]], missing: list[str]
         if progress.baseline is not None and progress.after is not None else None,
         "memory_within_bound": progress.memory_peak <= MEMORY_BOUND_MB
         if progress.memory_peak is not None else None,
+        "every_tab_advanced_each_60s": every_tab_advanced(pages, window)
+        if window_done else None,
+        "fair_steps_max_over_min_le_3": (ratio is not None and ratio <= FAIR_RATIO_BOUND)
+        if window_done else None,
+        **kill,
     }
 
 
-def report(server: Server, progress: Progress, workdir: Path, sessions: int, seconds: float,
-           mode: str, deadline: Deadline) -> dict[str, Any]:
+def scheduler_figures(scheduler: str | None, cluster: Cluster | None,
+                      progress: Progress) -> dict[str, Any] | None:
+    """Where the pool's slices ran: None on the server's own workers."""
+    if not scheduler:
+        return None
+    figures: dict[str, Any] = {"address": cluster.address if cluster is not None else scheduler,
+                               "local_cluster": cluster is not None}
+    if cluster is not None:
+        figures.update(cluster_workers=cluster.workers, cluster_pid=cluster.pid,
+                       worker_pids=progress.worker_pids, killed_worker_pid=progress.killed_pid,
+                       kill_error=progress.kill_error, cluster_log=str(cluster.log_path))
+    return figures
+
+
+def report(server: Server, cluster: Cluster | None, scheduler: str | None, progress: Progress,
+           workdir: Path, sessions: int, seconds: float, mode: str,
+           deadline: Deadline) -> dict[str, Any]:
     until = progress.window_end or time.monotonic()
-    per_tab = progress.per_tab or [tab.figures(until) for tab in progress.tabs]
+    per_tab = progress.per_tab or [tab.figures(until, progress.window_start, progress.kill_at)
+                                   for tab in progress.tabs]
     admitted = [t for t in per_tab if not t["refused"]]
     steps = [t["step"] for t in admitted]
     gaps = [t["max_gap_s"] for t in admitted if t["max_gap_s"] is not None]
     missing = missing_parts(progress, seconds, sessions)
-    liveness = liveness_figures(workdir / "liveness.jsonl", progress.window_start)
+    liveness = liveness_figures(workdir / "liveness.jsonl", progress.window_start,
+                                progress.ending_at)
     limits = server.limits()
     errors = server.errors()
     window = (progress.window_end - progress.window_start
@@ -706,11 +991,17 @@ def report(server: Server, progress: Progress, workdir: Path, sessions: int, sec
         "steps": {"min": min(steps, default=None),
                   "median": sorted(steps)[len(steps) // 2] if steps else None,
                   "max": max(steps, default=None), "total": sum(steps)},
+        "fairness": fairness_figures(admitted),
+        "scheduler": scheduler_figures(scheduler, cluster, progress),
+        "worker_killed_at": rounded(progress.kill_at - progress.window_start, 1)
+        if progress.kill_at is not None and progress.window_start is not None else None,
         "server": {"pid": server.pid, "baseline": progress.baseline, "peak": progress.peak,
                    "after_close": progress.after, "threads_back_after_s": rounded(progress.back_s, 1)},
         "memory_mb": {"baseline": rounded(progress.memory_base, 1),
                       "peak": rounded(progress.memory_peak, 1),
-                      "after_close": rounded(progress.memory_after, 1), "bound": MEMORY_BOUND_MB},
+                      "after_close": rounded(progress.memory_after, 1), "bound": MEMORY_BOUND_MB,
+                      "peak_server": rounded(progress.memory_peak_parts.get("server"), 1),
+                      "peak_cluster": rounded(progress.memory_peak_parts.get("cluster"), 1)},
         "errors": errors[:20], "server_log": str(server.log_path),
         "tabs": per_tab,
     }
@@ -729,15 +1020,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float,
                         help="seconds after which the test stops waiting and reports what it has "
                              "(default: the phases' limits plus --seconds)")
+    parser.add_argument("--training", choices=("pool", "process", "thread"),
+                        help="how the server trains (default: the mode's, the pool when hosted)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help=f"run the pool's slices on the Dask scheduler at tcp://HOST:PORT, "
+                             f"or {LOCAL_CLUSTER}: on a LocalCluster the test starts on loopback")
+    parser.add_argument("--cluster-workers", type=int, default=2,
+                        help=f"worker processes of {LOCAL_CLUSTER} (one thread each)")
+    parser.add_argument("--kill-worker-after", type=float, metavar="S",
+                        help=f"with {LOCAL_CLUSTER}: SIGKILL one of its workers S seconds into "
+                             "the window")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)  # the prober process
     parser.add_argument("--probe-log", type=Path, help=argparse.SUPPRESS)
+    # the local cluster's process
+    parser.add_argument("--serve-cluster", type=int, metavar="WORKERS", help=argparse.SUPPRESS)
+    parser.add_argument("--cluster-address-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cluster-nice", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         probe(args.probe, args.probe_log)
         return 0
+    if args.serve_cluster:
+        serve_cluster(args.serve_cluster, args.cluster_address_file, args.cluster_nice)
+        return 0
+    if args.kill_worker_after is not None and args.scheduler != LOCAL_CLUSTER:
+        parser.error(f"--kill-worker-after: needs --scheduler {LOCAL_CLUSTER}")
+    if args.scheduler and args.training not in (None, "pool"):
+        parser.error("--scheduler: the cluster runs the pool's slices; it needs --training pool")
+    if args.cluster_workers < 1:
+        parser.error("--cluster-workers: must be ≥ 1")
     result = run(args.sessions, args.seconds, args.mode, deadline_s=args.deadline,
-                 max_sessions=args.max_sessions)
+                 max_sessions=args.max_sessions, training=args.training,
+                 scheduler=args.scheduler, cluster_workers=args.cluster_workers,
+                 kill_worker_after=args.kill_worker_after)
     text = json.dumps(result, indent=2)
     print(text, flush=True)
     if args.json:

@@ -99,6 +99,13 @@ def test_tabs_beyond_the_cap_are_refused_and_left_out_of_the_checks(tmp_path) ->
     assert checks["every_session_updates"] and checks["every_session_trains"], result["tabs"]
     assert checks["refused_only_beyond_cap"], checks
     assert result["steps"]["min"] > 0
+    # fairness covers the admitted tab only: the refused ones show no step and would fail it
+    assert result["fairness"]["tabs"] == 1, result["fairness"]
+    assert result["fairness"]["steps_in_window"]["min"] > 0, result["fairness"]
+    assert checks["every_tab_advanced_each_60s"] is True, result["tabs"]  # a 15 s window
+    assert checks["fair_steps_max_over_min_le_3"] is True, result["fairness"]
+    assert result["scheduler"] is None and result["worker_killed_at"] is None
+    assert "every_tab_advanced_after_kill" not in checks  # no worker to kill
     assert elapsed < 200
     assert group_members(server_pid(err.read_text())) == []
 
@@ -122,6 +129,9 @@ def test_sigterm_ends_the_server_and_its_training_and_reports(tmp_path) -> None:
     assert "window" in result["missing"] and "after_close" in result["missing"]
     assert (result["admitted"], result["refused"]) == (1, 1)
     assert result["checks"]["every_session_updates"] is None  # not measured, not passed
+    assert result["checks"]["every_tab_advanced_each_60s"] is None
+    assert result["checks"]["fair_steps_max_over_min_le_3"] is None
+    assert result["memory_mb"]["peak"] > 0  # measured from the baseline on
     assert proc.returncode == 1
     assert group_members(pid) == []
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in training)
