@@ -6,8 +6,10 @@ set them); ``hosted`` mode caps the size of each run, ``local`` mode (one lectur
 only bounds what runs at once.
 
 - ``TrainingSlots``: at most ``max_trainings`` runs step at the same time; the others wait in a
-  FIFO queue and can ask for their position. A run that has held a slot for ``slice_seconds``
-  while others wait goes to the back of the queue, so every run keeps moving.
+  FIFO queue and can ask for their position. A run that has held a slot for a slice while
+  others wait goes to the back of the queue, so every run keeps moving. A slice is
+  ``slice_seconds``, shortened as the queue grows so that a full turn of the queue stays
+  within ``ROTATION_S`` (down to ``MIN_SLICE_S``).
 - ``SessionRegistry``: the cap on live browser sessions (beyond it the page says "busy").
 - ``OpenedRuns``: the memory that runs opened from files (uploads, the runs folder) may hold,
   all sessions together; each session holds at most one opened run and one upload in flight.
@@ -177,6 +179,13 @@ class ServerLimits:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+# A waiting run steps again within about this long: slices shorten as the queue grows (50 tabs
+# on 2 slots: 1.2 s slices). A slice costs about 30 ms of checking a pool run's state out and
+# in, so it never goes below MIN_SLICE_S.
+ROTATION_S = 30.0
+MIN_SLICE_S = 0.5
+
+
 class TrainingSlots:
     """A FIFO queue in front of ``capacity`` training slots, with time slices.
 
@@ -240,7 +249,19 @@ class TrainingSlots:
         with self._cond:
             since = self._holders.get(ticket)
             return (since is not None and bool(self._queue)
-                    and self._clock() - since >= self.slice_seconds)
+                    and self._clock() - since >= self._slice())
+
+    @property
+    def slice(self) -> float:
+        """Seconds a run steps per turn now: ``slice_seconds``, or less when the queue is so
+        long that a full turn would take more than ``ROTATION_S``."""
+        with self._cond:
+            return self._slice()
+
+    def _slice(self) -> float:
+        turns = max(1, len(self._queue) + len(self._holders))
+        fair = ROTATION_S * self.capacity / turns
+        return min(self.slice_seconds, max(MIN_SLICE_S, fair))
 
     def holds(self, ticket: Hashable) -> bool:
         with self._cond:

@@ -203,7 +203,7 @@ class TrainingRun:
         place = self.queue_position
         if place is None:
             return None
-        return math.ceil(place[0] / self.slots.capacity) * self.limits.slice_seconds
+        return math.ceil(place[0] / self.slots.capacity) * self.slots.slice
 
     # ---- the thread ----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -239,7 +239,10 @@ class TrainingRun:
         except Exception as exc:  # bad data folder, unknown dataset files, out of memory ...
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
-            self.slots.release(self)
+            # a run that is to step keeps the slot for the rest of its turn: otherwise it would
+            # wait a whole turn of the queue to build, and another for its first step
+            if self.error or not self._wants_work():
+                self.slots.release(self)
         if self.error and trainer is not None:
             trainer.close()
         return None if self.error else trainer
@@ -313,7 +316,7 @@ class TrainingRun:
         if not playing:
             trainer.advance(1)
             return
-        seconds = self.limits.slice_seconds if self.slots.queued else STREAM_SLICE_S
+        seconds = self.slots.slice if self.slots.queued else STREAM_SLICE_S
         t0 = time.perf_counter()
         steps = slice_steps(self.steps_per_second, seconds)
         trainer.advance(steps, seconds)

@@ -522,3 +522,26 @@ def test_served_page_skips_rewriting_identical_bokeh_stylesheets(
     assert result == {"marker": True, "writes": 1, "same": ":host { left: 1px; }",
                       "changed": ":host { left: 2px; }"}
     page.close()
+
+
+def test_slices_shorten_so_a_turn_of_the_queue_stays_within_the_rotation() -> None:
+    from app.session.limits import MIN_SLICE_S, ROTATION_S
+
+    slots = TrainingSlots(2, slice_seconds=2.0)
+    assert slots.slice == 2.0  # nobody waits
+    for i in range(2):
+        assert slots.acquire(f"holder {i}")
+    done = threading.Event()
+    waiting = [_waiter(slots, f"tab {i}", [], wanted=lambda: not done.is_set())
+               for i in range(48)]
+    wait_for(lambda: slots.queued == 48)
+    assert slots.slice == pytest.approx(ROTATION_S * 2 / 50)  # 1.2 s: 50 runs, 2 slots
+    assert 50 * slots.slice / 2 <= ROTATION_S
+    many = TrainingSlots(1, slice_seconds=2.0)
+    many._queue.extend(range(1000))
+    assert many.slice == MIN_SLICE_S  # never shorter than what checking a state in costs
+    done.set()
+    slots.wake()
+    for thread in waiting:
+        thread.join(5)
+    assert slots.queued == 0
