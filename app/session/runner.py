@@ -3,9 +3,11 @@
 ``TrainingRun`` owns one trainer and the daemon thread that steps it; the page never waits on
 it. The thread builds the trainer (data and model loading happen off the UI thread), then steps
 while playing or while single steps are pending, sleeping between steps to respect the speed cap.
-The trainer is a ``ProcessTrainer`` (the default, ``ServerLimits.training = "process"``): the
-steps run in a child process and this thread only mirrors their records, so the page's Python
-and the training never compete for one GIL. With ``"thread"``, and for the user's own model or
+The trainer is a ``ProcessTrainer`` (the local default, ``ServerLimits.training = "process"``):
+the steps run in a child process and this thread only mirrors their records, so the page's
+Python and the training never compete for one GIL. With ``"pool"`` (the hosted default) it is a
+``PooledTrainer``: the run is its state between slices, stepped in turns on the server's shared
+workers (local processes or a Dask cluster). With ``"thread"``, and for the user's own model or
 data (``app.session.own_inputs``: a notebook's module cannot be pickled into a child), it is a
 ``Trainer`` in this process.
 ``RunController`` is the session's view: the current run, the preset's ladder of runs still to go,
