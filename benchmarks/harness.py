@@ -7,7 +7,8 @@ Per step (after a short warm-up, which the warm starts need) the costs are timed
   top-k eigenpairs of K, ``kta``: KTA, centred KTA and A_k as the trainer computes them;
 * ``matrix_free``: NTK-vector-product operator + warm top-k, and ``kta`` from the deflated ‖K‖_F
   estimate (no K exists);
-* ``sharpness``: warm-started λ_max(∇²L) seeded with the previous eigenvector and Jᵀu₁. As the
+* ``sharpness``: warm-started λ_max(∇²L), seeded as the trainer seeds it (``warm_sharpness``:
+  the Krylov space of Jᵀu₁ with the Gauss–Newton gap for MSE on the full kernel). As the
   trainer pays it: the products plus the extra cost of ``create_graph`` over a plain gradient.
   ``sharpness_standalone`` adds the forward and the whole gradient graph (what a separate tool
   pays, and what the peers are compared with).
@@ -48,8 +49,18 @@ from ntk_core.numerics.alignment import (  # noqa: E402
     fro_norm,
     target_fro,
 )
-from ntk_core.numerics.eigensolver import explicit_matmat, kernel_eigenpairs, top_eigenpairs  # noqa: E402
-from ntk_core.numerics.hessian import HessianOperator, top_hessian_eigenpair  # noqa: E402
+from ntk_core.numerics.eigensolver import (  # noqa: E402
+    SolverWorkspace,
+    explicit_matmat,
+    kernel_eigenpairs,
+    top_eigenpairs,
+)
+from ntk_core.numerics.hessian import (  # noqa: E402
+    HessianOperator,
+    gauss_newton_gap,
+    top_hessian_eigenpair,
+    warm_sharpness,
+)
 from ntk_core.numerics.losses import kernel_targets, loss_value  # noqa: E402
 from ntk_core.numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture  # noqa: E402
 from ntk_core.training.measurer import FRO_PROBES, kernel_rows  # noqa: E402
@@ -69,6 +80,7 @@ class Ours:
         self.m = self.targets.shape[0]
         self.k = min(cfg.k, self.m)
         self.ws = NTKWorkspace()
+        self.kernel_solves, self.hessian_solves = SolverWorkspace(), SolverWorkspace()
         self.device = w.X.device
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.prev_u: torch.Tensor | None = None
@@ -88,14 +100,15 @@ class Ours:
             matmat, op = explicit_matmat(K), None
             times["topk"], eig = timed(lambda: top_eigenpairs(
                 matmat, self.m, self.k, start=self.prev_u, tol=self.tol, guard=8, generator=self.gen,
-                device=self.device))
+                device=self.device, workspace=self.kernel_solves))
             times["kta"], kta = timed(lambda: self._kta(matmat, eig, K))
             self.last.update(K=K)
         else:
             def solve():
                 op = NTKOperator(w.model, w.X, self.spec.config.kernel)
                 return op, top_eigenpairs(op.matmat, op.dim, self.k, start=self.prev_u, tol=self.tol,
-                                          guard=2, generator=self.gen, device=self.device)
+                                          guard=2, generator=self.gen, device=self.device,
+                                          workspace=self.kernel_solves)
 
             times["matrix_free"], (op, eig) = timed(solve)
             matmat, K = op.matmat, None
@@ -110,7 +123,7 @@ class Ours:
         L = loss_value(ff, w.Y)
         dt_plain, _ = timed(lambda: torch.autograd.grad(L, w.params, retain_graph=True))
         dt_graph, grads = timed(lambda: torch.autograd.grad(L, w.params, create_graph=True))
-        dt_s, hres = timed(lambda: self._sharpness(grads, ff, eig.vectors[:, :1], op))
+        dt_s, hres = timed(lambda: self._sharpness(grads, ff, eig, op))
         times["sharpness"] = dt_s + max(dt_graph - dt_plain, 0.0)
         times["sharpness_standalone"] = dt_s + dt_graph + times.pop("forward")
         prods["hvp"] = hres.products
@@ -118,18 +131,24 @@ class Ours:
         self.last.update(hessian=float(hres.values[0]), grads=grads)
         return times, prods
 
-    def _sharpness(self, grads, f, u1, op):
-        seeds = [self.prev_v] if self.prev_v is not None else []
-        if self.full:  # Jᵀu₁: the Gauss–Newton top eigenvector in parameter space
+    def _sharpness(self, grads, f, eig, op):
+        """What the trainer's measurer does (``warm_sharpness``): Jᵀu₁ and, for MSE on the
+        full kernel, the Gauss–Newton gap from the NTK's eigenvalues."""
+        pullback = None
+        if self.full:
+            u1 = eig.vectors[:, :1]
             if op is not None:
-                seeds.append(op.pullback(u1).to(torch.float64))
+                pullback = op.pullback(u1).to(torch.float64)
             else:
                 g = torch.autograd.grad(f, self.w.params, grad_outputs=u1.to(f.dtype).reshape(f.shape),
                                         retain_graph=True)
-                seeds.append(torch.cat([x.reshape(-1) for x in g]).to(torch.float64)[:, None])
-        start = torch.cat(seeds, 1) if seeds else None
-        return top_hessian_eigenpair(HessianOperator(grads, self.w.params), start=start, tol=self.tol,
-                                     guard=0 if len(seeds) >= 2 else 1, generator=self.gen)
+                pullback = torch.cat([x.reshape(-1) for x in g]).to(torch.float64)[:, None]
+        gauss_newton = self.full and self.spec.config.loss == "mse"
+        return warm_sharpness(
+            HessianOperator(grads, self.w.params), self.tol, pullback=pullback,
+            gauss_newton=gauss_newton,
+            gauss_newton_gap=gauss_newton_gap(eig.values, f.shape[0], self.tol) if gauss_newton else None,
+            previous=self.prev_v, generator=self.gen, workspace=self.hessian_solves)
 
     def _kta(self, matmat, eig, K: torch.Tensor | None) -> tuple[float, float, float, float]:
         """KTA, centred KTA, A_k (and the KTA's standard error) as the trainer computes them:
@@ -219,19 +238,21 @@ def subspace_angle(U: torch.Tensor, V: torch.Tensor) -> float:
 
 def errors_against(ref: dict, ours: Ours, cold: dict) -> dict[str, float]:
     """Relative errors of this step's measured values (warm, and the cold calls') against the
-    references."""
-    out = {"sharpness": rel_err(ours.last["hessian"], ref["sharpness"]),
-           "cold_sharpness": rel_err(cold["cold_sharpness"], ref["sharpness"])}
+    references (``cold`` is empty where the workload skips the cold calls)."""
+    out = {"sharpness": rel_err(ours.last["hessian"], ref["sharpness"])}
+    if "cold_sharpness" in cold:
+        out["cold_sharpness"] = rel_err(cold["cold_sharpness"], ref["sharpness"])
     if "values" in ref:
         values, rv = ours.last["eig"].values, ref["values"]
         out["topk"] = float(((values - rv).abs() / rv.abs()).max())
         out["top1"] = rel_err(float(values[0]), float(rv[0]))
-        out["cold_topk"] = float(((cold["cold_topk"].to(rv) - rv).abs() / rv.abs()).max())
-        if "jacrev_eigh" in cold:
-            out["jacrev_eigh"] = float(((cold["jacrev_eigh"].to(rv) - rv).abs() / rv.abs()).max())
+        for key in ("cold_topk", "jacrev_eigh"):
+            if key in cold:
+                out[key] = float(((cold[key].to(rv) - rv).abs() / rv.abs()).max())
     if "vectors" in ref:
         out["topk_subspace"] = subspace_angle(ours.last["eig"].vectors, ref["vectors"])
-        out["cold_subspace"] = subspace_angle(cold["cold_vectors"], ref["vectors"])
+        if "cold_vectors" in cold:
+            out["cold_subspace"] = subspace_angle(cold["cold_vectors"], ref["vectors"])
     if "kta" in ref:
         out["kta_abs"] = abs(ours.last["kta"][0] - ref["kta"])
         out["kta_centered_abs"] = abs(ours.last["kta"][1] - ref["kta_centered"])
@@ -262,8 +283,16 @@ def run_workload(spec: Spec, steps: int, check_every: int, tol: float = 1e-4,
     calib: dict[str, object] = {}
     total = steps + WARMUP
     checks = {s for s in range(WARMUP, total) if (s - WARMUP + 1) % check_every == 0} | {total - 1}
+    if spec.measure_every > 1:  # a check needs this step's measurement: the last measured one
+        total = steps + 1
+        checks = {s - s % spec.measure_every for s in checks if s < total} | {steps}
+    every = spec.measure_every
     for step in range(total):
         dt_gd, _ = timed(w.gd_step)
+        if every > 1 and step % every:  # a GD step between measurements: the unit only
+            if step >= WARMUP:
+                series.add("gd", seconds=dt_gd)
+            continue
         times, prods = ours.step()
         trace["sharpness"].append(ours.last["hessian"])
         if ours.full:
@@ -277,9 +306,11 @@ def run_workload(spec: Spec, steps: int, check_every: int, tol: float = 1e-4,
             series.add(key, products=value)
         if step not in checks:
             continue
-        for key, value in ours.cold_products().items():
-            series.add(key, products=value)
-        cold_times, gd_beside, cold_values = cold_calls(spec, w, ours)
+        cold_times, gd_beside, cold_values = {}, 1.0, {}
+        if spec.cold_calls:
+            for key, value in ours.cold_products().items():
+                series.add(key, products=value)
+            cold_times, gd_beside, cold_values = cold_calls(spec, w, ours)
         for key, value in cold_times.items():
             series.add(key, seconds=value, ratio_beside=value / gd_beside)
         if "cold_products" in cold_values:

@@ -26,6 +26,8 @@ class Spec:
     reference: str = "dense"  # "dense" eigh of the float64 K, "operator" (ARPACK), or "final"
     neural_tangents: bool = False  # also time neural-tangents on the same weights (own venv)
     note: str = ""
+    measure_every: int = 1  # GD steps between measurements (every step is timed)
+    cold_calls: bool = True  # time the public calls from nothing at every check
 
 
 _MLP1 = RunConfig(dataset="synthetic", n=1000, classes=(0, 1), target="binary", input_dim=64,
@@ -34,6 +36,8 @@ _MLP2 = RunConfig(dataset="mnist1d", n=4000, target="onehot", arch="mlp", width=
                   activation="tanh", k=20)
 _CNN = RunConfig(dataset="digits", n=1000, target="onehot", arch="cnn", width=32, depth=2,
                  activation="relu", kernel="traced", k=20)
+_MLP5 = RunConfig(dataset="mnist1d", n=50_000, classes=(0, 1), target="binary", arch="mlp",
+                  width=256, depth=3, activation="tanh", k=20)
 _VIT = RunConfig(dataset="digits", n=1000, target="onehot", arch="vit", width=32, depth=2, heads=4,
                  patch=4, activation="gelu", k=5)
 
@@ -52,6 +56,10 @@ SPECS: dict[str, Spec] = {s.name: s for s in [
          _VIT, "matrix_free", OPERATOR_PEERS + ("pyhessian_top1", "eigsh_cold", "lobpcg_warm",
                                                 "ours_prev_only"),
          reference="operator"),
+    Spec("W5", "MLP 3x256 tanh, n=50000, C=1 (binary mnist1d), matrix-free, measured every 50 steps",
+         _MLP5, "matrix_free", reference="final", measure_every=50, cold_calls=False,
+         note="the 50000x50000 kernel would take 10 GB in float32: NTK-vector products in "
+              "memory-bounded chunks, ‖K‖_F by the deflated estimate"),
 ]}
 
 
@@ -59,4 +67,5 @@ def tiny(spec: Spec, n: int = 64) -> Spec:
     """The same workload shrunk for the smoke test."""
     c = spec.config
     return replace(spec, config=c.replace(n=n, width=min(c.width, 16), k=min(c.k, 4)),
-                   reference="dense" if spec.mode == "exact" else "operator")
+                   reference="dense" if spec.mode == "exact" else "operator",
+                   measure_every=min(spec.measure_every, 2))

@@ -27,8 +27,13 @@ from ..config import RunConfig
 from ..data import load_dataset
 from ..models import build_model
 from ..numerics.alignment import centered_kernel_target_alignment, eigen_alignment, kernel_target_alignment
-from ..numerics.eigensolver import explicit_matmat, top_eigenpairs
-from ..numerics.hessian import HessianOperator, top_hessian_eigenpair
+from ..numerics.eigensolver import SolverWorkspace, explicit_matmat, top_eigenpairs
+from ..numerics.hessian import (
+    HessianOperator,
+    gauss_newton_gap,
+    top_hessian_eigenpair,
+    warm_sharpness,
+)
 from ..numerics.losses import loss_value
 from ..numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture
 
@@ -86,6 +91,7 @@ def bench_exact(config: RunConfig, steps: int, tol: float) -> dict[str, object]:
     times: dict[str, list[float]] = {k: [] for k in ("gd", "ntk", "topk", "kta", "sharpness")}
     products: dict[str, list[float]] = {"topk": [], "hvp": [], "hvp_cold": [], "topk_cold": []}
     prev_u, prev_v = None, None
+    kernel_solves, hessian_solves = SolverWorkspace(), SolverWorkspace()
     for step in range(steps + 3):
         dt, _ = _timed(w.gd_step)
         times["gd"].append(dt)
@@ -97,7 +103,8 @@ def bench_exact(config: RunConfig, steps: int, tol: float) -> dict[str, object]:
 
         dt_ntk, (f, K) = _timed(ntk)
         dt_eig, eig = _timed(lambda: top_eigenpairs(explicit_matmat(K), K.shape[0], config.k,
-                                                    start=prev_u, tol=tol, guard=8))
+                                                    start=prev_u, tol=tol, guard=8,
+                                                    workspace=kernel_solves))
         prev_u = eig.block
 
         def kta():
@@ -118,9 +125,12 @@ def bench_exact(config: RunConfig, steps: int, tol: float) -> dict[str, object]:
             g = torch.autograd.grad(ff, w.params, grad_outputs=u1.to(ff.dtype).reshape(ff.shape),
                                     retain_graph=True)
             seed = torch.cat([x.reshape(-1) for x in g]).to(torch.float64)[:, None]
-            start = seed if prev_v is None else torch.cat([prev_v, seed], 1)
-            return top_hessian_eigenpair(HessianOperator(grads, w.params), start=start,
-                                         tol=tol, guard=0 if prev_v is not None else 1)
+            gauss_newton = config.loss == "mse"  # the full kernel: u₁ maps to GN's top vector
+            return warm_sharpness(
+                HessianOperator(grads, w.params), tol, pullback=seed, gauss_newton=gauss_newton,
+                gauss_newton_gap=(gauss_newton_gap(eig.values, ff.shape[0], tol)
+                                  if gauss_newton else None),
+                previous=prev_v, workspace=hessian_solves)
 
         dt_s, hres = _timed(sharpness)
         dt_s += max(dt_graph - dt_plain, 0.0)

@@ -55,19 +55,45 @@ def _orthonormalize(W: torch.Tensor, Q: torch.Tensor | None, drop: float = 1e-10
     return Wq if bool(keep.all()) else Wq[:, keep]  # the usual case needs no gather copy
 
 
+class SolverWorkspace:
+    """The basis buffers of one caller's solves, kept from one solve to the next.
+
+    A warm solve at every training step otherwise allocates its (capacity × dim) buffers afresh
+    and touches new pages each time: on the W1 MLP's Hessian (dim 93,601) that was a fifth of a
+    GD step per solve. A result's ``basis`` and ``basis_image`` are views into these buffers,
+    valid until the next solve with the same workspace. Scratch space never travels with a run's
+    state (pickling gives an empty workspace)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_buffers": {}}
+
+    def get(self, name: str, shape: tuple[int, int], **f64: Any) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if (buf is None or buf.shape[1] != shape[1] or buf.shape[0] < shape[0]
+                or buf.dtype != f64["dtype"] or buf.device != torch.device(f64["device"])):
+            buf = torch.empty(shape, **f64)
+            self._buffers[name] = buf
+        return buf[:shape[0]]
+
+
 class _Basis:
     """The search space Q, its images AQ and the small matrices T = QᵀAQ and G = (AQ)ᵀAQ.
 
-    Everything of length ``dim`` lives in buffers allocated once per solve, each vector a
-    contiguous row; T and G grow by the new block's rows only. Allocating and concatenating
-    fresh (dim × q) arrays each iteration cost more than the arithmetic at dim ≈ 25 000 (the
-    Hessian's), mostly in page faults. (The small matrices stay in torch: numpy's BLAS threads
-    would spin on the core the browser needs.)
+    Everything of length ``dim`` lives in buffers allocated once per solve (or kept in a
+    ``SolverWorkspace`` across solves), each vector a contiguous row; T and G grow by the new
+    block's rows only. Allocating and concatenating fresh (dim × q) arrays each iteration cost
+    more than the arithmetic at dim ≈ 25 000 (the Hessian's), mostly in page faults. (The small
+    matrices stay in torch: numpy's BLAS threads would spin on the core the browser needs.)
     """
 
-    def __init__(self, dim: int, capacity: int, **f64: Any) -> None:
-        self.Q = torch.empty(capacity, dim, **f64)
-        self.AQ = torch.empty(capacity, dim, **f64)
+    def __init__(self, dim: int, capacity: int, workspace: SolverWorkspace | None = None,
+                 **f64: Any) -> None:
+        ws = workspace or SolverWorkspace()
+        self.Q = ws.get("Q", (capacity, dim), **f64)
+        self.AQ = ws.get("AQ", (capacity, dim), **f64)
         self.T = torch.empty(capacity, capacity, **f64)
         self.G = torch.empty(capacity, capacity, **f64)
         self.size = 0
@@ -128,7 +154,8 @@ class _Basis:
 def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None = None,
                    tol: float = 1e-4, guard: int = 2, max_products: int | None = None,
                    max_basis: int | None = None, generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu", max_gap: float | None = None) -> EigResult:
+                   device: torch.device | str = "cpu", max_gap: float | None = None,
+                   workspace: SolverWorkspace | None = None) -> EigResult:
     """Largest-k eigenpairs of the symmetric operator ``matmat`` on R^dim.
 
     ``start`` (dim, s): seed directions, e.g. the previous step's eigenvectors. Everything
@@ -136,7 +163,7 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
     ``max_gap``: an estimate of the spectral gap known from elsewhere. A basis of two or three
     vectors places its lower Ritz values far below the true next eigenvalue, so the gap between
     Ritz values can overstate the true gap many times over; the error bound then uses the
-    smaller of the two.
+    smaller of the two. ``workspace``: buffers to reuse from the caller's previous solve.
     """
     k = min(k, dim)
     block = min(dim, max(k + guard, start.shape[1] if start is not None else 0))
@@ -155,7 +182,7 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
     while Q.shape[1] < block:  # degenerate seeds: refill with random directions
         Q = torch.cat([Q, _orthonormalize(torch.randn(dim, block - Q.shape[1], generator=generator,
                                                       **f64), Q)], dim=1)
-    basis = _Basis(dim, max(max_basis, block), **f64)
+    basis = _Basis(dim, max(max_basis, block), workspace, **f64)
     basis.append(Q, matmat(Q))
     products = Q.shape[1]
     while True:

@@ -24,12 +24,14 @@ from ..numerics.alignment import (
     kernel_distance,
     target_fro,
 )
-from ..numerics.eigensolver import explicit_matmat, top_eigenpairs
+from ..numerics.eigensolver import SolverWorkspace, explicit_matmat, top_eigenpairs
 from ..numerics.hessian import (
     HessianOperator,
     PreconditionedHessian,
     batch_sharpness,
+    gauss_newton_gap,
     top_hessian_eigenpair,
+    warm_sharpness,
 )
 from ..numerics.losses import gradient_norm, kernel_targets
 from ..numerics.ntk import LayerCapture, NTKOperator, NTKWorkspace, kernel_from_capture
@@ -97,6 +99,8 @@ class Measurer:
         self.m = self.targets.shape[0]
         self.k = min(config.k, self.m)
         self.workspace = NTKWorkspace()
+        self.kernel_solves = SolverWorkspace()
+        self.hessian_solves = SolverWorkspace()
         self.generator = torch.Generator(device=Y.device).manual_seed(config.seed + 1)
         self.prev_vectors: torch.Tensor | None = None
         self.prev_hessian: torch.Tensor | None = None
@@ -131,7 +135,8 @@ class Measurer:
         # Guards are nearly free against an explicit K (one matmul per block), costly otherwise.
         guard = 8 if K is not None else 2
         eig = top_eigenpairs(matmat, self.m, self.k, start=self.prev_vectors, tol=cfg.eig_tol,
-                             guard=guard, generator=self.generator, device=X.device)
+                             guard=guard, generator=self.generator, device=X.device,
+                             workspace=self.kernel_solves)
         values, U = eig.values, self._fix_signs(eig.vectors)
         self.prev_vectors = eig.block  # the top-k and the guard Ritz vectors seed the next step
         s["ntk_products"] = float(eig.products)
@@ -209,25 +214,15 @@ class Measurer:
     def _sharpness(self, grads: tuple[torch.Tensor, ...], params: Sequence[torch.Tensor],
                    u1: torch.Tensor, f: torch.Tensor, op: NTKOperator | None,
                    ntk_values: torch.Tensor) -> dict[str, float]:
-        hop = HessianOperator(grads, params)
-        max_gap = None
         u1_rows = u1[self.inverse] if self.inverse is not None else u1  # back to sample-major
-        if self.full and self.config.loss == "mse":
-            # Jᵀu₁ is the top eigenvector of the Gauss–Newton part JᵀJ/n, whose spectrum is
-            # λᵢ(K)/n: the Krylov space it starts is the seed, and the GN gap caps the gap the
-            # error bound assumes. Against [last step's eigenvector, Jᵀu₁] with Ritz gaps, on
-            # the default preset past step 300: 2.7 Hessian-vector products a step instead of
-            # 3.0, and no sampled step off by more than the tolerance (1 in 140 was, by 3.8e-4).
-            seeds = [self._pullback(u1_rows, f, params, op)]
-            max_gap = self._gauss_newton_gap(ntk_values, f.shape[0])
-        else:  # cross-entropy or the traced kernel: no GN eigenvector at hand
-            seeds = [self.prev_hessian] if self.prev_hessian is not None else []
-            if self.full:
-                seeds.append(self._pullback(u1_rows, f, params, op))
-        start = torch.cat(seeds, dim=1) if seeds else None
-        guard = 0 if len(seeds) >= 2 or max_gap is not None else 1
-        res = top_hessian_eigenpair(hop, start=start, tol=self.config.eig_tol, guard=guard,
-                                    generator=self.generator, max_gap=max_gap)
+        gauss_newton = self.full and self.config.loss == "mse"
+        res = warm_sharpness(
+            HessianOperator(grads, params), self.config.eig_tol,
+            pullback=self._pullback(u1_rows, f, params, op) if self.full else None,
+            gauss_newton=gauss_newton,
+            gauss_newton_gap=(gauss_newton_gap(ntk_values, f.shape[0], self.config.eig_tol)
+                              if gauss_newton else None),
+            previous=self.prev_hessian, generator=self.generator, workspace=self.hessian_solves)
         self.prev_hessian = res.vectors[:, :1]
         return {"sharpness": float(res.values[0]), "hvp_products": float(res.products),
                 "hessian_residual": float(res.residuals[0])}
@@ -242,16 +237,6 @@ class Measurer:
                                     guard=1, generator=self.generator)
         self.prev_preconditioned = res.vectors[:, :1]
         return float(res.values[0])
-
-    def _gauss_newton_gap(self, ntk_values: torch.Tensor, n: int) -> float | None:
-        """λ₁ − λⱼ of the Gauss–Newton matrix (spectrum λ(K)/n) to its first eigenvalue more
-        than the tolerance below λ₁. Eigenvalues closer than that count as one: any of them
-        is within the tolerance of λ₁ (at initialisation a C-output MLP's top eigenvalue of K
-        is nearly C-fold, and the gap to λ₂ alone would be almost zero). None when all k are
-        that close."""
-        gaps = (ntk_values[0] - ntk_values[1:]) / n
-        far = gaps[gaps > self.config.eig_tol * float(ntk_values[0]) / n]
-        return float(far[0]) if far.numel() else None
 
     def _pullback(self, u: torch.Tensor, f: torch.Tensor, params: Sequence[torch.Tensor],
                   op: NTKOperator | None) -> torch.Tensor:

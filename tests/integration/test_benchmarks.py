@@ -142,6 +142,20 @@ def test_matrix_free_workload_and_operator_peers() -> None:
         assert res["peers"][name]["err_max"] < 1e-3, name
 
 
+def test_a_workload_measured_every_few_steps() -> None:
+    """W5 shrunk: GD steps between the measurements are timed (the unit) but not measured, the
+    check lands on the last measured step, and its errors are against the references there."""
+    spec = tiny(SPECS["W5"], n=40)
+    assert spec.measure_every == 2 and not spec.cold_calls
+    res = harness.run_workload(spec, steps=6, check_every=6, quick=True)
+    assert res["mode"] == "matrix_free"
+    assert len(res["trajectory"]["sharpness"]) == 4  # steps 0, 2, 4, 6
+    assert res["ours"]["gd"]["repeats"] == 4 and res["ours"]["matrix_free"]["repeats"] == 2
+    assert res["errors"]["topk"]["count"] == 1 and res["errors"]["topk"]["max"] < 1e-3
+    assert res["errors"]["sharpness"]["max"] < 1e-3
+    assert "cold_sharpness" not in res["errors"]
+
+
 @pytest.mark.skipif(not NT_PYTHON.exists(),
                     reason="neural-tangents venv not set up (bash benchmarks/setup_peers.sh)")
 def test_neural_tangents_kernel_matches(tmp_path: Path) -> None:

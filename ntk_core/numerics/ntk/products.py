@@ -2,8 +2,11 @@
 
 The reverse pass is recorded once per step (torch.func.vjp) and its closure is vmapped over a
 block of vectors; the forward-mode half (torch.func.jvp) is vmapped over the same block, so the
-forward runs once per block, not once per vector. torch.func.linearize would cache the forward
-too, but tracing it costs ~80 GD steps on a small ViT — more than a whole solve. Cost per vector
+forward runs once per block, not once per vector. A vmapped block holds about three copies of
+the forward's activations per vector, so a large block (n = 50,000 through a 3×256 MLP:
+about 0.3 GB of activations) runs in chunks that fit ``BLOCK_BYTES``. torch.func.linearize
+would cache the forward too, but tracing it costs ~80 GD steps on a small ViT — more than a
+whole solve. Cost per vector
 ≈ 1–2 GD steps (performance notes); nothing of size n·p or (nC)² is ever formed.
 """
 
@@ -15,6 +18,10 @@ from torch.func import functional_call, jvp, vjp, vmap
 
 from ..losses import as_outputs
 from .exact import check_kernel
+
+BLOCK_BYTES = 4 * 2**30
+"""Memory a vmapped chunk of products may hold, counting three times the forward's activations
+per vector."""
 
 
 class NTKOperator:
@@ -35,6 +42,8 @@ class NTKOperator:
 
         # torch declares vjp's result as either tuple, with no overload on has_aux
         self.outputs, self._vjp = vjp(f, params)  # type: ignore[misc]
+        self.activation_bytes = activation_bytes(model, X)
+        self.chunk = max(1, int(BLOCK_BYTES // max(3 * self.activation_bytes, 1)))
         self._f, self._params = f, params
         self.n, self.C = self.outputs.shape
         self.kernel = kernel
@@ -48,7 +57,8 @@ class NTKOperator:
             (g,) = self._vjp(v)
             return jvp(self._f, (self._params,), (g,))[1]
         try:
-            return vmap(one)(V)
+            return torch.cat([vmap(one)(V[i:i + self.chunk])
+                              for i in range(0, V.shape[0], self.chunk)])
         except RuntimeError:  # a model op without a batching rule: fall back to a loop
             return torch.stack([one(v) for v in V])
 
@@ -75,6 +85,26 @@ class NTKOperator:
             (g,) = self._vjp(u.reshape(self.n, self.C))
             cols.append(torch.cat([t.reshape(-1) for t in g.values()]))
         return torch.stack(cols, dim=1)
+
+
+def activation_bytes(model: nn.Module, X: torch.Tensor) -> int:
+    """The bytes of every leaf module's output in a forward pass on ``X``, from one sample's
+    (torch.func's transforms admit no saved-tensor hooks to count them directly)."""
+    total = [0]
+
+    def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if next(m.children(), None) is None]
+    try:
+        with torch.no_grad():
+            model(X[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] * X.shape[0]
 
 
 def ntk_matmat(model: nn.Module, X: torch.Tensor, V: torch.Tensor,

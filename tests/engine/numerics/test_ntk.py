@@ -57,6 +57,23 @@ def test_matrix_free_products_match_exact(arch: str, kernel: str) -> None:
     assert op.products == 3
 
 
+@pytest.mark.parametrize("arch", list(TINY))
+def test_products_in_chunks_match_one_block(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block larger than the memory budget allows runs in chunks (one vector each here, with
+    an uneven last chunk); the products are the exact kernel's all the same."""
+    from ntk_core.numerics.ntk import products
+
+    _, data, model = tiny_setup(arch)
+    K = empirical_ntk(model, data.X)
+    V = torch.randn(K.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    whole = NTKOperator(model, data.X)
+    assert whole.chunk >= 5 and whole.activation_bytes > 0
+    monkeypatch.setattr(products, "BLOCK_BYTES", 3 * whole.activation_bytes * 2)
+    chunked = NTKOperator(model, data.X)
+    assert chunked.chunk == 2
+    torch.testing.assert_close(chunked.matmat(V), K @ V, rtol=1e-9, atol=1e-10)
+
+
 def test_linear2_closed_form() -> None:
     """K = X WᵀW Xᵀ + ‖v‖² X Xᵀ for f(x) = vᵀWx (Jiang, Cohen, Li 2025)."""
     _, data, model = tiny_setup("linear2")

@@ -270,3 +270,61 @@ def test_exact_seed_converges_on_its_first_product() -> None:
     assert res.products == 1 and res.converged
     assert abs(float(res.values[0]) - 1.0) <= 1e-12
     assert _subspace_gap(res.vectors, top) < 1e-6
+
+
+def test_a_kept_workspace_gives_the_same_solves_and_reuses_its_buffers() -> None:
+    """Warm solves one after another in one ``SolverWorkspace`` (the trainer's case): each
+    result equals a solve with fresh buffers, the buffers are the same memory each time, and
+    a pickled workspace carries none of them."""
+    import pickle
+
+    from ntk_core.numerics.eigensolver import SolverWorkspace
+
+    g = torch.Generator().manual_seed(4)
+    ws = SolverWorkspace()
+    start, pointers = None, set()
+    for step in range(3):
+        A = torch.randn(150, 150, dtype=torch.float64, generator=g)
+        K = A @ A.T / 150 + step * torch.eye(150, dtype=torch.float64)
+        kept = top_eigenpairs(explicit_matmat(K), 150, 5, start=start, tol=1e-8, guard=2,
+                              generator=torch.Generator().manual_seed(step), workspace=ws)
+        fresh = top_eigenpairs(explicit_matmat(K), 150, 5, start=start, tol=1e-8, guard=2,
+                               generator=torch.Generator().manual_seed(step))
+        torch.testing.assert_close(kept.values, fresh.values, rtol=0, atol=0)
+        torch.testing.assert_close(kept.values, torch.linalg.eigvalsh(K).flip(0)[:5],
+                                   rtol=1e-8, atol=0)
+        pointers.add(ws.get("Q", (1, 150), dtype=torch.float64, device="cpu").data_ptr())
+        start = kept.block
+    assert len(pointers) == 1
+    assert pickle.loads(pickle.dumps(ws))._buffers == {}
+
+
+def test_warm_sharpness_seeds_as_the_trainer_does_and_meets_the_dense_hessian() -> None:
+    """``warm_sharpness`` for MSE on the full kernel (Jᵀu₁ with the Gauss–Newton gap) and
+    without the Gauss–Newton structure (last step's vector and Jᵀu₁): both within the
+    tolerance of the dense Hessian's top eigenvalue."""
+    from ntk_core import empirical_ntk
+    from ntk_core.numerics.hessian import HessianOperator, gauss_newton_gap, warm_sharpness
+    from ntk_core.numerics.losses import loss_value
+
+    _, data, model = tiny_setup("mlp", n=10)
+    H = dense_hessian(model, data.X, data.Y)
+    ref = float(torch.linalg.eigvalsh(H)[-1])
+    params = [p for p in model.parameters() if p.requires_grad]
+    f = model(data.X)
+    grads = torch.autograd.grad(loss_value(f, data.Y, "mse"), params, create_graph=True)
+    values, vectors = torch.linalg.eigh(empirical_ntk(model, data.X).double())
+    values, u1 = values.flip(0), vectors[:, -1:]
+    pull = torch.autograd.grad(f, params, grad_outputs=u1.to(f.dtype).reshape(f.shape),
+                               retain_graph=True)
+    pullback = torch.cat([x.reshape(-1) for x in pull]).double()[:, None]
+    n = data.X.shape[0]
+    gap = gauss_newton_gap(values, n, 1e-4)
+    gn = warm_sharpness(HessianOperator(grads, params), 1e-6, pullback=pullback,
+                        gauss_newton=True, gauss_newton_gap=gap)
+    previous = torch.randn(pullback.shape[0], 1, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(5))
+    plain = warm_sharpness(HessianOperator(grads, params), 1e-6, pullback=pullback,
+                           previous=previous)
+    for res in (gn, plain):
+        assert abs(float(res.values[0]) - ref) / abs(ref) <= 1e-6, (float(res.values[0]), ref)

@@ -249,15 +249,13 @@ def test_step_measurements_match_dense_references(mode: str) -> None:
 def test_gauss_newton_gap_skips_eigenvalues_within_the_tolerance() -> None:
     """The Hessian bound's gap cap: λ₁ − λⱼ over n to the first eigenvalue of K more than the
     tolerance below λ₁; a near-copy of λ₁ (a C-output MLP at initialisation) is skipped."""
-    from ntk_core.training.measurer import Measurer
+    from ntk_core.numerics.hessian import gauss_newton_gap
 
-    config = RunConfig(n=16, k=4, eig_tol=1e-4)
-    measurer = Measurer(config, torch.zeros(16, 1), "exact")
     values = torch.tensor([10.0, 10.0 - 1e-5, 9.0, 5.0], dtype=torch.float64)
-    assert measurer._gauss_newton_gap(values, 16) == pytest.approx(1.0 / 16)
+    assert gauss_newton_gap(values, 16, 1e-4) == pytest.approx(1.0 / 16)
     values = torch.tensor([10.0, 9.5, 9.0, 5.0], dtype=torch.float64)
-    assert measurer._gauss_newton_gap(values, 16) == pytest.approx(0.5 / 16)
-    assert measurer._gauss_newton_gap(torch.full((4,), 10.0, dtype=torch.float64), 16) is None
+    assert gauss_newton_gap(values, 16, 1e-4) == pytest.approx(0.5 / 16)
+    assert gauss_newton_gap(torch.full((4,), 10.0, dtype=torch.float64), 16, 1e-4) is None
 
 
 def test_the_logged_threshold_plots_with_its_own_axis_label() -> None:
