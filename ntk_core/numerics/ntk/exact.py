@@ -150,7 +150,17 @@ def kernel_from_capture(model: nn.Module, X: torch.Tensor, f: torch.Tensor,
         _add_fallback(K, model, X, dict(rest), kernel, chunk, output_major)
     if m == n:
         _mirror_upper(K)
+    elif output_major:
+        _mirror_output_blocks(K, n, C)
     return K
+
+
+def _mirror_output_blocks(K: torch.Tensor, n: int, C: int) -> None:
+    """Copy the output blocks above the diagonal, (c, c') with c < c', to (c', c): the dense
+    rule fills only those; the other rules fill both, and agree with the copy."""
+    for c in range(C):
+        for c2 in range(c + 1, C):
+            K[c2 * n:(c2 + 1) * n, c * n:(c + 1) * n].copy_(K[c * n:(c + 1) * n, c2 * n:(c2 + 1) * n].T)
 
 
 def _upper_blocks(n: int) -> list[tuple[slice, slice]]:
@@ -239,13 +249,19 @@ def _add_dense_rule(K: torch.Tensor, A: torch.Tensor, deltas: list[torch.Tensor]
     torch.mm(A, A.T, out=gram_a)
     if bias:
         gram_a.add_(1.0)
+    if K.shape[0] != n and output_major:
+        # Output blocks (c, c') with c ≤ c' only, each the input Gram times Δ_c Δ_c'ᵀ; the
+        # caller mirrors the rest (C(C+1)/2 of the C² products: 10 of 16 at C = 4).
+        gram_d = ws.get("gram_d_block", (n, n), K)
+        for c in range(C):
+            for c2 in range(c, C):
+                torch.mm(deltas[c].reshape(n, -1), deltas[c2].reshape(n, -1).T, out=gram_d)
+                K[c * n:(c + 1) * n, c2 * n:(c2 + 1) * n].addcmul_(gram_a, gram_d)
+        return
     D = _stack(deltas, kernel, output_major)
     gram_d = ws.get("gram_d", K.shape, K)
     torch.mm(D, D.T, out=gram_d)
-    if K.shape[0] != n and output_major:  # the input Gram repeats over each n×n block
-        K.view(C, n, C, n).addcmul_(gram_a.view(1, n, 1, n), gram_d.view(C, n, C, n))
-    else:  # sample-major: a strided, ~5× slower broadcast
-        K.view(n, C, n, C).addcmul_(gram_a.view(n, 1, n, 1), gram_d.view(n, C, n, C))
+    K.view(n, C, n, C).addcmul_(gram_a.view(n, 1, n, 1), gram_d.view(n, C, n, C))  # strided, ~5× slower
 
 
 def _add_readout_rule(K: torch.Tensor, A: torch.Tensor, C: int, bias: bool, ws: NTKWorkspace,
