@@ -1,8 +1,9 @@
 """The largest n whose per-step measurements fit, with absolute times (meant for a GPU; gpu.sh).
 
-For the W1 MLP (exact K, C = 1) and the W2 MLP (C = 10: exact traced K, matrix-free full K),
-n doubles until memory runs out or one step exceeds ``--budget-s``. Each size times, after one
-warm-up step: a GD step, the exact (or matrix-free) top-k solve, and the warm sharpness.
+For the W1 MLP (exact K, C = 1), the W2 MLP (C = 10: exact traced K, matrix-free full K) and the
+W5 MLP (C = 1, matrix-free), n doubles until memory runs out or one step exceeds ``--budget-s``.
+Each size times, after one warm-up step: a GD step, the exact (or matrix-free) top-k solve, and
+the warm sharpness.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ntk_core.experiments.bench import Workload  # noqa: E402
 
 SIZES = (1000, 2000, 4000, 8000, 16000, 32000, 50000)
 CASES = {"W1-mlp-exact": ("W1", "synthetic"), "W2-mlp-traced-exact": ("W2-traced", "synthetic"),
-         "W2-mlp-full-matrix-free": ("W2-full", "synthetic")}
+         "W2-mlp-full-matrix-free": ("W2-full", "synthetic"),
+         "W5-mlp-binary-matrix-free": ("W5", "synthetic")}
 
 
 def one_size(case: str, n: int, device: str) -> dict:
