@@ -60,12 +60,14 @@ class CentralFlowField:
     Hessian eigenvectors seed the next eigensolve and the last X the next complementarity
     solve. ``tracked`` eigenpairs are solved to relative accuracy ``tol``."""
 
-    def __init__(self, tracked: int = TRACKED, tol: float = 1e-6, seed: int = 0) -> None:
+    def __init__(self, tracked: int = TRACKED, tol: float = 1e-6, seed: int = 0,
+                 samples: int | None = None) -> None:
         if tracked < 1:
             raise ValueError(f"tracked must be at least 1, got {tracked}")
         self.tracked = tracked
         self.tol = tol
         self.seed = seed
+        self.samples = samples  # the batch's n: small models take blocks of HVPs at once
         self.block: torch.Tensor | None = None
         self.X: np.ndarray | None = None
         self.generator: torch.Generator | None = None
@@ -87,7 +89,7 @@ class CentralFlowField:
         L = loss_fn()
         grads = torch.autograd.grad(L, params, create_graph=True)
         gradient = flat([g.detach() for g in grads], params)
-        op = HessianOperator(grads, params)
+        op = HessianOperator(grads, params, samples=self.samples)
         device = params[0].device
         if self.generator is None:
             self.generator = torch.Generator(device=device).manual_seed(self.seed)

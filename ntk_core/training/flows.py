@@ -109,8 +109,8 @@ def flow_processes(config: RunConfig, model: nn.Module, X: torch.Tensor, Y: torc
                    mode: NTKMethod) -> list[FlowProcess]:
     """The processes ``config.flows`` names, each from a copy of ``model``'s current weights."""
     return [FlowProcess(name, third_order_safe(model), Measurer(config, Y, mode), config, X, Y,
-                        flow_field=(CentralFlowField(seed=config.seed + 2) if name == "central"
-                               else None))
+                        flow_field=(CentralFlowField(seed=config.seed + 2, samples=X.shape[0])
+                                    if name == "central" else None))
             for name in config.flows]
 
 

@@ -217,7 +217,7 @@ class Measurer:
         u1_rows = u1[self.inverse] if self.inverse is not None else u1  # back to sample-major
         gauss_newton = self.full and self.config.loss == "mse"
         res = warm_sharpness(
-            HessianOperator(grads, params), self.config.eig_tol,
+            HessianOperator(grads, params, samples=f.shape[0]), self.config.eig_tol,
             pullback=self._pullback(u1_rows, f, params, op) if self.full else None,
             gauss_newton=gauss_newton,
             gauss_newton_gap=(gauss_newton_gap(ntk_values, f.shape[0], self.config.eig_tol)
@@ -231,7 +231,7 @@ class Measurer:
                                   params: Sequence[torch.Tensor], preconditioner: torch.Tensor
                                   ) -> float:
         """λ_max(P^{-1/2} H P^{-1/2}), warm-started from the previous step's eigenvector."""
-        op = PreconditionedHessian(grads, list(params), preconditioner)
+        op = PreconditionedHessian(grads, list(params), preconditioner, samples=self.Y.shape[0])
         start = self.prev_preconditioned
         res = top_hessian_eigenpair(op, start=start, tol=self.config.eig_tol,
                                     guard=1, generator=self.generator)

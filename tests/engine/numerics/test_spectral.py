@@ -328,3 +328,24 @@ def test_warm_sharpness_seeds_as_the_trainer_does_and_meets_the_dense_hessian() 
                            previous=previous)
     for res in (gn, plain):
         assert abs(float(res.values[0]) - ref) / abs(ref) <= 1e-6, (float(res.values[0]), ref)
+
+
+def test_hessian_blocks_batch_only_for_small_work_and_agree_with_columns() -> None:
+    """A block of Hessian-vector products: one vmapped pass when parameters × samples is small,
+    column by column otherwise (or when n is not given); the same products either way, against
+    the dense Hessian."""
+    from ntk_core.numerics.hessian import BATCH_WORK, HessianOperator
+    from ntk_core.numerics.losses import loss_value
+
+    _, data, model = tiny_setup("mlp", n=10)
+    H = dense_hessian(model, data.X, data.Y)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss_value(model(data.X), data.Y, "mse"), params, create_graph=True)
+    V = torch.randn(H.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    small = HessianOperator(grads, params, samples=10)
+    large = HessianOperator(grads, params, samples=BATCH_WORK)
+    unknown = HessianOperator(grads, params)
+    assert small.batched and not large.batched and not unknown.batched
+    for op in (small, large, unknown):
+        torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-4, atol=1e-5)
+        assert op.products == 3
