@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ntk-eos bench", description="The cost of each measurement as a ratio to a plain "
         "GD step, in the same process.")
     parser.add_argument("--steps", type=int, default=20, help="measured steps per workload")
+    parser.add_argument("--lead-in", type=int, default=150,
+                        help="plain GD steps before measuring, to reach the Edge of Stability")
     parser.add_argument("--tol", type=float, default=1e-4, help="relative eigen-residual")
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -37,6 +39,8 @@ def main(argv: Sequence[str]) -> int:
     problems = []
     if args.steps < 1:
         problems.append(f"--steps: at least 1, got {args.steps}")
+    if args.lead_in < 0:
+        problems.append(f"--lead-in: at least 0, got {args.lead_in}")
     if not 0 < args.tol < 1:
         problems.append(f"--tol: between 0 and 1, got {args.tol}")
     if args.json and not Path(args.json).resolve().parent.is_dir():  # before the run, not after
@@ -47,11 +51,11 @@ def main(argv: Sequence[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {
-        "mlp-n1000": bench_exact(WORKLOADS["mlp-n1000"], args.steps, args.tol),
-        "vit-n256": bench_matrix_free(WORKLOADS["vit-n256"], args.steps, args.tol),
+        "mlp-n1000": bench_exact(WORKLOADS["mlp-n1000"], args.steps, args.tol, args.lead_in),
+        "vit-n256": bench_matrix_free(WORKLOADS["vit-n256"], args.steps, args.tol, args.lead_in),
     }
     results["meta"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "steps": args.steps, "tol": args.tol}
+                       "steps": args.steps, "lead_in": args.lead_in, "tol": args.tol}
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -81,6 +85,7 @@ def format_table(results: dict[str, dict]) -> str:
                         f"{p if p == '' else format(p, '.0f'):>10s} "
                         f"{c if c == '' else format(c, '.0f'):>8s}")
     meta = results.get("meta", {})
-    rows.append(f"(medians over {meta.get('steps')} steps; eigen tolerance {meta.get('tol')}; "
+    rows.append(f"(medians over {meta.get('steps')} steps after {meta.get('lead_in', 0)} unmeasured; "
+                f"eigen tolerance {meta.get('tol')}; "
                 f"torch {meta.get('torch')}, {meta.get('threads')} threads)")
     return "\n".join(rows)

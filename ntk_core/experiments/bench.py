@@ -2,8 +2,10 @@
 (``ntk-eos bench``).
 
 Absolute times on shared CPUs move 2–5× from run to run; ratios measured side by side do not.
-Each workload follows a short gradient-descent trajectory near the Edge of Stability, so the
-warm starts see realistic step-to-step changes. Reported per workload (medians over steps):
+Each workload first takes ``lead_in`` plain GD steps at η = 1.9/λ_max(init), unmeasured, to
+reach the Edge of Stability, then measures a short trajectory there, so the warm starts see the
+step-to-step changes of the edge (from initialisation, W1's sharpness took 5 Hessian-vector
+products a step instead of 2). Reported per workload (medians over steps):
 
 * ``gd``: one plain full-batch GD step (forward, backward, update) — the unit;
 * ``ntk``: the exact K (its own forward + per-output backward + per-layer Grams);
@@ -82,10 +84,16 @@ class Workload:
         self.lr = factor / s
         return s
 
+    def lead_in(self, steps: int) -> None:
+        """``steps`` plain GD steps, neither timed nor measured: towards the edge."""
+        for _ in range(steps):
+            self.gd_step()
 
-def bench_exact(config: RunConfig, steps: int, tol: float) -> dict[str, object]:
+
+def bench_exact(config: RunConfig, steps: int, tol: float, lead_in: int = 0) -> dict[str, object]:
     w = Workload(config)
     sharp0 = w.set_edge_lr()
+    w.lead_in(lead_in)
     ws = NTKWorkspace()
     y = w.Y.reshape(-1).to(torch.float64)
     times: dict[str, list[float]] = {k: [] for k in ("gd", "ntk", "topk", "kta", "sharpness")}
@@ -153,9 +161,11 @@ def bench_exact(config: RunConfig, steps: int, tol: float) -> dict[str, object]:
                                               "kernel_rows": int(K.shape[0])})
 
 
-def bench_matrix_free(config: RunConfig, steps: int, tol: float) -> dict[str, object]:
+def bench_matrix_free(config: RunConfig, steps: int, tol: float,
+                      lead_in: int = 0) -> dict[str, object]:
     w = Workload(config)
     sharp0 = w.set_edge_lr()
+    w.lead_in(lead_in)
     times: dict[str, list[float]] = {"gd": [], "matrix_free": []}
     products: dict[str, list[float]] = {"matrix_free": [], "matrix_free_cold": []}
     prev = None

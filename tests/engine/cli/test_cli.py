@@ -44,6 +44,7 @@ def test_run_with_overrides_saves_and_info_reads(tmp_path, capsys) -> None:
     (["run", "--classes", "0,99", "--steps", "2"], "class id(s) [99] do not exist"),
     (["serve", "--port", "-1"], "port: must be in 0..65535"),
     (["bench", "--steps", "0"], "--steps: at least 1"),
+    (["bench", "--lead-in", "-1"], "--lead-in: at least 0"),
     (["sweep", "--grid", "nosuch=1,2"], "unknown option 'nosuch'"),
     (["sweep", "--grid", "lr=0.1,0.1"], "lists a value twice"),
     (["sweep", "--grid", "lr=0.1,0.2", "--workers", "0"], "--workers: at least 1"),
