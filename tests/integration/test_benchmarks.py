@@ -154,6 +154,9 @@ def test_a_workload_measured_every_few_steps() -> None:
     assert res["errors"]["topk"]["count"] == 1 and res["errors"]["topk"]["max"] < 1e-3
     assert res["errors"]["sharpness"]["max"] < 1e-3
     assert "cold_sharpness" not in res["errors"]
+    # the peers that need no kernel run at its one check, against the same references
+    for name in ("eigsh_ntk_cold", "lobpcg_ntk_warm", "eigsh_cold", "lobpcg_warm", "ours_prev_only"):
+        assert res["peers"][name]["err_max"] < 1e-3, name
 
 
 @pytest.mark.skipif(not NT_PYTHON.exists(),
