@@ -10,9 +10,11 @@ the optimality conditions of the convex problem min_{X ⪰ 0} ½⟨X, β[X]⟩ �
 Why not a conic solver: k is the number of Hessian eigenvalues at the edge (1 to 4), so the
 problem has at most 10 unknowns. An exact method fits better than an interior-point solver's
 1e-8 tolerance, and keeps CVXPY and its compiled back-ends out of the dependencies. The
-method: accelerated projected gradient (FISTA with adaptive restart) on the PSD cone finds the
-solution's range; on that face the conditions are a linear system, solved directly, so the
-answer satisfies them to rounding. ``kkt_residual`` checks every answer, and the caller sees it.
+method: on a face of the PSD cone (X = V Z Vᵀ for a fixed range V) the conditions are a linear
+system, solved directly, so the answer satisfies them to rounding. X = 0 and the interior are
+tried first; otherwise accelerated projected gradient (FISTA with adaptive restart) on the
+cone, from the warm start, runs until its iterate's face gives an exact answer.
+``kkt_residual`` checks every answer, and the caller sees it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+POLISH_AT = (2, 4, 8)  # projected-gradient iterations after which the face is tried (and every 20)
 
 
 @dataclass(frozen=True)
@@ -73,15 +77,25 @@ def solve(alpha: np.ndarray, gram: np.ndarray, scale: float, start: np.ndarray |
     if k == 1:
         X = np.array([[closed_form(float(alpha[0, 0]), float(gram[0, 0]), scale)]])
         return ComplementaritySolution(X, kkt_residual(alpha, gram, scale, X), 0)
-    # the interior case first: β[X] = α with X ⪰ 0 is the answer when it exists
+    # X = 0 (no eigenvalue pushes past the edge) and the interior (β[X] = α with X ⪰ 0) are
+    # each one linear solve away; on a boundary face, projected gradient finds the range
+    zero = np.zeros((k, k))
+    candidates = [zero] if start is None or not start.any() else []
     interior = _on_face(alpha, gram, scale, np.eye(k))
-    if interior is not None and kkt_residual(alpha, gram, scale, interior) <= tol:
-        return ComplementaritySolution(interior, kkt_residual(alpha, gram, scale, interior), 0)
+    candidates += [interior] if interior is not None else []
+    for X in candidates:
+        residual = kkt_residual(alpha, gram, scale, X)
+        if residual <= tol:
+            return ComplementaritySolution(X, residual, 0)
     X, iterations = _projected_gradient(alpha, gram, scale, start, tol, max_iterations)
-    polished = _polish(alpha, gram, scale, X)
-    if polished is not None:
-        X = polished
     return ComplementaritySolution(X, kkt_residual(alpha, gram, scale, X), iterations)
+
+
+def _range(X: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis of the range of the PSD matrix X, None when X is zero."""
+    w, V = np.linalg.eigh((X + X.T) / 2)
+    keep = w > 1e-9 * max(float(w[-1]), 1e-300)
+    return V[:, keep] if keep.any() and w[-1] > 0 else None
 
 
 def _psd_part(X: np.ndarray) -> np.ndarray:
@@ -108,20 +122,26 @@ def _projected_gradient(alpha: np.ndarray, gram: np.ndarray, scale: float,
             Z = X_new + ((t - 1) / t_new) * (X_new - X)
             t = t_new
         X = X_new
-        if iteration % 20 == 0 and kkt_residual(alpha, gram, scale, X) <= tol:
-            return X, iteration
-    return X, max_iterations
+        if iteration in POLISH_AT or iteration % 20 == 0:
+            # once the iterate has the solution's range, one linear solve on that face is exact
+            # (from a warm start, after two iterations on the central flow's problems)
+            polished = _polish(alpha, gram, scale, X)
+            if polished is not None and kkt_residual(alpha, gram, scale, polished) <= tol:
+                return polished, iteration
+            if kkt_residual(alpha, gram, scale, X) <= tol:
+                return X, iteration
+    polished = _polish(alpha, gram, scale, X)
+    return (X if polished is None else polished), max_iterations
 
 
 def _polish(alpha: np.ndarray, gram: np.ndarray, scale: float, X: np.ndarray
             ) -> np.ndarray | None:
     """On the face of X (its range V), X = V Z Vᵀ and Vᵀ(β[X] − α)V = 0 is linear in Z: solve it,
     and keep the result when it satisfies the conditions better than X."""
-    w, V = np.linalg.eigh(X)
-    keep = w > 1e-9 * max(float(w[-1]), 1e-300)
-    if not keep.any():
+    face = _range(X)
+    if face is None:
         return None
-    polished = _on_face(alpha, gram, scale, V[:, keep])
+    polished = _on_face(alpha, gram, scale, face)
     if polished is None:
         return None
     before = kkt_residual(alpha, gram, scale, X)
@@ -133,18 +153,18 @@ def _on_face(alpha: np.ndarray, gram: np.ndarray, scale: float, V: np.ndarray
     """The X = V Z Vᵀ (Z symmetric) with Vᵀ(β[X] − α)V = 0, by least squares on the symmetric
     coordinates of Z; None when it is not positive semidefinite."""
     k, r = V.shape
-    pairs = [(i, j) for i in range(r) for j in range(i, r)]
-    columns, images = [], []
-    for i, j in pairs:
-        E = np.zeros((r, r))
-        E[i, j] = E[j, i] = 1.0
-        basis = V @ E @ V.T
-        columns.append(basis)
-        images.append((V.T @ operator(gram, scale, basis) @ V)[np.triu_indices(r)])
-    A = np.stack(images, axis=1)
-    b = (V.T @ alpha @ V)[np.triu_indices(r)]
+    rows, cols = np.triu_indices(r)
+    m = rows.size
+    units = np.zeros((m, r, r))  # the symmetric unit matrices E_ij = E_ji = 1
+    units[np.arange(m), rows, cols] = 1.0
+    units[np.arange(m), cols, rows] = 1.0
+    bases = V @ units @ V.T  # (m, k, k): X for each coordinate of Z
+    images = scale * (bases.reshape(m, k * k) @ gram.T).reshape(m, k, k)
+    images = V.T @ ((images + images.transpose(0, 2, 1)) / 2) @ V
+    A = images[:, rows, cols].T
+    b = (V.T @ alpha @ V)[rows, cols]
     z = np.linalg.lstsq(A, b, rcond=None)[0]
-    X = sum((c * zi for c, zi in zip(columns, z, strict=True)), np.zeros((k, k)))
+    X = np.tensordot(z, bases, axes=1)
     X = (X + X.T) / 2
     w = np.linalg.eigvalsh(X)
     if w[0] < -1e-10 * max(abs(float(w[-1])), 1e-300):

@@ -72,7 +72,7 @@ class FlowProcess:
                 capture.close()
         L = loss_value(f, self.Y, self.config.loss)
         params = self.params
-        grads = torch.autograd.grad(L, params, create_graph=self.config.sharpness,
+        grads = torch.autograd.grad(L, params, create_graph=self.measurer.config.sharpness,
                                     retain_graph=True)
         r = residual(f.detach(), self.Y, self.config.loss)
         m = self.measurer.measure(self.model, self.X, f, r, grads, params, capture)
@@ -108,7 +108,10 @@ class FlowProcess:
 def flow_processes(config: RunConfig, model: nn.Module, X: torch.Tensor, Y: torch.Tensor,
                    mode: NTKMethod) -> list[FlowProcess]:
     """The processes ``config.flows`` names, each from a copy of ``model``'s current weights."""
-    return [FlowProcess(name, third_order_safe(model), Measurer(config, Y, mode), config, X, Y,
+    return [FlowProcess(name, third_order_safe(model), Measurer(
+        # the central flow's own eigensolve at the measured weights gives its sharpness, to
+        # 1e-6: its measurement leaves the Hessian out (``Flows.after_update``)
+        config.replace(sharpness=False) if name == "central" else config, Y, mode), config, X, Y,
                         flow_field=(CentralFlowField(seed=config.seed + 2, samples=X.shape[0])
                                     if name == "central" else None))
             for name in config.flows]
@@ -163,10 +166,12 @@ class Flows:
                 continue
             row.scalars.update(found)
             # free on every step: each flow's loss where its unit of time began, and the
-            # central flow's sharpness from its own eigensolve (to its tolerance, 1e-6)
+            # central flow's sharpness from its own eigensolve at the weights just measured
+            # (to its tolerance, 1e-6), which stands in for the measurement's
             row.scalars.setdefault("loss", p.start_loss)
             if p.pending is not None and len(p.pending.eigenvalues):
-                row.scalars.setdefault("sharpness", float(p.pending.eigenvalues[0]))
+                row.scalars["sharpness"] = float(p.pending.eigenvalues[0])
+                row.scalars["hessian_residual"] = p.pending.residual
             if p.pending is not None:
                 sigma = np.full(TRACKED, np.nan)
                 values = p.pending.sigma_sq[:TRACKED]

@@ -112,6 +112,33 @@ def test_the_solver_meets_the_kkt_conditions_on_random_instances() -> None:
     assert active > 20  # the instances exercise the boundary, not only the interior
 
 
+def test_a_warm_start_near_the_answer_takes_two_steps_and_a_wrong_one_still_converges(
+        ) -> None:
+    """Along a flow the next problem is a small perturbation of the last: from its answer, two
+    projected-gradient steps find the face and one linear solve on it the exact answer; a warm
+    start on the wrong face (or a random one) must still give the exact answer."""
+    rng = np.random.default_rng(2)
+    boundary = 0
+    for _ in range(100):
+        k = int(rng.integers(2, 5))
+        alpha, gram = random_instance(rng, k, d=int(rng.integers(k * (k + 1) // 2, 40)))
+        scale = float(rng.uniform(0.01, 1.0))
+        first = solve(alpha, gram, scale)
+        nudged = alpha + 1e-7 * np.linalg.norm(alpha) * random_instance(rng, k, 1)[0]
+        warm = solve(nudged, gram, scale, start=first.X)
+        assert warm.residual <= 1e-8 and kkt_residual(nudged, gram, scale, warm.X) <= 1e-8
+        rank = int(np.sum(np.linalg.eigvalsh(first.X) > 1e-6 * max(1.0, np.abs(first.X).max())))
+        if 0 < rank < k:
+            boundary += 1
+            assert warm.iterations <= 2  # the face, found in two steps, then solved directly
+        wrong = rng.standard_normal((k, k))
+        misled = solve(nudged, gram, scale, start=wrong @ wrong.T)
+        assert misled.residual <= 1e-8
+        # the same answer, to the conditioning of these random instances
+        assert misled.X == pytest.approx(warm.X, abs=1e-5 * max(1.0, np.abs(warm.X).max()))
+    assert boundary > 10
+
+
 def test_one_eigenvalue_is_the_closed_form() -> None:
     rng = np.random.default_rng(1)
     lr = 0.1

@@ -134,3 +134,27 @@ def test_the_central_flow_is_pinned_at_the_edge() -> None:
     assert np.all(np.abs(ratio[reached[0]:] - 1) <= 0.02), ratio[reached[0]:]  # ... then stays
     assert (ds.critical_count.values[reached[0]:] >= 1).all()
     assert ds.flow_kkt_residual.values[reached[0]:].max() <= 1e-8
+
+
+def test_the_central_flows_logged_sharpness_is_the_dense_hessians_at_its_weights() -> None:
+    """On a measured step the central flow's sharpness comes from its own eigensolve at the
+    weights just measured (its measurement leaves the Hessian out): it must be λ_max of the
+    dense float64 Hessian there, to the solve's 1e-6."""
+    import copy
+
+    import torch
+    from reference import dense_hessian
+
+    trainer = Trainer(RunConfig(**SMALL, flows=("central", "stable")))
+    central = trainer.flows.processes[0]
+    assert central.name == "central" and not central.measurer.config.sharpness
+    for _ in range(5):
+        trainer.step()
+    weights = copy.deepcopy(central.model).double()
+    trainer.step()
+    row = trainer.buffer.rows(0)
+    H = dense_hessian(weights, central.X.double(), central.Y.double())
+    expected = float(torch.linalg.eigvalsh(H)[-1])
+    logged = float(row["sharpness@central"][5])
+    assert abs(logged - expected) <= 2e-6 * expected, (logged, expected)
+    assert row["hessian_residual@central"][5] <= 1e-6
