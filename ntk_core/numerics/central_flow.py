@@ -35,6 +35,7 @@ TRACKED = 3  # Hessian eigenpairs followed along the flow
 # eigenvectors just below the edge carry the rotation of the top one, and with 1.95/η the
 # central-flow preset's flow overshot 2/η by 0.16 % (0.04 % here) and settled 4 steps later.
 WINDOW = 0.9
+CLUSTER_WIDTH = 1e-2  # tracked eigenvalues this close (relative) are solved as one cluster
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,11 @@ class CentralFlowField:
         device = params[0].device
         if self.generator is None:
             self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        # once two eigenvalues are pinned at 2/η together they are about 1e-6 apart: bounded
+        # one by one each solve ran to its 200-product cap (16 products as a cluster)
         pairs = top_eigenpairs(op.matmat, op.dim, self.tracked, start=self.block, tol=self.tol,
-                               guard=1, generator=self.generator, device=device)
+                               guard=1, generator=self.generator, device=device,
+                               cluster_width=CLUSTER_WIDTH)
         self.block = pairs.block
         values = pairs.values.cpu().numpy()
         residual = float(pairs.residuals[0])

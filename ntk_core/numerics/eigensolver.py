@@ -11,10 +11,10 @@ A thick-restart block Krylov method (a block Davidson iteration without precondi
 
 Convergence is judged on the eigenvalue error bound min(‖r_i‖, ‖r_i‖²/gap_i) ≤ tol·|θ_i| for
 each of the top k (r_i = A x_i − θ_i x_i; gap_i the distance to the nearest other Ritz value;
-the quadratic bound is Kato–Temple's); nearly equal Ritz values share one bound, from their
-block residual and the gap around the cluster (``_error_bound``). So ``tol`` is the relative
-accuracy of the eigenvalues; the eigenvectors are then accurate to about √tol in angle (for
-eigenvalues within 1 % of each other, their span is). The final basis and its images are
+the quadratic bound is Kato–Temple's; with ``cluster_width``, nearly equal Ritz values may also
+share one bound, from their block residual and the gap around the cluster). So ``tol`` is the
+relative accuracy of the eigenvalues; the eigenvectors are then accurate to about √tol in angle
+(within a cluster, their span is). The final basis and its images are
 returned for estimators that reuse them (the deflated ‖K‖_F estimate).
 
 ``kernel_eigenpairs`` is the cold, standalone entry: it picks dense LAPACK or the block solver
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
@@ -157,7 +158,8 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
                    tol: float = 1e-4, guard: int = 2, max_products: int | None = None,
                    max_basis: int | None = None, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu", max_gap: float | None = None,
-                   workspace: SolverWorkspace | None = None) -> EigResult:
+                   workspace: SolverWorkspace | None = None,
+                   cluster_width: float | None = None) -> EigResult:
     """Largest-k eigenpairs of the symmetric operator ``matmat`` on R^dim.
 
     ``start`` (dim, s): seed directions, e.g. the previous step's eigenvectors. Everything
@@ -166,6 +168,8 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
     vectors places its lower Ritz values far below the true next eigenvalue, so the gap between
     Ritz values can overstate the true gap many times over; the error bound then uses the
     smaller of the two. ``workspace``: buffers to reuse from the caller's previous solve.
+    ``cluster_width``: also bound Ritz values within this relative distance of each other as
+    one cluster (``_cluster_bound``), for operators whose top eigenvalues can coincide.
     """
     k = min(k, dim)
     block = min(dim, max(k + guard, start.shape[1] if start is not None else 0))
@@ -191,7 +195,8 @@ def top_eigenpairs(matmat: MatMat, dim: int, k: int, start: torch.Tensor | None 
         q = basis.size
         nb = min(block, q)
         theta, S, rnorm = basis.ritz(nb)
-        rel = _error_bound(rnorm, theta, nb, max_gap) / theta[:nb].abs().clamp_min(1e-300)
+        rel = (_error_bound(rnorm, theta, nb, max_gap, cluster_width)
+               / theta[:nb].abs().clamp_min(1e-300))
         done = bool((rel[:k] <= tol).all())
         if done or products >= max_products or q >= dim:
             X = basis.combine(S[:, :nb])[0]
@@ -225,49 +230,53 @@ def _is_orthonormal(Q: torch.Tensor, tol: float = 1e-12) -> bool:
     return bool(G.abs().max() <= tol)
 
 
-CLUSTER_WIDTHS = (1e-3, 1e-2)
-"""Relative distances within which neighbouring Ritz values are also bounded as one cluster."""
-
-
 def _error_bound(rnorm: torch.Tensor, theta: torch.Tensor, nb: int,
-                 max_gap: float | None = None) -> torch.Tensor:
-    """An error bound per Ritz pair among the first ``nb``: the smallest of ‖r_i‖ and the
-    quadratic bounds of the clusters that contain it.
+                 max_gap: float | None = None, cluster_width: float | None = None
+                 ) -> torch.Tensor:
+    """min(‖r‖, ‖r‖²/gap) per Ritz pair; the gap is to the nearest other Ritz value, and at
+    most ``max_gap``. With ``cluster_width``, also the bound of the cluster each pair is in
+    (``_cluster_bound``), where that is smaller."""
+    diff = (theta[:nb, None] - theta[None, :]).abs()
+    diff.fill_diagonal_(float("inf"))  # (nb ≤ len(theta): the diagonal is each pair's own)
+    gap = diff.min(dim=1).values
+    if max_gap is not None:
+        gap = gap.clamp_max(max_gap)
+    # A lone Ritz value has no gap estimate: only ‖r‖ bounds its error (r²/∞ would claim 0).
+    quadratic = torch.where(torch.isfinite(gap), rnorm[:nb]**2 / gap.clamp_min(1e-300),
+                            rnorm[:nb])
+    bound = torch.minimum(rnorm[:nb], quadratic)
+    if cluster_width is None:
+        return bound
+    clustered = _cluster_bound(rnorm[:nb].detach().cpu().numpy(), theta.detach().cpu().numpy(),
+                               nb, cluster_width, max_gap)
+    return torch.minimum(bound, torch.from_numpy(clustered).to(bound))
 
-    A lone Ritz value: ‖r‖²/gap, with the gap to the nearest other Ritz value, is Kato–Temple's
-    bound. Nearly equal Ritz values (two Hessian eigenvalues pinned at 2/η, or 0.5 % apart in
-    float32) have too small a gap between them, and their individual vectors converge slowly;
-    bounded together, by their block residual ‖R_c‖ ≤ (Σ‖r_i‖²)^½ squared over the gap from
-    the cluster to the other Ritz values (the quadratic residual bound for clusters, Mathias
-    1998), their eigenvalues converge with the cluster's span. Every grouping gives a valid
-    bound, so each pair takes the best of singletons and the clusters of ``CLUSTER_WIDTHS``.
-    The gap is at most ``max_gap``."""
-    bound = rnorm[:nb].clone()
-    for width in (0.0, *CLUSTER_WIDTHS):
-        bound = torch.minimum(bound, _cluster_bound(rnorm, theta, nb, width, max_gap))
-    return bound
 
+def _cluster_bound(r: np.ndarray, theta: np.ndarray, nb: int, width: float,
+                   max_gap: float | None) -> np.ndarray:
+    """‖R_c‖²/gap_c for each pair's cluster: the neighbouring Ritz values within ``width``
+    (relative) of each other, their block residual ‖R_c‖ ≤ (Σ‖r_i‖²)^½ and the gap from the
+    cluster to the other Ritz values (the quadratic residual bound for clusters, Mathias 1998).
 
-def _cluster_bound(rnorm: torch.Tensor, theta: torch.Tensor, nb: int, width: float,
-                   max_gap: float | None) -> torch.Tensor:
-    """‖R_c‖²/gap_c for the clusters of neighbours within ``width`` (relative) of each other;
-    ‖r_i‖ where a cluster has no Ritz value outside it to measure a gap to."""
+    Nearly equal eigenvalues (two Hessian eigenvalues pinned at 2/η, about 1e-6 apart) have
+    almost no gap between them, and behind float32 products their individual vectors' residuals
+    stall above a tight tolerance: bounded together, their eigenvalues converge with the span.
+    ‖r_i‖ where a cluster has no Ritz value outside it."""
     values = theta[:nb]
-    scale = values.abs().clamp_min(1e-300)
-    close = (values[:-1] - values[1:]).abs() <= width * torch.maximum(scale[:-1], scale[1:])
-    cluster = torch.cat([close.new_zeros(1, dtype=torch.long), torch.cumsum(~close, 0)])
-    bound = rnorm[:nb].clone()
-    for c in range(int(cluster[-1]) + 1 if nb else 0):
-        members = torch.nonzero(cluster == c).flatten()
-        outside = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
-        outside[members] = False
-        if not outside.any():
-            continue
-        gap = (values[members, None] - theta[None, outside]).abs().min()
-        if max_gap is not None:
-            gap = gap.clamp_max(max_gap)
-        bound[members] = (rnorm[members] ** 2).sum() / gap.clamp_min(1e-300)
-    return bound
+    scale = np.maximum(np.abs(values), 1e-300)
+    near = np.abs(values[:-1] - values[1:]) <= width * np.maximum(scale[:-1], scale[1:])
+    cluster = np.concatenate([[0], np.cumsum(~near)])
+    same = cluster[:, None] == cluster[None, :]  # (nb, nb)
+    inside = np.zeros((nb, len(theta)), dtype=bool)
+    inside[:, :nb] = same
+    # each member's distance to the nearest Ritz value outside its cluster, then the cluster's
+    member_gap = np.where(inside, np.inf, np.abs(values[:, None] - theta[None, :])).min(axis=1)
+    gap = np.where(same, member_gap[None, :], np.inf).min(axis=1)
+    if max_gap is not None:
+        gap = np.minimum(gap, max_gap)
+    block_residual_sq = (same * (r * r)[None, :]).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(gap), block_residual_sq / np.maximum(gap, 1e-300), r)
 
 
 def explicit_matmat(K: torch.Tensor) -> MatMat:
