@@ -87,8 +87,8 @@ def solve(alpha: np.ndarray, gram: np.ndarray, scale: float, start: np.ndarray |
         residual = kkt_residual(alpha, gram, scale, X)
         if residual <= tol:
             return ComplementaritySolution(X, residual, 0)
-    X, iterations = _projected_gradient(alpha, gram, scale, start, tol, max_iterations)
-    return ComplementaritySolution(X, kkt_residual(alpha, gram, scale, X), iterations)
+    return ComplementaritySolution(*_projected_gradient(alpha, gram, scale, start, tol,
+                                                        max_iterations))
 
 
 def _range(X: np.ndarray) -> np.ndarray | None:
@@ -105,11 +105,13 @@ def _psd_part(X: np.ndarray) -> np.ndarray:
 
 def _projected_gradient(alpha: np.ndarray, gram: np.ndarray, scale: float,
                         start: np.ndarray | None, tol: float, max_iterations: int
-                        ) -> tuple[np.ndarray, int]:
+                        ) -> tuple[np.ndarray, float, int]:
+    """(X, its KKT residual, iterations)."""
     k = alpha.shape[0]
     lipschitz = scale * float(np.linalg.eigvalsh((gram + gram.T) / 2)[-1])
     if lipschitz <= 0:
-        return np.zeros((k, k)), 0
+        zero = np.zeros((k, k))
+        return zero, kkt_residual(alpha, gram, scale, zero), 0
     step = 1.0 / lipschitz
     X = _psd_part(start) if start is not None and start.shape == (k, k) else np.zeros((k, k))
     Z, t = X.copy(), 1.0
@@ -125,27 +127,24 @@ def _projected_gradient(alpha: np.ndarray, gram: np.ndarray, scale: float,
         if iteration in POLISH_AT or iteration % 20 == 0:
             # once the iterate has the solution's range, one linear solve on that face is exact
             # (from a warm start, after two iterations on the central flow's problems)
-            polished = _polish(alpha, gram, scale, X)
-            if polished is not None and kkt_residual(alpha, gram, scale, polished) <= tol:
-                return polished, iteration
-            if kkt_residual(alpha, gram, scale, X) <= tol:
-                return X, iteration
-    polished = _polish(alpha, gram, scale, X)
-    return (X if polished is None else polished), max_iterations
+            best, residual = _polished(alpha, gram, scale, X)
+            if residual <= tol:
+                return best, residual, iteration
+    return (*_polished(alpha, gram, scale, X), max_iterations)
 
 
-def _polish(alpha: np.ndarray, gram: np.ndarray, scale: float, X: np.ndarray
-            ) -> np.ndarray | None:
-    """On the face of X (its range V), X = V Z Vᵀ and Vᵀ(β[X] − α)V = 0 is linear in Z: solve it,
-    and keep the result when it satisfies the conditions better than X."""
+def _polished(alpha: np.ndarray, gram: np.ndarray, scale: float, X: np.ndarray
+              ) -> tuple[np.ndarray, float]:
+    """X, or the solve on its face (its range V: X = V Z Vᵀ, and Vᵀ(β[X] − α)V = 0 is linear in
+    Z) where that satisfies the conditions better, with its KKT residual."""
+    residual = kkt_residual(alpha, gram, scale, X)
     face = _range(X)
-    if face is None:
-        return None
-    polished = _on_face(alpha, gram, scale, face)
-    if polished is None:
-        return None
-    before = kkt_residual(alpha, gram, scale, X)
-    return polished if kkt_residual(alpha, gram, scale, polished) < before else None
+    polished = _on_face(alpha, gram, scale, face) if face is not None else None
+    if polished is not None:
+        polished_residual = kkt_residual(alpha, gram, scale, polished)
+        if polished_residual < residual:
+            return polished, polished_residual
+    return X, residual
 
 
 def _on_face(alpha: np.ndarray, gram: np.ndarray, scale: float, V: np.ndarray

@@ -108,13 +108,17 @@ class FlowProcess:
 def flow_processes(config: RunConfig, model: nn.Module, X: torch.Tensor, Y: torch.Tensor,
                    mode: NTKMethod) -> list[FlowProcess]:
     """The processes ``config.flows`` names, each from a copy of ``model``'s current weights."""
-    return [FlowProcess(name, third_order_safe(model), Measurer(
-        # the central flow's own eigensolve at the measured weights gives its sharpness, to
-        # 1e-6: its measurement leaves the Hessian out (``Flows.after_update``)
-        config.replace(sharpness=False) if name == "central" else config, Y, mode), config, X, Y,
-                        flow_field=(CentralFlowField(seed=config.seed + 2, samples=X.shape[0])
-                                    if name == "central" else None))
+    return [FlowProcess(name, third_order_safe(model), _measurer(name, config, Y, mode), config,
+                        X, Y, flow_field=(CentralFlowField(seed=config.seed + 2,
+                                                           samples=X.shape[0])
+                                          if name == "central" else None))
             for name in config.flows]
+
+
+def _measurer(name: str, config: RunConfig, Y: torch.Tensor, mode: NTKMethod) -> Measurer:
+    """GD's measurement; the central flow's leaves the Hessian out, since its own eigensolve at
+    the measured weights gives its sharpness, to 1e-6 (``Flows.after_update``)."""
+    return Measurer(config.replace(sharpness=False) if name == "central" else config, Y, mode)
 
 
 def weight_vector(model: nn.Module) -> torch.Tensor:

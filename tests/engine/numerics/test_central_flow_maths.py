@@ -96,13 +96,19 @@ def random_instance(rng: np.random.Generator, k: int, d: int
     return (alpha + alpha.T) / 2, gram
 
 
+def random_problem(rng: np.random.Generator, smallest_k: int
+                   ) -> tuple[int, np.ndarray, np.ndarray, float]:
+    """(k, alpha, gram, scale) with k from ``smallest_k`` to 4 and enough g_ij for a unique X."""
+    k = int(rng.integers(smallest_k, 5))
+    alpha, gram = random_instance(rng, k, d=int(rng.integers(k * (k + 1) // 2, 40)))
+    return k, alpha, gram, float(rng.uniform(0.01, 1.0))
+
+
 def test_the_solver_meets_the_kkt_conditions_on_random_instances() -> None:
     rng = np.random.default_rng(0)
     active = 0
     for _ in range(200):
-        k = int(rng.integers(1, 5))
-        alpha, gram = random_instance(rng, k, d=int(rng.integers(k * (k + 1) // 2, 40)))
-        scale = float(rng.uniform(0.01, 1.0))
+        k, alpha, gram, scale = random_problem(rng, 1)
         solution = solve(alpha, gram, scale)
         assert kkt_residual(alpha, gram, scale, solution.X) <= 1e-8
         assert solution.residual <= 1e-8
@@ -120,9 +126,7 @@ def test_a_warm_start_near_the_answer_takes_two_steps_and_a_wrong_one_still_conv
     rng = np.random.default_rng(2)
     boundary = 0
     for _ in range(100):
-        k = int(rng.integers(2, 5))
-        alpha, gram = random_instance(rng, k, d=int(rng.integers(k * (k + 1) // 2, 40)))
-        scale = float(rng.uniform(0.01, 1.0))
+        k, alpha, gram, scale = random_problem(rng, 2)
         first = solve(alpha, gram, scale)
         nudged = alpha + 1e-7 * np.linalg.norm(alpha) * random_instance(rng, k, 1)[0]
         warm = solve(nudged, gram, scale, start=first.X)
