@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, r
 from benchmarks.common import Series, median, peak_rss_mib, rel_err, timed  # noqa: E402
 from benchmarks.reference import (  # noqa: E402
     dense_kernel_reference,
+    gate_flips,
     operator_kernel_reference,
     sharpness_reference,
 )
@@ -226,7 +227,8 @@ def cold_calls(spec: Spec, w: Workload, ours: Ours) -> tuple[dict[str, float], f
 
 def references(spec: Spec, w: Workload, ours: Ours, last: bool, quick: bool) -> dict:
     """Float64 references at the current weights; the 40000-row W2 kernel only at the end."""
-    ref: dict[str, object] = {"sharpness": sharpness_reference(w.model, w.X, w.Y)}
+    ref: dict[str, object] = {"sharpness": sharpness_reference(w.model, w.X, w.Y),
+                              "gate_flips": gate_flips(w.model, w.X)}
     if spec.reference == "dense":
         ref.update(dense_kernel_reference(w.model, w.X, w.Y, spec.config.kernel, ours.k))
     elif spec.reference == "operator" or (last and not quick):
@@ -283,6 +285,7 @@ def run_workload(spec: Spec, steps: int, check_every: int, tol: float = 1e-4,
     ours = Ours(spec, w, tol)
     series, peer_series = Series(), Series()
     errors: dict[str, list[float]] = {}
+    flips: list[int] = []  # per check: ReLU gates float64 sets otherwise (reference.py)
     trace = {"sharpness": [], "two_over_lr": 2.0 / w.lr, "lambda1_over_n": []}
     names = spec.peers if peer_names is None else tuple(p for p in spec.peers if p in peer_names)
     skipped = [p for p in names if not peers.available(p)]
@@ -323,6 +326,7 @@ def run_workload(spec: Spec, steps: int, check_every: int, tol: float = 1e-4,
         if "cold_products" in cold_values:
             series.add("cold_spectrum", products=cold_values["cold_products"])
         ref = references(spec, w, ours, step == total - 1, quick)
+        flips.append(int(ref["gate_flips"]))
         for key, value in errors_against(ref, ours, cold_values).items():
             errors.setdefault(key, []).append(value)
         ctx = peers.Context(spec, w, ours, ref, tol, calib)
@@ -349,6 +353,7 @@ def run_workload(spec: Spec, steps: int, check_every: int, tol: float = 1e-4,
         "kernel_rows": ours.m, "gd_step_s": gd, "ratio_to_gd": r, "cold_ratio_beside": beside,
         "ours": ours_summary,
         "errors": {k: {"median": median(v), "max": max(v), "count": len(v)} for k, v in errors.items()},
+        "gate_flips": flips,
         "peers": peer_series.summary(gd), "peers_skipped": skipped, "calibration": calib,
         "memory_mib": {"baseline": rss0, "after_setup": rss_setup, "peak": peak_rss_mib(),
                        "gpu_peak": (torch.cuda.max_memory_allocated() / 2**20

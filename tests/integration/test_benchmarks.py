@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness, peers, run  # noqa: E402
 from benchmarks.common import NT_PYTHON, ensure_torch_peers  # noqa: E402
-from benchmarks.reference import float64_copy, sharpness_reference  # noqa: E402
+from benchmarks.reference import float64_copy, gate_flips, sharpness_reference  # noqa: E402
 from benchmarks.workloads import SPECS, tiny  # noqa: E402
 from ntk_core import RunConfig, empirical_ntk  # noqa: E402
 from ntk_core.experiments.bench import Workload  # noqa: E402
@@ -172,3 +173,28 @@ def test_neural_tangents_kernel_matches(tmp_path: Path) -> None:
                     "--json", str(tmp_path / "nt.json")], check=True, capture_output=True)
     out = json.loads((tmp_path / "nt.json").read_text())
     assert out["nt_structured_derivatives"]["kernel_err"] < 1e-5
+
+
+class _PrecisionNudge(nn.Module):
+    """+1e-12 in float64, -1e-12 in float32: a pre-activation of exactly 0 opens its ReLU gate
+    in one precision and closes it in the other, as rounding does near 0 in a trained net."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (1e-12 if x.dtype == torch.float64 else -1e-12)
+
+
+def test_references_keep_the_float32_models_relu_gates() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), _PrecisionNudge(), nn.ReLU(), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[0].weight[0].zero_()
+        model[0].bias[0] = 0.0  # unit 0's pre-activation is exactly 0 on every sample
+    X = torch.randn(6, 3)
+    assert gate_flips(model, X) == 6
+    measured = empirical_ntk(model, X, "full").double()  # the float32 model, its own gates
+    pinned = empirical_ntk(float64_copy(model, X), X.double(), "full")
+    free = empirical_ntk(float64_copy(model), X.double(), "full")
+    assert torch.allclose(pinned, measured, rtol=1e-5, atol=1e-6)
+    assert (free - pinned).abs().max() > 1e-2  # unit 0's incoming weights count only when open
+    with pytest.raises(ValueError, match="recorded inputs"):
+        float64_copy(model, X)(X[:3].double())
