@@ -14,6 +14,8 @@ attribute, and logs NaN from then on; gradient descent goes on.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,7 +119,7 @@ def flow_processes(config: RunConfig, model: nn.Module, X: torch.Tensor, Y: torc
 
 def _measurer(name: str, config: RunConfig, Y: torch.Tensor, mode: NTKMethod) -> Measurer:
     """GD's measurement; the central flow's leaves the Hessian out, since its own eigensolve at
-    the measured weights gives its sharpness, to 1e-6 (``Flows.after_update``)."""
+    the measured weights gives its sharpness, to 1e-6 (``_step_process``)."""
     return Measurer(config.replace(sharpness=False) if name == "central" else config, Y, mode)
 
 
@@ -126,62 +128,102 @@ def weight_vector(model: nn.Module) -> torch.Tensor:
     return flat([p.detach() for p in params], params)
 
 
+def _concurrent() -> bool:
+    """Whether the flows run on worker threads: with one intra-op thread they take the other
+    cores; with more, the operations already use them, and more threads would oversubscribe."""
+    return torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1
+
+
+_POOL: ThreadPoolExecutor | None = None  # one per process, never pickled with a trainer
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ntk-eos-flow")
+    return _POOL
+
+
 class Flows:
-    """The flows of one run, stepped by its trainer: ``before_update`` at θ_t (measure, log the
-    distances), ``after_update`` to advance each by one unit of time at that step's η."""
+    """The flows of one run, stepped by its trainer: ``start`` at θ_t, before GD moves, then
+    ``finish`` for the step's rows. In between each process logs its distance to GD, is measured
+    on a measured step, and advances one unit of time at that step's η; with one intra-op
+    thread this runs on worker threads beside GD's own step (``_concurrent``). The processes
+    share nothing but the read-only data, so the rows are the same either way."""
 
     def __init__(self, config: RunConfig, model: nn.Module, X: torch.Tensor, Y: torch.Tensor,
                  mode: NTKMethod) -> None:
         self.config = config
         self.processes = flow_processes(config, model, X, Y, mode)
-        self.rows: dict[str, FlowRecord] = {}
+        self._pending: list[Future[FlowRecord]] | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        if self._pending is not None:
+            raise RuntimeError("flows: pickled between start and finish")
+        return dict(self.__dict__)
 
     @property
     def status(self) -> str:
         """What ended any process, one clause each; "" while all run."""
         return "; ".join(f"{p.name}: {p.ended}" for p in self.processes if p.ended)
 
-    def before_update(self, gd_model: nn.Module, measuring: bool) -> dict[str, FlowRecord]:
+    def start(self, gd_model: nn.Module, measuring: bool, lr: float, step: int) -> None:
+        """Begin this step for every process, from GD's weights as they are now."""
         gd = weight_vector(gd_model)
         scale = float(gd.norm()) or 1.0
-        self.rows = {}
-        for p in self.processes:
-            row = FlowRecord({})
-            if not p.ended:
-                try:
-                    row.scalars["distance_to_gd"] = float((weight_vector(p.model) - gd).norm()) / scale
-                    if measuring:
-                        scalars, row.spectrum = p.measure()
-                        row.scalars.update(scalars)
-                except Exception as exc:  # this process ends; GD and the others go on
-                    p.ended = f"failed ({type(exc).__name__}: {exc})"
-            self.rows[p.name] = row
-        return self.rows
+        work = [(p, gd, scale, measuring, lr, step) for p in self.processes]
+        if _concurrent() and len(work):
+            self._pending = [_pool().submit(_step_process, *args) for args in work]
+        else:
+            done: list[Future[FlowRecord]] = []
+            for args in work:
+                future: Future[FlowRecord] = Future()
+                future.set_result(_step_process(*args))
+                done.append(future)
+            self._pending = done
 
-    def after_update(self, lr: float, step: int) -> None:
-        for p in self.processes:
-            if p.ended:
-                continue
-            row = self.rows.setdefault(p.name, FlowRecord({}))
-            try:
-                found = p.advance(lr)
-            except Exception as exc:
-                p.ended = f"failed at step {step} ({type(exc).__name__}: {exc})"
-                continue
-            row.scalars.update(found)
-            # free on every step: each flow's loss where its unit of time began, and the
-            # central flow's sharpness from its own eigensolve at the weights just measured
-            # (to its tolerance, 1e-6), which stands in for the measurement's
-            row.scalars.setdefault("loss", p.start_loss)
-            if p.pending is not None and len(p.pending.eigenvalues):
-                row.scalars["sharpness"] = float(p.pending.eigenvalues[0])
-                row.scalars["hessian_residual"] = p.pending.residual
-            if p.pending is not None:
-                sigma = np.full(TRACKED, np.nan)
-                values = p.pending.sigma_sq[:TRACKED]
-                sigma[:len(values)] = values
-                row.sigma_sq = sigma
-            if p.initial_loss is None:
-                p.initial_loss = p.start_loss
-            p.ended = divergence(p.start_loss, p.initial_loss, self.config.divergence_factor,
-                                 step)
+    def finish(self) -> dict[str, FlowRecord]:
+        """The step's row of each process, once all are done (an error in one ends only it)."""
+        pending, self._pending = self._pending, None
+        if pending is None:  # nothing started, or already finished
+            return {}
+        return {p.name: future.result() for p, future in zip(self.processes, pending, strict=True)}
+
+
+def _step_process(p: FlowProcess, gd: torch.Tensor, scale: float, measuring: bool, lr: float,
+                  step: int) -> FlowRecord:
+    """One process's step: its distance to GD and measurement at θ_t, then one unit of time.
+    A failure or a divergence ends this process alone, with the reason in ``p.ended``."""
+    row = FlowRecord({})
+    if p.ended:
+        return row
+    try:
+        row.scalars["distance_to_gd"] = float((weight_vector(p.model) - gd).norm()) / scale
+        if measuring:
+            scalars, row.spectrum = p.measure()
+            row.scalars.update(scalars)
+    except Exception as exc:
+        p.ended = f"failed ({type(exc).__name__}: {exc})"
+        return row
+    try:
+        found = p.advance(lr)
+    except Exception as exc:
+        p.ended = f"failed at step {step} ({type(exc).__name__}: {exc})"
+        return row
+    row.scalars.update(found)
+    # free on every step: each flow's loss where its unit of time began, and the central
+    # flow's sharpness from its own eigensolve at the weights just measured (to its
+    # tolerance, 1e-6), which stands in for the measurement's
+    row.scalars.setdefault("loss", p.start_loss)
+    if p.pending is not None and len(p.pending.eigenvalues):
+        row.scalars["sharpness"] = float(p.pending.eigenvalues[0])
+        row.scalars["hessian_residual"] = p.pending.residual
+    if p.pending is not None:
+        sigma = np.full(TRACKED, np.nan)
+        values = p.pending.sigma_sq[:TRACKED]
+        sigma[:len(values)] = values
+        row.sigma_sq = sigma
+    if p.initial_loss is None:
+        p.initial_loss = p.start_loss
+    p.ended = divergence(p.start_loss, p.initial_loss, p.config.divergence_factor, step)
+    return row

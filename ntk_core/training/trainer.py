@@ -222,12 +222,17 @@ class Trainer(LoggedRun):
             self.buffer.set_status(RunStatus.FAILED,
                                    f"step {t} failed: {type(exc).__name__}: {exc}")
             return StepRecord(t, {})
+        finally:
+            if self.flows is not None:
+                self.flows.finish()  # a step that ended early still waits for its flows
 
     def _step(self) -> StepRecord:
         t0 = time.perf_counter()
         t = self.step_index
         measuring = t % self.config.measure_every == 0
         wants_vectors = measuring and self.buffer.wants_eigenvectors(t)
+        if self.flows is not None:  # from θ_t, beside GD's own step (``Flows``)
+            self.flows.start(self.model, measuring, self.lr, t)
         capture = self.measurer.capture(self.model) if measuring else None
         try:
             f = self.model(self.X)
@@ -271,11 +276,9 @@ class Trainer(LoggedRun):
                     record.kernel_outputs = m.output_major
         else:
             scalars["grad_norm"] = gradient_norm(grads)
-        if self.flows is not None:
-            record.flows = self.flows.before_update(self.model, measuring)
         self.rule.update(self.params, self._update_gradient(grads), self.lr)
         if self.flows is not None:
-            self.flows.after_update(self.lr, t)
+            record.flows = self.flows.finish()
             if self.flows.status != self.buffer.attrs.get("flow_status"):
                 self.buffer.set_attr("flow_status", self.flows.status)
         self.step_index += 1

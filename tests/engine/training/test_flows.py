@@ -58,6 +58,16 @@ def test_a_seeded_run_with_flows_reruns_identically_and_leaves_gd_as_it_was(
     np.testing.assert_array_equal(gd.eigenvalues.values, alone.eigenvalues.values)
 
 
+def test_flows_on_worker_threads_log_what_they_log_in_turn(with_flows: xr.Dataset,
+                                                           monkeypatch) -> None:
+    from ntk_core.training import flows
+
+    assert flows._concurrent()  # one torch thread (conftest) on a machine with more cores
+    monkeypatch.setattr(flows, "_concurrent", lambda: False)
+    in_turn = Trainer(RunConfig(**SMALL, flows=("central", "stable"))).run()
+    xr.testing.assert_identical(without_clocks(in_turn), without_clocks(with_flows))
+
+
 def test_the_file_reads_back_with_its_flows(with_flows: xr.Dataset, tmp_path) -> None:
     path = save_run(with_flows, tmp_path / "flows.nc")
     loaded = load_run(path)
