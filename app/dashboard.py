@@ -2,7 +2,7 @@
 
 ``Dashboard`` is a ``pn.viewable.Viewer``: ``Dashboard()`` shows in a notebook cell, and
 ``app/main.py`` serves one per browser tab. Each instance owns a ``RunController`` (a background
-training thread) and pulls new rows from the engine's buffer every ``PULL_MS`` milliseconds;
+training thread) and pulls new rows from the engine's buffer every ``ServerLimits.pull_ms``;
 the eigenvalue and alignment curves, the matrices and the comparison views refresh about once a
 second. ``Dashboard(model=..., data=(X, y))`` trains the user's own module and arrays in place of
 the preset's (``app.session.own_inputs``); the controls they replace are greyed out. With the
@@ -64,7 +64,6 @@ pn.extension("filedropper", notifications=False)
 # where the browser has no GPU (projector laptops in software mode, headless tests).
 hv.renderer("bokeh").webgl = False
 
-PULL_MS = 200  # curve refresh: 5 Hz when the server keeps up
 MATRIX_SECONDS = 1.0  # matrices, the eigenvalue and alignment curves, the alignment spectrum
 BACKOFF = 2.0  # a push that took t seconds waits ≥ BACKOFF·t: plots take ≤ 1/3 of a core
 SIDEBAR_WIDTH = 330
@@ -330,7 +329,7 @@ class Dashboard(pn.viewable.Viewer):
 
     # ---- the pull loop -------------------------------------------------------------------
     def tick(self) -> None:
-        """Move new engine rows into the plots; called every PULL_MS by the page."""
+        """Move new engine rows into the plots; called every ``pull_ms`` by the page."""
         if not has_viewers(pn.state.curdoc):
             return  # a closed tab: nothing to send, and bokeh may cull the session in between
         if not pn.state.loaded:
@@ -398,7 +397,9 @@ class Dashboard(pn.viewable.Viewer):
                 self._cursor += len(rows["step"])
                 n = len(np.unique(buffer.row_data["sample_index"]))
                 self.plots.push_rows(rows, n, spectrum=False)
-                self._next_curves = now + max(PULL_MS / 1000,
+                # the page's callback sets the pace; this gate only backs off a slow push (a
+                # gate of a whole period would skip every tick that fires a little early)
+                self._next_curves = now + max(controller.limits.pull_ms / 2000,
                                               BACKOFF * (time.perf_counter() - started))
             if now >= self._next_slow:
                 started = time.perf_counter()
@@ -599,7 +600,8 @@ class Dashboard(pn.viewable.Viewer):
             self._started = True
             # background: the pull loop is no "busy" event (Panel's busy counter is not
             # thread-safe when many tabs tick on --num-threads workers)
-            self._callback = pn.io.PeriodicCallback(callback=self.tick, period=PULL_MS,
+            self._callback = pn.io.PeriodicCallback(callback=self.tick,
+                                                    period=self.controller.limits.pull_ms,
                                                     background=True)
             self._callback.start()
             if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:

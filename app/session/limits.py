@@ -84,6 +84,9 @@ class ServerLimits:
     max_np: int = 0
     max_flow_np: int = 0  # n·p of a run with flows (RunConfig.flows)
     open_runs_mb: float = 0.0
+    # how often each tab pulls new rows into its curves: 9 Hz for one lecturer's tabs; a
+    # hosted class at 5 Hz, for half the server's plotting work per session
+    pull_ms: int = 110
 
     def __post_init__(self) -> None:
         if self.mode not in ("hosted", "local"):
@@ -98,7 +101,7 @@ class ServerLimits:
         if self.scheduler and not self.scheduler.startswith(("tcp://", "tls://", "inproc://")):
             raise ConfigError(f"{ENV_PREFIX}SCHEDULER: expected an address like "
                               f"tcp://host:8786, got {self.scheduler!r}")
-        for name in ("max_sessions", "max_trainings", "torch_threads"):
+        for name in ("max_sessions", "max_trainings", "torch_threads", "pull_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be ≥ 1, "
                                   f"got {getattr(self, name)}")
@@ -116,7 +119,7 @@ class ServerLimits:
         cores = cores or cpu_count()
         if mode == "hosted":
             return cls(mode="hosted", training="pool", max_sessions=40, max_trainings=cores,
-                       torch_threads=1,
+                       torch_threads=1, pull_ms=200,
                        idle_minutes=15.0, open_runs_mb=HOSTED_OPEN_RUNS_MB, **HOSTED_CAPS)
         trainings = min(2, cores)
         return cls(mode="local", max_sessions=100, max_trainings=trainings,

@@ -69,6 +69,7 @@ def test_defaults_by_mode() -> None:
     assert {k: getattr(hosted, k) for k in HOSTED_CAPS} == HOSTED_CAPS
     assert hosted.max_trainings * hosted.torch_threads <= server_limits.cpu_count()
     assert local.max_trainings * local.torch_threads <= max(2, server_limits.cpu_count())
+    assert hosted.pull_ms > local.pull_ms  # a class's tabs refresh less often than one's
 
 
 def test_environment_overrides_and_errors() -> None:
@@ -83,6 +84,9 @@ def test_environment_overrides_and_errors() -> None:
         ServerLimits.from_env({"NTK_EOS_MAX_TRAININGS": "0"})
     with pytest.raises(ConfigError, match="NTK_EOS_MODE"):
         ServerLimits.from_env({"NTK_EOS_MODE": "public"})
+    assert ServerLimits.from_env({"NTK_EOS_PULL_MS": "250"}).pull_ms == 250
+    with pytest.raises(ConfigError, match="NTK_EOS_PULL_MS: must be ≥ 1"):
+        ServerLimits.from_env({"NTK_EOS_PULL_MS": "0"})
 
 
 def test_caps_in_hosted_mode_only() -> None:
