@@ -6,7 +6,8 @@ rounds: one plain GD step, one unit of central flow, one unit of gradient flow, 
 measurement of a flow. Started at the edge, the central flow has eigenvalues in its problem,
 which is where its cost is paid. From these, a full step at the edge with both flows: GD's
 step, three full measurements (GD's and each flow's) and one unit of each flow, as GD steps per
-second. Also runs the setting with both flows from initialisation for ``--steps`` and reports
+second if done in turn; beside it the trainer's own rate at the edge, where with one torch
+thread the flows run on worker threads beside GD's step. Also runs the setting with both flows from initialisation for ``--steps`` and reports
 GD steps per second with flows off and on (measuring every step).
 
     python -m benchmarks.flow_cost --settings default W1 --units 8 --threads 1
@@ -71,6 +72,20 @@ def unit_costs(config: RunConfig, edge_step: int, units: int) -> dict[str, float
             central.pending.eigenvalues[0] * trainer.lr / 2 if central.pending else float("nan")}
 
 
+def edge_trainer_steps_per_second(config: RunConfig, edge_step: int, steps: int) -> float:
+    """The trainer's own steps per second at the edge with both flows measured every step, the
+    flows started there from GD's weights: with one torch thread they run beside GD's step on
+    worker threads (``training.flows``), which the sum of unit costs does not show."""
+    trainer = Trainer(config.replace(measure_every=10**6, steps=edge_step + steps + 10))
+    for _ in range(edge_step):
+        trainer.step()
+    trainer.config = trainer.config.replace(measure_every=1)
+    trainer.flows = Flows(config.replace(flows=("central", "stable")), trainer.model, trainer.X,
+                          trainer.Y, trainer.mode)
+    trainer.step()  # the cold first solves
+    return steps / sum(timed(trainer.step) for _ in range(steps))
+
+
 def steps_per_second(config: RunConfig, steps: int) -> tuple[float, float]:
     out = []
     for flows in ((), ("central", "stable")):
@@ -92,16 +107,19 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} torch "
           f"thread(s), torch {torch.__version__}")
     print("| setting | GD step | central unit | gradient-flow unit | flow measurement | "
-          "critical eigenvalues | S·η/2 | steps/s at the edge, both flows | "
+          "critical eigenvalues | S·η/2 | steps/s at the edge, both flows (sum of units) | "
+          "steps/s at the edge, both flows (trainer) | "
           "steps/s from init, no flows | steps/s from init, both flows |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.settings:
         config = settings()[name].replace(threads=args.threads)
         c = unit_costs(config, args.edge_step, args.units)
+        trainer_rate = edge_trainer_steps_per_second(config, args.edge_step, args.steps)
         plain, both = steps_per_second(config, args.steps)
         print(f"| {name} | {c['gd_ms']:.1f} ms | {c['central']:.1f} | {c['stable']:.1f} | "
               f"{c['measure']:.1f} | {c['critical']:.1f} | {c['sharpness_over_edge']:.3f} | "
-              f"{c['edge_steps_per_s']:.2f} | {plain:.1f} | {both:.2f} |", flush=True)
+              f"{c['edge_steps_per_s']:.2f} | {trainer_rate:.2f} | {plain:.1f} | {both:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
