@@ -77,16 +77,19 @@ def test_pause_and_play_go_on_from_the_checked_in_state(pool_limits: ServerLimit
 
 
 def test_a_killed_worker_costs_one_slice_and_the_page_says_so(pool_limits: ServerLimits) -> None:
-    config = CONFIG.replace(steps=60)
+    # long enough that no machine ends it within its first 0.5 s slice (60 steps did, on a
+    # fast one: the worker was then killed idle and nothing was lost)
+    config = CONFIG.replace(steps=1500)
     run = TrainingRun(config, limits=pool_limits)
     try:
         run.play()
         wait_for(lambda: run.buffer is not None and len(run.buffer) >= 10, timeout=120)
+        assert not run.finished
         pool = server_limits.slice_pool()
         os.kill(pool.pids()[0], signal.SIGKILL)  # type: ignore[attr-defined]
-        wait_for(lambda: run.finished, timeout=120)
+        wait_for(lambda: run.finished, timeout=180)
         assert run.status == "completed"
-        np.testing.assert_array_equal(run.buffer.rows(0)["step"], np.arange(60))
+        np.testing.assert_array_equal(run.buffer.rows(0)["step"], np.arange(1500))
         assert "worker was lost" in run.notice
     finally:
         run.stop()
