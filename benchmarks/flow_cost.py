@@ -7,7 +7,8 @@ measurement of a flow. Started at the edge, the central flow has eigenvalues in 
 which is where its cost is paid. From these, a full step at the edge with both flows: GD's
 step, three full measurements (GD's and each flow's) and one unit of each flow, as GD steps per
 second if done in turn; beside it the trainer's own rate at the edge, where with one torch
-thread the flows run on worker threads beside GD's step. Also runs the setting with both flows from initialisation for ``--steps`` and reports
+thread the flows run on worker threads beside GD's step. Also runs the setting with both flows
+from initialisation for ``--steps`` and reports
 GD steps per second with flows off and on (measuring every step).
 
     python -m benchmarks.flow_cost --settings default W1 --units 8 --threads 1
